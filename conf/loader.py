@@ -63,7 +63,7 @@ def _check_known(schema: DictConfig, update: DictConfig, source: str, prefix: st
     for key in update.keys():
         full = f"{prefix}{key}"
         if key not in schema:
-            valid = _all_keys(schema)
+            valid = _all_keys(schema, prefix)
             close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key '{full}' in {source}.{hint}")
@@ -71,7 +71,7 @@ def _check_known(schema: DictConfig, update: DictConfig, source: str, prefix: st
         if isinstance(sub_schema, DictConfig) and isinstance(sub_update, DictConfig):
             _check_known(sub_schema, sub_update, source, full + ".")
         elif isinstance(sub_schema, DictConfig) != isinstance(sub_update, DictConfig):
-            if not OmegaConf.is_none(sub_schema) and not OmegaConf.is_none(sub_update):
+            if not sub_schema._is_none() and not sub_update._is_none():
                 raise ConfigError(
                     f"'{full}' in {source} must be "
                     f"{'a mapping' if isinstance(sub_schema, DictConfig) else 'a single value'}"
@@ -97,10 +97,9 @@ def _coerce(full: str, default: Any, value: Any, source: str) -> Any:
     elif isinstance(default, (list, ListConfig)):
         if isinstance(value, (list, ListConfig)):
             return value
-    kind = type(default).__name__ if not isinstance(default, ListConfig) else "list"
-    raise ConfigError(
-        f"'{full}' in {source} must be a {kind} (like {default!r}), got {value!r}"
-    )
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(default), "a list")
+    raise ConfigError(f"'{full}' in {source} must be {kind} (like {default!r}), got {value!r}")
 
 
 def _typed(schema: DictConfig, update: DictConfig, source: str, prefix: str = "") -> None:

@@ -1,0 +1,126 @@
+"""Stage-1 (Refine-Perception) rewards: multi-choice answers and distortion-area grounding."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rewards.parsing import grammar
+from rewards.scoring import finite_float
+
+CHOICE_MODES = ("mean", "all")
+# The grounding prompt (conf/prompts.yaml, stage1_grounding) asks for "x1,y1,x2,y2" as
+# integers; ASCII digits only, for the reason given in rewards/parsing.py. Twelve digits
+# are far beyond any image and keep int() and float() of a coordinate exact and cheap.
+_INT = r"[-+]?[0-9]{1,12}"
+_BOX = re.compile(rf"\s*({_INT})\s*,\s*({_INT})\s*,\s*({_INT})\s*,\s*({_INT})\s*", re.ASCII)
+_SPACE = re.compile(r"\s+")
+
+
+def _normalise(part: str) -> str:
+    # Case- and space-insensitive: "High  Contrast " == "highcontrast" == "high contrast".
+    return _SPACE.sub("", part).casefold()
+
+
+def _gold_parts(answer: str | Sequence[str], separator: str) -> list[str]:
+    parts = answer.split(separator) if isinstance(answer, str) else list(answer)
+    if not parts or not all(isinstance(p, str) and p.strip() for p in parts):
+        raise ValueError(f"answer must be the gold 'object {separator} distortion "
+                         f"{separator} severity' string or a list of non-empty strings, "
+                         f"got {answer!r}")
+    return [_normalise(p) for p in parts]
+
+
+def choice_reward(text: str, answer: str | Sequence[str], mode: str = "mean",
+                  prompts: Any | None = None) -> float:
+    """Stage-1 multi-choice reward for "[answer]object / distortion / severity[/answer]".
+
+    `answer` is the gold answer, as the same separator-joined string or as a list of its
+    parts. The model's single answer block is split on the choice separator and each part
+    is compared, case- and whitespace-insensitively, with the gold part at the same place.
+    mode "mean" gives the fraction of parts right; "all" gives 1.0 only when every part is.
+    An output without exactly one answer block, or with a different number of parts than
+    the gold answer, gets 0.0 (parts cannot be matched by position). Raises ValueError for
+    an unknown mode or an empty gold part, TypeError when `text` is not a str.
+    """
+    if mode not in CHOICE_MODES:
+        raise ValueError(f"mode must be one of {CHOICE_MODES} (reward.choice_mode), got {mode!r}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the decoded model output (str), got {type(text).__name__}")
+    g = grammar(prompts)
+    gold = _gold_parts(answer, g.choice_separator)
+    content = g.answer_content(text)
+    if content is None:
+        return 0.0
+    parts = [_normalise(p) for p in content.split(g.choice_separator)]
+    if len(parts) != len(gold):
+        return 0.0
+    right = sum(p == q for p, q in zip(parts, gold))
+    if mode == "all":
+        return 1.0 if right == len(gold) else 0.0
+    return right / len(gold)
+
+
+def _box(box: Any, name: str) -> tuple[float, float, float, float]:
+    values = list(np.asarray(box, dtype=object).ravel()) if not isinstance(box, str) else None
+    if values is None or len(values) != 4:
+        raise ValueError(f"{name} must be 4 numbers (x1, y1, x2, y2), got {box!r}")
+    x1, y1, x2, y2 = (finite_float(v, f"{name}[{i}]") for i, v in enumerate(values))
+    # Reversed corners describe the same rectangle.
+    return min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)
+
+
+def iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (x1, y1, x2, y2), in [0, 1].
+
+    Corners may come in either order (they are sorted per axis). A box of zero area gives
+    0.0. Raises ValueError when a box is not 4 finite numbers.
+    """
+    ax1, ay1, ax2, ay2 = _box(box_a, "box_a")
+    bx1, by1, bx2, by2 = _box(box_b, "box_b")
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    if area_a <= 0 or area_b <= 0:
+        return 0.0
+    inter_w = min(ax2, bx2) - max(ax1, bx1)
+    inter_h = min(ay2, by2) - max(ay1, by1)
+    if inter_w <= 0 or inter_h <= 0:
+        return 0.0
+    inter = inter_w * inter_h
+    union = area_a + area_b - inter
+    if not math.isfinite(union) or union <= 0:
+        # Coordinates near the float limit overflow the areas; such a box is not an answer.
+        return 0.0
+    return min(max(inter / union, 0.0), 1.0)
+
+
+def parse_box(text: str, prompts: Any | None = None) -> tuple[int, int, int, int] | None:
+    """The integer box "x1,y1,x2,y2" inside the single answer block of `text`, else None."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the decoded model output (str), got {type(text).__name__}")
+    content = grammar(prompts).answer_content(text)
+    match = None if content is None else _BOX.fullmatch(content)
+    if match is None:
+        return None
+    x1, y1, x2, y2 = (int(v) for v in match.groups())
+    return x1, y1, x2, y2
+
+
+def grounding_reward(text: str, gt_box: Sequence[float], prompts: Any | None = None) -> float:
+    """Stage-1 grounding reward: IoU of "[answer] x1,y1,x2,y2 [/answer]" with `gt_box`.
+
+    The prediction is integer pixel coordinates in the model's input image, as the
+    grounding prompt asks; no answer block, another syntax (floats, brackets, a fifth
+    number), a coordinate of more than 12 digits or a zero-area box gives 0.0. `gt_box` is
+    data: a zero-area or non-finite ground truth raises ValueError rather than silently
+    scoring every rollout 0.
+    """
+    gx1, gy1, gx2, gy2 = _box(gt_box, "gt_box")
+    if gx2 - gx1 <= 0 or gy2 - gy1 <= 0:
+        raise ValueError(f"gt_box {gt_box!r} has zero area; fix the sample's bbox in the manifest")
+    box = parse_box(text, prompts)
+    return 0.0 if box is None else iou(box, (gx1, gy1, gx2, gy2))

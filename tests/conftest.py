@@ -1,0 +1,24 @@
+"""Shared fixtures: the embedded tiny model, built once per machine and reused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# Tests share one cache folder (git-ignored); the builder keys it by its settings, so a
+# changed builder rebuilds instead of reusing stale bytes.
+TEST_CACHE = REPO / ".cache" / "refine-iqa"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny Qwen2.5-VL model directory (synth.tiny_model), built on first use."""
+    from synth.tiny_model import build_tiny_model
+
+    return build_tiny_model(TEST_CACHE)

@@ -1,0 +1,105 @@
+"""conf/: inheritance, overrides, type and unknown-key errors, launch.py --help and errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conf import ConfigError, available_configs, load_config, save_config
+from tests.conftest import REPO
+
+
+def test_shipped_configs_load():
+    assert {"base", "tiny", "stage1", "stage2"} <= set(available_configs())
+    for name in ("base", "tiny", "stage1", "stage2"):
+        cfg = load_config(name)
+        assert cfg.run.name == f"{name}-stage{cfg.stage}"
+
+
+def test_table7_hyper_parameters():
+    # Table 7 of the paper: Stage-1 / Stage-2.
+    s1, s2 = load_config("stage1"), load_config("stage2")
+    assert (s1.train.lr, s2.train.lr) == (1e-5, 1e-6)
+    assert (s1.train.grad_accum, s2.train.grad_accum) == (1, 2)
+    assert (s1.train.epochs, s2.train.epochs) == (1, 3)
+    for cfg in (s1, s2):
+        assert cfg.rollout.n == 8
+        assert cfg.train.lr_schedule == "cosine" and cfg.train.warmup_ratio == 0.03
+        assert cfg.train.weight_decay == 0.0 and cfg.train.precision == "bf16"
+        assert cfg.learner.zero_stage == 3 and cfg.learner.offload
+        assert cfg.model.max_pixels == 1920 * 1080
+    assert (s1.stage, s2.stage) == (1, 2)
+    assert s1.reward.advantage == "standard" and s2.reward.advantage == "clipped_positive"
+
+
+def test_inheritance_child_overrides_parent_and_keeps_the_rest():
+    base, tiny = load_config("base"), load_config("tiny")
+    assert tiny.rollout.max_new_tokens == 48 and base.rollout.max_new_tokens == 1024
+    assert tiny.reward.eps == base.reward.eps == 0.5          # inherited untouched
+    assert tiny.prompts.tags.answer_open == "[answer]"        # from prompts.yaml via base
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["train.lr=1e-5", "rollout.n=4", "train.max_steps=null",
+                               "reward.lambdas=[1,1,0]", "logging.wandb=true"])
+    assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
+    assert cfg.rollout.n == 4 and cfg.train.max_steps is None and cfg.logging.wandb is True
+    assert list(cfg.reward.lambdas) == [1, 1, 0]
+    assert isinstance(load_config("tiny", ["train.lr=1"]).train.lr, float)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "Did you mean 'train.lr'"),
+    ("rollout.nn=2", "Did you mean 'rollout.n'"),
+    ("train.lr=abc", "must be a number"),
+    ("rollout.n=2.5", "must be an integer"),
+    ("logging.wandb=3", "must be a boolean"),
+    ("reward.advantage=foo", "choose one of"),
+    ("rollout=3", "must be a mapping"),
+    ("noequals", "key.sub=value"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_unknown_config_name_suggests_the_closest():
+    with pytest.raises(ConfigError, match="Did you mean conf=tiny"):
+        load_config("tinyy")
+
+
+def test_config_is_struct_and_round_trips(tmp_path):
+    cfg = load_config("tiny", ["run.name=x"])
+    with pytest.raises(Exception):
+        _ = cfg.train.not_a_key
+    saved = save_config(cfg, tmp_path / "config.yaml")
+    assert OmegaConf.load(saved) == cfg
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_launch_help_lists_configs():
+    proc = _launch("--help")
+    assert proc.returncode == 0
+    assert "conf=NAME" in proc.stdout and "stage2" in proc.stdout and "tiny" in proc.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("conf=nope",), "no config named 'nope'"),
+    (("train.lrr=1",), "Did you mean 'train.lr'"),
+    (("train.lr=abc",), "must be a number"),
+    (("model.path=./no/such/dir", "run.output_dir=/tmp/refine-iqa-test-out"),
+     "neither a local directory"),
+])
+def test_launch_bad_input_is_one_clear_line(args, message):
+    proc = _launch(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
