@@ -40,9 +40,7 @@ def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
     """Split `conf=NAME` from the overrides (conf defaults to tiny)."""
     name, overrides = "tiny", []
     for arg in argv:
-        if arg.startswith("conf="):
-            name = arg.split("=", 1)[1].removesuffix(".yaml")
-        elif arg.startswith("--conf="):
+        if arg.startswith("conf=") or arg.startswith("--conf="):
             name = arg.split("=", 1)[1].removesuffix(".yaml")
         else:
             overrides.append(arg)

@@ -51,7 +51,7 @@ def _read_yaml(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     if isinstance(node, DictConfig):
-        for k in node.keys():
+        for k in node:
             full = f"{prefix}{k}"
             keys.append(full)
             keys.extend(_all_keys(node._get_node(k), full + "."))
@@ -60,7 +60,7 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 def _check_known(schema: DictConfig, update: DictConfig, source: str, prefix: str = "") -> None:
     """Raise ConfigError for a key of `update` that `schema` does not declare."""
-    for key in update.keys():
+    for key in update:
         full = f"{prefix}{key}"
         if key not in schema:
             valid = _all_keys(schema, prefix)
@@ -70,40 +70,35 @@ def _check_known(schema: DictConfig, update: DictConfig, source: str, prefix: st
         sub_schema, sub_update = schema._get_node(key), update._get_node(key)
         if isinstance(sub_schema, DictConfig) and isinstance(sub_update, DictConfig):
             _check_known(sub_schema, sub_update, source, full + ".")
-        elif isinstance(sub_schema, DictConfig) != isinstance(sub_update, DictConfig):
-            if not sub_schema._is_none() and not sub_update._is_none():
-                raise ConfigError(
-                    f"'{full}' in {source} must be "
-                    f"{'a mapping' if isinstance(sub_schema, DictConfig) else 'a single value'}"
-                )
+        elif (isinstance(sub_schema, DictConfig) != isinstance(sub_update, DictConfig)
+              and not sub_schema._is_none() and not sub_update._is_none()):
+            shape = "a mapping" if isinstance(sub_schema, DictConfig) else "a single value"
+            raise ConfigError(f"'{full}' in {source} must be {shape}")
 
 
 def _coerce(full: str, default: Any, value: Any, source: str) -> Any:
     """Give `value` the type of `default` (None in base means: any type)."""
     if default is None or value is None:
         return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(default, (int, float)):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(default, int) and isinstance(value, float) and not value.is_integer():
-                pass
-            else:
-                return type(default)(value)
-    elif isinstance(default, str):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif isinstance(default, (list, ListConfig)):
-        if isinstance(value, (list, ListConfig)):
-            return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool) and isinstance(value, bool):
+        return value
+    if isinstance(default, float) and is_number:
+        return float(value)
+    if isinstance(default, int) and not isinstance(default, bool) and is_number \
+            and float(value).is_integer():
+        return int(value)
+    if isinstance(default, str) and (is_number or isinstance(value, str)):
+        return str(value)
+    if isinstance(default, (list, ListConfig)) and isinstance(value, (list, ListConfig)):
+        return value
     kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
         type(default), "a list")
     raise ConfigError(f"'{full}' in {source} must be {kind} (like {default!r}), got {value!r}")
 
 
 def _typed(schema: DictConfig, update: DictConfig, source: str, prefix: str = "") -> None:
-    for key in list(update.keys()):
+    for key in list(update):
         full = f"{prefix}{key}"
         sub_schema = schema._get_node(key)
         if isinstance(sub_schema, DictConfig):

@@ -73,7 +73,9 @@ def test_unknown_config_name_suggests_the_closest():
 
 def test_config_is_struct_and_round_trips(tmp_path):
     cfg = load_config("tiny", ["run.name=x"])
-    with pytest.raises(Exception):
+    from omegaconf.errors import ConfigAttributeError
+
+    with pytest.raises(ConfigAttributeError):
         _ = cfg.train.not_a_key
     saved = save_config(cfg, tmp_path / "config.yaml")
     assert OmegaConf.load(saved) == cfg

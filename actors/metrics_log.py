@@ -1,0 +1,176 @@
+"""Where the driver's step metrics go: metrics.jsonl (always), wandb (when enabled), Ray.
+
+The metric names are declared once, here (`STEP_METRICS`), with the names users know from
+verl / TRL where one exists; tests and plots read them from this module. Every step writes
+one JSON line to `<run dir>/metrics.jsonl`; on resume the lines of steps after the
+checkpoint are dropped first, so each step appears once. The same numbers go to wandb
+(`logging.wandb=true`; `WANDB_MODE=offline` works) and to Ray custom metrics (gauges named
+`refine_iqa_<key>`, shown by the Ray dashboard's metrics view when Prometheus is set up).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("refine_iqa")
+
+# key -> meaning. Stage-specific keys are absent from the other stage's steps.
+STEP_METRICS: dict[str, str] = {
+    "step": "training step (1-based)",
+    "epoch": "epoch of the batch",
+    "weights/version": "weights version the rollouts were generated with",
+    "reward/final_mean": "mean final reward (Eq. 5 in Stage-2, format + task in Stage-1)",
+    "reward/final_std": "std of the final reward over all rollouts",
+    "reward/format_mean": "format reward", "reward/format_std": "",
+    "reward/group_none_qualified_frac": "groups where no rollout is qualified (ans == fmt == 1)",
+    "reward/group_all_tied_frac": "groups whose rewards all tie (zero-signal groups)",
+    "adv/mean": "mean advantage", "adv/max": "max advantage",
+    "response_length/mean": "completion tokens", "response_length/max": "",
+    "response_length/clip_ratio": "completions cut at max_new_tokens",
+    "actor/pg_loss": "policy loss", "actor/pg_clipfrac": "clip fraction",
+    "actor/ppo_kl": "approximate KL old -> new", "actor/grad_norm": "gradient norm",
+    "actor/lr": "learning rate",
+    "timing/generate": "s", "timing/score": "s (PD teacher forcing)", "timing/reward": "s",
+    "timing/update": "s", "timing/weight_push": "s", "timing/step": "s",
+    "perf/tokens_per_sec": "completion tokens per second of the whole step",
+    "events/engine_restarts": "rollout engines restarted so far",
+    "data/skipped_samples": "samples skipped so far (unreadable image, bad record)",
+}
+STAGE2_METRICS: dict[str, str] = {
+    "reward/answer_mean": "answer reward (Eq. 1)", "reward/answer_std": "",
+    "reward/pd_mean": "PD reward of qualified rollouts (Eqs. 2-4)", "reward/pd_std": "",
+    "think_length/mean": "think tokens (characters / 4 when untokenised)",
+    "think_length/max": "",
+}
+STAGE1_METRICS: dict[str, str] = {
+    "reward/choice_mean": "multi-choice reward of the choice samples",
+    "reward/iou_mean": "grounding IoU reward of the grounding samples",
+}
+# Logged every eval.nothink_acc_every steps (the paper's Fig. 5, right).
+PERIODIC_METRICS: dict[str, str] = {
+    "eval/no_think_answer_acc": "answer accuracy of greedy no-think answers on the batch",
+    "eval/think_answer_acc": "answer accuracy of the think rollouts of the same batch",
+}
+
+
+def required_keys(stage: int) -> list[str]:
+    """The keys every step of a stage writes."""
+    extra = STAGE2_METRICS if stage == 2 else STAGE1_METRICS
+    return list(STEP_METRICS) + list(extra)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; None says "not measured this step"
+    return value
+
+
+class MetricsLogger:
+    """Writes step metrics to metrics.jsonl, wandb and Ray gauges."""
+
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], use_wandb: bool,
+                 project: str, resume_from_step: int = 0) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(resume_from_step)
+        self._file = self.path.open("a")
+        self._gauges: dict[str, Any] = {}
+        self.wandb_run = None
+        if use_wandb:
+            self.wandb_run = self._start_wandb(Path(run_dir), config, project)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines of steps > step: a resumed run redoes them."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write
+        self.path.write_text("".join(k + "\n" for k in kept))
+
+    @staticmethod
+    def _start_wandb(run_dir: Path, config: Mapping[str, Any], project: str):
+        import wandb
+
+        id_file = run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        id_file.write_text(run_id)
+        return wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow",
+                          dir=str(run_dir), config=dict(config))
+
+    def _gauge(self, key: str):
+        if key not in self._gauges:
+            from ray.util.metrics import Gauge
+
+            name = "refine_iqa_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            self._gauges[key] = Gauge(name, description=STEP_METRICS.get(key, key))
+        return self._gauges[key]
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record one step's metrics everywhere."""
+        record = {"step": step, "time": time.time(),
+                  **{k: _finite(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        numeric = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.wandb_run is not None:
+            self.wandb_run.log(numeric, step=step)
+        import ray
+
+        if ray.is_initialized():
+            for key, value in numeric.items():
+                if key != "time":
+                    self._gauge(key).set(float(value))
+
+    def alert(self, title: str, text: str) -> None:
+        """A warning users should see: the log, and a wandb alert when wandb is on."""
+        log.warning("%s: %s", title, text)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.alert(title=title, text=text, level=wandb.AlertLevel.WARN)
+
+    def close(self) -> None:
+        self._file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class ThinkCollapseWatch:
+    """Warns when the mean think length falls below a fraction of its early value.
+
+    "Think collapse" (paper, Fig. 2) is the failure the PD reward exists to prevent: the
+    think shrinks while the score still improves. The early value is the mean over the
+    first `warmup` steps of the run.
+    """
+
+    def __init__(self, fraction: float, warmup: int = 5) -> None:
+        self.fraction, self.warmup = fraction, warmup
+        self.early: list[float] = []
+        self.warned = False
+
+    def update(self, think_len: float) -> str | None:
+        """Feed one step's mean think length; returns a warning text once, when it fires."""
+        if not math.isfinite(think_len):
+            return None
+        if len(self.early) < self.warmup:
+            self.early.append(think_len)
+            return None
+        base = sum(self.early) / len(self.early)
+        if not self.warned and base > 0 and think_len < self.fraction * base:
+            self.warned = True
+            return (f"mean think length {think_len:.1f} fell below {self.fraction:.0%} of its "
+                    f"early value {base:.1f}: think collapse (paper Fig. 2)")
+        return None
