@@ -5,8 +5,8 @@ comes from conf/prompts.yaml (every parser takes an optional `prompts` node).
 
 Stage-2 scoring: extract_score, format_reward, answer_reward (Eq. 1), mos_digits,
 digit_weights / pd_weight_vector / pd_reward (Eqs. 2-4), final_reward (Eq. 5),
-group_advantages (Eq. 6); the per-step batch forms stage2_rewards, batch_pd_rewards,
-combine_rewards and batch_advantages. Stage-1 perception: choice_reward, iou,
+group_advantages (Eq. 6); the per-step batch forms stage2_rewards, answer_rewards,
+batch_pd_rewards, combine_rewards and batch_advantages. Stage-1 perception: choice_reward, iou,
 grounding_reward. Optional: ranking_reward (PreResQ-style inter-image order).
 """
 
@@ -18,6 +18,7 @@ from rewards.ranking import ranking_reward
 from rewards.scoring import (
     PD_WEIGHT_SCHEMES,
     answer_reward,
+    answer_rewards,
     batch_pd_rewards,
     digit_weights,
     final_reward,
@@ -33,6 +34,7 @@ __all__ = [
     "Stage2Rewards",
     "answer_content",
     "answer_reward",
+    "answer_rewards",
     "batch_advantages",
     "batch_pd_rewards",
     "choice_reward",

@@ -1,26 +1,25 @@
 """One training step's Stage-2 rewards at once: the entry point of the training loop.
 
 A step goes (DESIGN.md, "One training step"):
-    r = stage2_rewards(texts, mos)                       # format, answer, qualified
+    r = stage2_rewards(texts, mos, eps=..., lambdas=...)  # format, answer, qualified
     # the scoring actor teacher-forces mos_digits(mos) where r.qualified -> z_think, z_ref
     pd = batch_pd_rewards(z_think, z_ref, scored=r.qualified, weights=...)
-    r = stage2_rewards(texts, mos, pd=pd)                # Eq. 5 with the PD term
+    r = r.with_pd(pd)                                     # Eq. 5 with the PD term
     adv = batch_advantages(r.final, r.qualified, mode, shift, eps)
-Parsing a step (B = 64, G = 8) costs milliseconds (benchmarks/bench_rewards.py), so
-calling stage2_rewards twice is simpler than carrying state between the calls.
+The texts are parsed once; benchmarks/bench_rewards.py measures a whole step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from conf.prompts import MODES
 from rewards.parsing import grammar
-from rewards.scoring import answer_reward, check_lambdas, finite_float
+from rewards.scoring import answer_rewards, check_lambdas, finite_float
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,8 @@ class Stage2Rewards:
 
     score: the parsed prediction, NaN where the output has none (a data field for metrics,
     not a reward). fmt, ans: 0/1 rewards. qualified: ans == fmt == 1. pd: the PD reward as it
-    enters the final reward (0 where not qualified). final: Eq. 5.
+    enters the final reward (0 where not qualified). final: Eq. 5. lambdas: Eq. 5's weights
+    the final reward was computed with.
     """
 
     score: np.ndarray
@@ -38,6 +38,20 @@ class Stage2Rewards:
     qualified: np.ndarray
     pd: np.ndarray
     final: np.ndarray
+    lambdas: tuple[float, float, float]
+
+    def with_pd(self, pd: Any) -> Stage2Rewards:
+        """The same rollouts with the PD term of Eq. 5 set from `pd` ([B, G]).
+
+        pd is read only where a rollout is qualified (batch_pd_rewards(scored=qualified)
+        gives 0 elsewhere); raises ValueError on a shape other than [B, G] or an invalid pd
+        of a qualified rollout.
+        """
+        pd_arr = np.asarray(pd, dtype=float)
+        if pd_arr.shape != self.fmt.shape:
+            raise ValueError(f"pd must be [B, G] = {self.fmt.shape}, got {pd_arr.shape}")
+        final = combine_rewards(self.ans, self.fmt, pd_arr, self.lambdas)
+        return replace(self, pd=np.where(self.qualified, pd_arr, 0.0), final=final)
 
 
 def combine_rewards(ans: Any, fmt: Any, pd: Any, lambdas: Sequence[float]) -> np.ndarray:
@@ -102,23 +116,21 @@ def stage2_rewards(texts: Sequence[Sequence[str]], mos: Sequence[float], pd: Any
     if len(mos_values) != b:
         raise ValueError(f"mos must hold one score per group ({b}), got {len(mos_values)}")
     mos_values = [finite_float(v, f"mos[{i}]") for i, v in enumerate(mos_values)]
+    lambdas = check_lambdas(lambdas)
     gram = grammar(prompts)
 
     score = np.full((b, g), np.nan)
     fmt = np.zeros((b, g))
-    ans = np.zeros((b, g))
     for i, group in enumerate(groups):
         for j, text in enumerate(group):
-            value = gram.score(text)
+            value, well_formed = gram.parse(text, mode)
             if value is None:
                 continue  # no score: format 0 as well, since a well-formed output has one
             score[i, j] = value
-            fmt[i, j] = 1.0 if gram.is_well_formed(text, mode) else 0.0
-            ans[i, j] = answer_reward(value, mos_values[i], eps)
-    pd_arr = np.zeros((b, g)) if pd is None else np.asarray(pd, dtype=float)
-    if pd_arr.shape != (b, g):
-        raise ValueError(f"pd must be [B, G] = {(b, g)}, got {pd_arr.shape}")
-    final = combine_rewards(ans, fmt, pd_arr, lambdas)
+            fmt[i, j] = 1.0 if well_formed else 0.0
+    ans = answer_rewards(score, np.asarray(mos_values)[:, None], eps)
     qualified = (ans == 1.0) & (fmt == 1.0)
-    return Stage2Rewards(score=score, fmt=fmt, ans=ans, qualified=qualified,
-                         pd=np.where(qualified, pd_arr, 0.0), final=final)
+    no_pd = np.zeros((b, g))
+    without_pd = Stage2Rewards(score=score, fmt=fmt, ans=ans, qualified=qualified, pd=no_pd,
+                               final=combine_rewards(ans, fmt, no_pd, lambdas), lambdas=lambdas)
+    return without_pd if pd is None else without_pd.with_pd(pd)

@@ -77,8 +77,8 @@ def _box(box: Any, name: str) -> tuple[float, float, float, float]:
 def iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     """Intersection over union of two boxes (x1, y1, x2, y2), in [0, 1].
 
-    Corners may come in either order (they are sorted per axis). A box of zero area gives
-    0.0. Raises ValueError when a box is not 4 finite numbers.
+    Corners may come in either order (they are sorted per axis). A box of zero area
+    (in floating point, so an area that underflows counts) gives 0.0. Raises ValueError when a box is not 4 finite numbers.
     """
     ax1, ay1, ax2, ay2 = _box(box_a, "box_a")
     bx1, by1, bx2, by2 = _box(box_b, "box_b")

@@ -24,6 +24,10 @@ MAX_DIGITS = 17  # a double carries about 17 significant decimal digits
 
 def finite_float(value: Any, name: str) -> float:
     """`value` as a float; TypeError for non-numbers (bools included), ValueError for NaN/inf."""
+    if type(value) is float:  # the common case, without the slower ABC check below
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return value
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
@@ -44,18 +48,53 @@ def answer_reward(pred: float | None, mos: float, eps: float = 0.5) -> float:
 
     A missing (None) or non-finite prediction earns 0.0: it is the model's output, and a
     bad output is simply wrong. A non-finite `mos` or a non-positive `eps` is a data or
-    config error and raises ValueError. The distance is taken in decimal arithmetic (see
+    config error and raises ValueError; a pred that is not a number (a str, a bool) is a
+    caller's bug and raises TypeError. The distance is taken in decimal arithmetic (see
     the module docstring), so a prediction exactly eps away earns 0.0 as Eq. 1 says.
     """
     mos = finite_float(mos, "mos")
     eps = finite_float(eps, "eps")
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps!r} (reward.eps; the paper uses 0.5)")
-    if pred is None or isinstance(pred, bool) or not isinstance(pred, Real):
+    if pred is None:
         return 0.0
-    if not math.isfinite(float(pred)):
+    if isinstance(pred, np.ndarray) and pred.ndim == 0:
+        pred = pred.item()
+    if isinstance(pred, bool) or not isinstance(pred, Real):
+        raise TypeError(f"pred must be a number or None (extract_score's result), "
+                        f"got {type(pred).__name__}")
+    pred = float(pred)
+    if not math.isfinite(pred):
         return 0.0
+    gap = abs(pred - mos) - eps
+    # Float rounding moves the gap by a few ulps of the largest operand; only when it lies
+    # that close to 0 can the float answer differ from the decimal one.
+    if abs(gap) > 1e-9 * max(1.0, abs(pred), abs(mos), eps):
+        return 1.0 if gap < 0 else 0.0
     return 1.0 if abs(_decimal(pred) - _decimal(mos)) < _decimal(eps) else 0.0
+
+
+def answer_rewards(preds: Any, mos: Any, eps: float = 0.5) -> np.ndarray:
+    """answer_reward element-wise on broadcast arrays (a NaN/inf prediction: none made).
+
+    Equal to answer_reward element for element, including the decimal comparison at the
+    boundary; vectorised because the loop scores B x G rollouts per step.
+    """
+    p, m = np.broadcast_arrays(np.asarray(preds, dtype=float), np.asarray(mos, dtype=float))
+    if not np.isfinite(m).all():
+        raise ValueError("mos must be finite; every image needs its ground-truth score")
+    eps = finite_float(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be positive, got {eps!r} (reward.eps; the paper uses 0.5)")
+    usable = np.isfinite(p)
+    p0 = np.where(usable, p, 0.0)
+    gap = np.abs(p0 - m) - eps
+    scale = np.maximum(np.maximum(1.0, eps), np.maximum(np.abs(p0), np.abs(m)))
+    out = np.where(usable & (gap < 0), 1.0, 0.0)
+    # Same boundary rule as answer_reward: near-ties are settled in decimal arithmetic.
+    for idx in zip(*np.nonzero(usable & (np.abs(gap) <= 1e-9 * scale))):
+        out[idx] = answer_reward(float(p[idx]), float(m[idx]), eps)
+    return out
 
 
 def _positive_int(m: Any, name: str, upper: int = MAX_DIGITS) -> int:

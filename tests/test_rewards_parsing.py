@@ -22,7 +22,7 @@ GOOD = "[think]The sky is sharp, slight noise.[/think][answer]Score:3.7[/answer]
 # 10 kB of printable noise without brackets (seeded, so the table is fixed).
 _rng = random.Random(0)
 NOISE_10K = "".join(_rng.choice("abcdefghij klmnop:.,0123456789\n") for _ in range(10_000))
-# 10 kB made of answer fragments: 357 answer blocks, so no single answer to read.
+# 10 kB made of answer fragments: hundreds of answer blocks, so no single answer to read.
 TAG_SOUP_10K = ("[think]x[/think][answer]Score:3.7[/answer]" * 250)[:10_000]
 
 # (output, mode, format reward, extracted score); the expectations are the issue's rules.
@@ -153,6 +153,11 @@ def test_bad_tag_sets_are_rejected():
     node = OmegaConf.to_container(default_prompts())
     node["tags"]["answer_close"] = "[answer]]"  # contains answer_open
     with pytest.raises(ValueError, match="answer_open"):
+        grammar(OmegaConf.create(node))
+    node = OmegaConf.to_container(default_prompts())
+    # "<a>" ends with "a>", the start of "a>b": in "<a>b" the scan could see only one.
+    node["tags"].update(answer_open="<a>", answer_close="a>b")
+    with pytest.raises(ValueError, match="overlaps"):
         grammar(OmegaConf.create(node))
     node = OmegaConf.to_container(default_prompts())
     del node["tags"]["score_prefix"]

@@ -1,0 +1,126 @@
+"""Group advantages: Eq. 6 (clipped-positive / shifted-negative) and plain GRPO."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rewards import batch_advantages, group_advantages
+
+SHIFT, EPS = 2e-5, 1e-4
+
+
+def _independent(rewards, qualified, mode, shift=SHIFT, eps=EPS):
+    """Eq. 6 written out with the standard library (population std)."""
+    mean = statistics.fmean(rewards)
+    std = statistics.pstdev(rewards)
+    if mode == "standard":
+        return [(r - mean) / (std + eps) for r in rewards]
+    if any(qualified):
+        return [max((r - mean) / (std + eps), 0.0) for r in rewards]
+    return [(r - mean - shift) / (std + eps) for r in rewards]
+
+
+def test_appendix_worked_example():
+    # Supp. of the paper: with format reward 1 everywhere, a hard sample gives rewards
+    # [2,1,1,1,1,1,1,1] and an easy one [2.1,2,2,2,2,2,2,1]; the correct rollout of the hard
+    # one must get the larger advantage.
+    hard = [2, 1, 1, 1, 1, 1, 1, 1]
+    easy = [2.1, 2, 2, 2, 2, 2, 2, 1]
+    a_hard = group_advantages(hard, [r >= 2 for r in hard])
+    a_easy = group_advantages(easy, [r >= 2 for r in easy])
+    # By hand: mean 1.125, population variance (0.875^2 + 7 * 0.125^2)/8 = 0.109375,
+    # std 0.3307189, A = 0.875 / (0.3307189 + 1e-4) = 2.64495.
+    assert a_hard[0] == pytest.approx(2.64495, abs=1e-5)
+    # By hand: mean 1.8875, variance 0.90875/8 = 0.11359375, std 0.3370367,
+    # A(2.1) = 0.2125 / 0.3371367 = 0.63031, A(2) = 0.1125 / 0.3371367 = 0.33369.
+    assert a_easy[0] == pytest.approx(0.63031, abs=1e-5)
+    assert a_easy[1] == pytest.approx(0.33369, abs=1e-5)
+    assert a_hard[0] > 4 * a_easy[0]
+    # Wrong rollouts are not pushed down while a right one exists.
+    assert a_hard[1:].tolist() == [0.0] * 7 and a_easy[7] == 0.0
+    assert a_hard == pytest.approx(_independent(hard, [r >= 2 for r in hard], "clipped"))
+
+
+def test_no_qualified_rollout_gets_the_shifted_negative_form():
+    rewards = [1, 1, 1, 0, 1, 0, 1, 1]  # format only, every answer wrong
+    adv = group_advantages(rewards, [False] * 8)
+    assert adv == pytest.approx(_independent(rewards, [False] * 8, "clipped"))
+    assert (adv[np.array(rewards) == 0] < 0).all()
+    # All tied and none qualified: every rollout gets -shift / eps = -0.2 (finite).
+    tied = group_advantages([1.0] * 8, [False] * 8)
+    assert tied == pytest.approx([-0.2] * 8)
+    # The paper's printed shift 0.02 is a config value away.
+    assert group_advantages([1.0] * 8, [False] * 8, shift=0.02) == pytest.approx([-200.0] * 8)
+
+
+def test_standard_grpo():
+    rewards = [2.0, 1.0, 0.0, 1.0]
+    adv = group_advantages(rewards, None, mode="standard")
+    assert adv == pytest.approx(_independent(rewards, None, "standard"))
+    assert adv[2] < 0  # plain GRPO does push wrong rollouts down
+    # The qualified mask does not change plain GRPO.
+    assert np.array_equal(adv, group_advantages(rewards, [1, 0, 0, 0], mode="standard"))
+
+
+def test_batch_equals_per_group():
+    rng = np.random.default_rng(7)
+    rewards = rng.choice([0.0, 1.0, 2.0], size=(16, 8)) + rng.random((16, 8)) * 0.3
+    qualified = rewards >= 2.0
+    qualified[3] = False  # at least one group with no qualified rollout
+    for mode in ("clipped_positive", "standard"):
+        batch = batch_advantages(rewards, qualified, mode=mode)
+        for i in range(16):
+            assert np.array_equal(batch[i], group_advantages(rewards[i], qualified[i], mode=mode))
+
+
+@pytest.mark.parametrize(("rewards", "qualified", "kwargs", "match"), [
+    ([1.0, np.nan], [True, False], {}, "non-finite"),
+    ([1.0, np.inf], [True, False], {}, "non-finite"),
+    ([1.0, 2.0], [True], {}, "shape"),
+    ([1.0, 2.0], [2, 0], {}, "0/1"),
+    ([], [], {}, "non-empty"),
+    ([1.0, 2.0], [True, False], {"eps": 0.0}, "eps"),
+    ([1.0, 2.0], [True, False], {"mode": "dapo"}, "mode"),
+    ([1.0, 2.0], None, {}, "qualified"),
+])
+def test_bad_input_raises(rewards, qualified, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        group_advantages(rewards, qualified, **kwargs)
+
+
+def test_batch_rejects_one_dimensional_input():
+    with pytest.raises(ValueError, match=r"\[B, G\]"):
+        batch_advantages([1.0, 2.0], [True, False])
+
+
+group_size = st.integers(1, 16)
+reward = st.floats(-1e3, 1e3, allow_nan=False)
+
+
+@settings(deadline=None, max_examples=300)
+@given(group_size.flatmap(lambda g: st.tuples(st.lists(reward, min_size=g, max_size=g),
+                                              st.lists(st.booleans(), min_size=g,
+                                                       max_size=g))))
+def test_clipped_positive_never_negative_when_some_qualified(case):
+    rewards, qualified = case
+    adv = group_advantages(rewards, qualified)
+    assert np.isfinite(adv).all()
+    if any(qualified):
+        assert (adv >= 0).all()
+    else:
+        assert adv == pytest.approx(_independent(rewards, qualified, "clipped"), abs=1e-6)
+
+
+@settings(deadline=None, max_examples=200)
+@given(reward, group_size, st.lists(st.booleans(), min_size=16, max_size=16),
+       st.sampled_from(["clipped_positive", "standard"]))
+def test_all_tied_groups_are_finite(value, g, flags, mode):
+    adv = group_advantages([value] * g, flags[:g], mode=mode)
+    assert np.isfinite(adv).all()
+    # Tied rewards carry no preference: no rollout is favoured over another.
+    assert np.ptp(adv) == 0.0
