@@ -26,6 +26,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
+# Every benchmark script, one after the other (each prints a table and writes JSON under
+# outputs/bench/).
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
