@@ -37,7 +37,7 @@ def test_table7_hyper_parameters():
 
 def test_inheritance_child_overrides_parent_and_keeps_the_rest():
     base, tiny = load_config("base"), load_config("tiny")
-    assert tiny.rollout.max_new_tokens == 48 and base.rollout.max_new_tokens == 1024
+    assert tiny.rollout.max_new_tokens == 64 and base.rollout.max_new_tokens == 1024
     assert tiny.reward.eps == base.reward.eps == 0.5          # inherited untouched
     assert tiny.prompts.tags.answer_open == "[answer]"        # from prompts.yaml via base
 
