@@ -7,13 +7,22 @@ Stage-2 scoring: extract_score, format_reward, answer_reward (Eq. 1), mos_digits
 digit_weights / pd_weight_vector / pd_reward (Eqs. 2-4), final_reward (Eq. 5),
 group_advantages (Eq. 6); the per-step batch forms stage2_rewards, answer_rewards,
 batch_pd_rewards, combine_rewards and batch_advantages. Stage-1 perception: choice_reward, iou,
-grounding_reward. Optional: ranking_reward (PreResQ-style inter-image order).
+grounding_reward, perception_format_reward and the batch form
+stage1_rewards. Optional: ranking_reward (PreResQ-style inter-image order).
 """
 
 from rewards.advantages import ADVANTAGE_MODES, batch_advantages, group_advantages
 from rewards.batch import Stage2Rewards, combine_rewards, stage2_rewards
 from rewards.parsing import answer_content, extract_score, format_reward, grammar
-from rewards.perception import CHOICE_MODES, choice_reward, grounding_reward, iou, parse_box
+from rewards.perception import (
+    CHOICE_MODES,
+    choice_reward,
+    grounding_reward,
+    iou,
+    parse_box,
+    perception_format_reward,
+    stage1_rewards,
+)
 from rewards.ranking import ranking_reward
 from rewards.scoring import (
     PD_WEIGHT_SCHEMES,
@@ -51,6 +60,8 @@ __all__ = [
     "parse_box",
     "pd_reward",
     "pd_weight_vector",
+    "perception_format_reward",
     "ranking_reward",
+    "stage1_rewards",
     "stage2_rewards",
 ]

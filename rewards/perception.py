@@ -124,3 +124,50 @@ def grounding_reward(text: str, gt_box: Sequence[float], prompts: Any | None = N
         raise ValueError(f"gt_box {gt_box!r} has zero area; fix the sample's bbox in the manifest")
     box = parse_box(text, prompts)
     return 0.0 if box is None else iou(box, (gx1, gy1, gx2, gy2))
+
+
+def perception_format_reward(text: str, prompts: Any | None = None) -> float:
+    """Stage-1 format reward: 1.0 when the whole output is one answer block.
+
+    Both Stage-1 prompts ask for "[answer]...[/answer]" and nothing else (no think:
+    Stage-1 runs in no-think mode); whitespace around the block is allowed, any other text
+    before or after it, or a second block, gives 0.0.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be the decoded model output (str), got {type(text).__name__}")
+    gram = grammar(prompts)
+    body = text.strip()
+    if not (body.startswith(gram.answer_open) and body.endswith(gram.answer_close)):
+        return 0.0
+    return 1.0 if gram.answer_content(body) is not None else 0.0
+
+
+def stage1_rewards(texts: Sequence[Sequence[str]], tasks: Sequence[str],
+                   answers: Sequence[Any], choice_mode: str = "mean",
+                   lambdas: Sequence[float] = (1.0, 1.0),
+                   prompts: Any | None = None) -> dict[str, np.ndarray]:
+    """Rewards of B groups of G Stage-1 rollouts, every array [B, G].
+
+    tasks[i] is "choice" or "grounding"; answers[i] the gold "object / class / severity"
+    string or the ground-truth box in MODEL-INPUT pixels (actors.prompting converts).
+    Returns fmt, task (choice reward or IoU), and final = lambdas[0] * task + lambdas[1] *
+    fmt, the Stage-1 analogue of Eq. 5 without a PD term.
+    """
+    if not (len(texts) == len(tasks) == len(answers)):
+        raise ValueError(f"texts, tasks and answers must have one entry per group, got "
+                         f"{len(texts)}, {len(tasks)}, {len(answers)}")
+    sizes = {len(g) for g in texts}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"every group must hold the same number G >= 1 of rollouts, got "
+                         f"sizes {sorted(sizes)}")
+    b, g = len(texts), sizes.pop()
+    fmt, task = np.zeros((b, g)), np.zeros((b, g))
+    for i, (group, kind, gold) in enumerate(zip(texts, tasks, answers)):
+        if kind not in ("choice", "grounding"):
+            raise ValueError(f"tasks[{i}] must be 'choice' or 'grounding', got {kind!r}")
+        for j, text in enumerate(group):
+            fmt[i, j] = perception_format_reward(text, prompts)
+            task[i, j] = (choice_reward(text, gold, choice_mode, prompts) if kind == "choice"
+                          else grounding_reward(text, gold, prompts))
+    w_task, w_fmt = (float(x) for x in lambdas)
+    return {"fmt": fmt, "task": task, "final": w_task * task + w_fmt * fmt}

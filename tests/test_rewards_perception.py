@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rewards import choice_reward, grounding_reward, iou, parse_box
+from rewards import (
+    choice_reward,
+    grounding_reward,
+    iou,
+    parse_box,
+    perception_format_reward,
+    stage1_rewards,
+)
 
 GOLD = "dog / high contrast / slight"
 
@@ -128,3 +136,30 @@ def test_parse_box():
 def test_grounding_bad_ground_truth_raises(gt):
     with pytest.raises(ValueError, match="gt_box"):
         grounding_reward("[answer] 10,20,30,40 [/answer]", gt)
+
+
+# Stage-1 format and batch rewards (hand-worked examples).
+@pytest.mark.parametrize("text, expected", [
+    ("[answer]cat / blur / slight[/answer]", 1.0),
+    ("  [answer] 1,2,3,4 [/answer]\n", 1.0),
+    ("Sure! [answer]cat / blur / slight[/answer]", 0.0),
+    ("[answer]a[/answer][answer]b[/answer]", 0.0),
+    ("[think]x[/think][answer]cat / blur / slight[/answer]", 0.0),
+    ("[answer]cat / blur / slight", 0.0),
+    ("", 0.0),
+])
+def test_perception_format_reward(text, expected):
+    assert perception_format_reward(text) == expected
+
+
+def test_stage1_rewards_mix_choice_and_grounding():
+    texts = [["[answer]cat / blur / slight[/answer]", "[answer]dog / blur / severe[/answer]"],
+             ["[answer] 0,0,10,10 [/answer]", "the box is 0,0,10,10"]]
+    out = stage1_rewards(texts, ["choice", "grounding"],
+                         ["cat / blur / slight", [0, 0, 10, 20]])
+    # choice "mean": 3/3 and 1/3 right; grounding IoU of a 10x10 box in a 10x20 box = 0.5.
+    np.testing.assert_allclose(out["task"], [[1.0, 1 / 3], [0.5, 0.0]])
+    np.testing.assert_allclose(out["fmt"], [[1, 1], [1, 0]])
+    np.testing.assert_allclose(out["final"], out["task"] + out["fmt"])
+    with pytest.raises(ValueError, match="tasks\\[0\\]"):
+        stage1_rewards([["x"]], ["score"], [None])
