@@ -58,9 +58,16 @@ def prepare_model(cfg) -> str:
 
     path = str(cfg.model.path)
     if path == "tiny":
+        # The embedded model, warmed up on the answer format of the mini dataset's tasks
+        # (synth/cold_start.py says why and how).
+        from synth.cold_start import cold_start
+        from synth.mini_dataset import build_mini_dataset
         from synth.tiny_model import build_tiny_model
 
-        return str(build_tiny_model(cfg.model.cache_dir))
+        mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
+        base = build_tiny_model(cfg.model.cache_dir)
+        return str(cold_start(base, [mini["stage2_train"], mini["stage1_train"]],
+                              cfg.model.cache_dir))
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():
@@ -73,6 +80,147 @@ def prepare_model(cfg) -> str:
     raise ConfigError(
         f"model.path={path} is neither a local directory nor a hub id (org/name); "
         "use model.path=tiny for the embedded model")
+
+
+def resolve_manifests(cfg) -> tuple[Path, Path | None]:
+    """(train, test) manifests: the configured ones, or the embedded mini dataset's."""
+    from conf import ConfigError
+
+    train_m, test_m = cfg.data.train_manifest, cfg.data.test_manifest
+    if train_m is None:
+        from synth.mini_dataset import build_mini_dataset
+
+        mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
+        train_m = mini[f"stage{cfg.stage}_train"]
+        test_m = test_m or mini[f"stage{cfg.stage}_test"]
+    for key, path in (("data.train_manifest", train_m), ("data.test_manifest", test_m)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{key}={path} does not exist: build one with synth.perception "
+                              "or synth.iqa_datasets (README), or leave it null for the mini set")
+    return Path(train_m), Path(test_m) if test_m else None
+
+
+def load_samples(manifest: Path) -> list[dict]:
+    """Manifest samples with their image paths made absolute."""
+    from synth.manifest import read_manifest, resolve_images
+
+    return [{**s, "images": [str(p) for p in resolve_images(s, manifest)]}
+            for s in read_manifest(manifest)]
+
+
+def total_steps(cfg, steps_per_epoch: int) -> int:
+    """train.max_steps if set, else epochs x steps per epoch."""
+    if cfg.train.max_steps is not None:
+        return int(cfg.train.max_steps)
+    return int(cfg.train.epochs) * steps_per_epoch
+
+
+def start_actors(cfg, model_path: str, steps: int):
+    """The three named actor groups: scoring actor (Stage-2), rollout engines, learners."""
+    from actors.engine_group import EngineGroup
+    from actors.scoring_actor import start_scoring_actor
+    from actors.vllm_engine import settings_from_config
+    from learner.group import LearnerGroup
+
+    scorer = None
+    if int(cfg.stage) == 2:
+        scorer = start_scoring_actor(settings_from_config(cfg, model_path, "scoring"),
+                                     num_cpus=cfg.scoring.num_cpus,
+                                     num_gpus=cfg.scoring.num_gpus,
+                                     pd_digits=int(cfg.reward.pd_digits))
+    engines = EngineGroup.from_config(cfg, settings_from_config(cfg, model_path, "rollout"),
+                                      weight_peers=(scorer,) if scorer else ())
+    learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
+    return scorer, engines, learners
+
+
+def train(cfg, model_path: str, out: Path) -> None:
+    """The stage loop of DESIGN.md: generate, reward, update, push weights, log, save."""
+    import time
+
+    from actors.cluster import check_resources, connect
+    from actors.data_stream import DataStream
+    from actors.experience_maker import ExperienceMaker
+    from actors.metrics_log import MetricsLogger, ThinkCollapseWatch
+    from actors.prompting import PromptBuilder
+    from evals.plot import plot_run
+
+    train_manifest, _ = resolve_manifests(cfg)
+    try:
+        samples = load_samples(train_manifest)
+    except ValueError as exc:
+        from conf import ConfigError
+
+        raise ConfigError(str(exc)) from None
+    stream = DataStream(samples, int(cfg.train.batch_size), int(cfg.run.seed),
+                        bool(cfg.data.shuffle))
+    steps = total_steps(cfg, stream.steps_per_epoch)
+    check_resources(cfg, connect(cfg))
+    scorer, engines, learners = start_actors(cfg, model_path, steps)
+    receivers = list(engines.handles) + ([scorer] if scorer else [])
+    builder = PromptBuilder(model_path, cfg.model.min_pixels, cfg.model.max_pixels,
+                            prompts=cfg.prompts)
+    maker = ExperienceMaker(cfg, engines, scorer, builder)
+    watch = ThinkCollapseWatch(float(cfg.logging.think_collapse_fraction))
+
+    step, version = 0, 0
+    state = learners.load_checkpoint(out) if cfg.run.resume else None
+    if state:
+        step, version = int(state["step"]), int(state["weights_version"])
+        stream.load_state(state["data"])
+        watch.early = list(state.get("think_early", []))
+        learners.push_weights(receivers, version)   # engines start from model_path
+        print(f"# resumed from step {step} ({learners.last_loaded})")
+    logger = MetricsLogger(out, cfg_dict(cfg), bool(cfg.logging.wandb),
+                           str(cfg.logging.wandb_project), resume_from_step=step)
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps, initial=step, desc=f"stage {cfg.stage}", unit="step")
+    while step < steps:
+        step += 1
+        t_step = time.perf_counter()
+        epoch, batch = stream.next_batch()
+        exp = maker.make(batch)
+        t = time.perf_counter()
+        stats = learners.step(exp.groups)
+        update_s = time.perf_counter() - t
+        version += 1
+        push = learners.push_weights(receivers, version)
+        metrics = {**exp.metrics, "epoch": epoch, "weights/version": version,
+                   "actor/pg_loss": stats.get("pg_loss"), "actor/pg_clipfrac": stats.get("clip_frac"),
+                   "actor/ppo_kl": stats.get("approx_kl"), "actor/entropy": stats.get("entropy"),
+                   "actor/grad_norm": stats.get("grad_norm"), "actor/lr": stats.get("lr"),
+                   "timing/update": update_s, "timing/weight_push": push["seconds"],
+                   "events/engine_restarts": float(engines.metrics["restarts"]),
+                   "data/skipped_samples": float(len(stream.skipped))}
+        every = int(cfg.eval.nothink_acc_every)
+        if int(cfg.stage) == 2 and every > 0 and (step % every == 0 or step == 1):
+            metrics["eval/no_think_answer_acc"] = maker.no_think_accuracy(batch)
+        metrics["timing/step"] = time.perf_counter() - t_step
+        metrics["perf/tokens_per_sec"] = metrics["rollout/completion_tokens"] / metrics["timing/step"]
+        if int(cfg.stage) == 2:
+            warning = watch.update(metrics["think_length/mean"])
+            if warning:
+                logger.alert("think collapse", warning)
+        logger.log(step, metrics)
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward/final_mean']:.3f}")
+        if step % int(cfg.checkpoint.every) == 0 or step == steps:
+            learners.save_checkpoint(out, step, {
+                "step": step, "weights_version": version, "data": stream.state(),
+                "think_early": watch.early})
+    bar.close()
+    export = learners.export_hf(out / "export")
+    logger.close()
+    plots = plot_run(out)
+    print(f"# done: {steps} steps. metrics: {out / 'metrics.jsonl'}, export: {export}, "
+          f"plots: {', '.join(str(p) for p in plots)}")
+
+
+def cfg_dict(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,11 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# saved to {saved}")
         model_path = prepare_model(cfg)
         print(f"# model: {model_path}")
+        train(cfg, model_path, out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print("# set-up done. The training loop arrives with the launch.py issue; "
-          "nothing more to run yet.")
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the newest checkpoint",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,0 +1,62 @@
+"""The driver's side of Ray: connect (or start a local cluster) and check resources.
+
+`ray job submit ... -- python launch.py` runs the driver inside the cluster, where
+`RAY_ADDRESS` is set and `ray.init()` joins it. Run directly, the driver starts a local
+cluster bound to 127.0.0.1 with its dashboard on 127.0.0.1:8265; Ray's token
+authentication stays as Ray configures it (on by default).
+
+Ray schedules actors by logical resources and never fails a request it cannot meet: it
+waits. `check_resources` compares what the configured actor groups ask for with what the
+cluster has and fails at once with the numbers, instead of a job that hangs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class ResourceError(RuntimeError):
+    """The configured actors do not fit the cluster."""
+
+
+def connect(cfg: Any) -> dict:
+    """Join the cluster this job runs in, or start a local one; returns its resources."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            # Ray may advertise the machine's external interface; pin everything to loopback.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=bool(cfg.ray.dashboard),
+                     dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+                     log_to_driver=True)
+    return dict(ray.cluster_resources())
+
+
+def requested(cfg: Any) -> dict[str, float]:
+    """CPU and GPU that the actor groups of this config ask Ray for."""
+    r, s, learner = cfg.rollout, cfg.scoring, cfg.learner
+    scoring = int(cfg.stage) == 2   # Stage-1 has no PD reward, so no scoring actor
+    cpu = r.num_engines * r.num_cpus_per_engine + learner.num_learners * learner.num_cpus
+    gpu = r.num_engines * r.num_gpus_per_engine + learner.num_learners * learner.num_gpus
+    if scoring:
+        cpu, gpu = cpu + s.num_cpus, gpu + s.num_gpus
+    return {"CPU": float(cpu), "GPU": float(gpu)}
+
+
+def check_resources(cfg: Any, available: dict) -> None:
+    """Raise ResourceError when the actor groups cannot all be placed."""
+    need = requested(cfg)
+    for kind, amount in need.items():
+        have = float(available.get(kind, 0.0))
+        if amount > have + 1e-9:
+            raise ResourceError(
+                f"the actors ask for {amount:g} {kind} (rollout.num_engines x "
+                f"rollout.num_{kind.lower()}s_per_engine + learner.num_learners x "
+                f"learner.num_{kind.lower()}s + scoring.num_{kind.lower()}s) but the Ray "
+                f"cluster has {have:g}: lower those values, or start the cluster with more "
+                f"(ray start --num-{kind.lower()}s N, or ray.num_cpus=N for a local one)")
