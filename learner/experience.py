@@ -57,6 +57,7 @@ class MicroBatch:
 
     samples: list[SequenceSample]
     active: bool = True
+    indices: list[int] = field(default_factory=list)  # positions in the flattened batch
 
 
 def validate_groups(groups: list[PromptGroup]) -> None:
@@ -151,9 +152,19 @@ def split_for_ranks(
     """Samples -> per-rank lists of MicroBatch, every rank with the same count."""
     plan = plan_micro_batches([s.num_tokens for s in samples], world_size, micro_batch_size)
     return [
-        [MicroBatch([samples[i] for i in idx], active) for idx, active in rank_plan]
+        [MicroBatch([samples[i] for i in idx], active, list(idx)) for idx, active in rank_plan]
         for rank_plan in pad_plan(plan)
     ]
+
+
+def loss_units(samples: list[SequenceSample], agg: str) -> int:
+    """What the loss averages over: completion tokens ("token_mean") or sequences that
+    have at least one token ("seq_mean"). Micro-batch losses are weighted by their share."""
+    if agg == "token_mean":
+        return sum(len(s.completion_ids) for s in samples)
+    if agg == "seq_mean":
+        return sum(1 for s in samples if s.completion_ids)
+    raise ValueError(f"unknown loss aggregation {agg!r}; choose token_mean or seq_mean")
 
 
 def collate(

@@ -33,6 +33,8 @@ meta        dict              everything needed to rebuild the sample (distortio
 =========== ================= ==============================================================
 
 No other top-level key is allowed (extras go into ``meta``), so a typo fails loudly.
+`stage1_samples` builds the four Stage-1 samples of one distorted image (choice and
+grounding, full- and no-reference) with conf's prompts and answer syntax.
 Writers append with `append_samples` (one line per sample, flushed), which is what makes
 the builders resumable: a rerun reads the ids already present (`existing_ids`) and skips
 them. A process killed mid-write can leave one torn last line; `existing_ids(...,
@@ -49,7 +51,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from conf.prompts import default_prompts, tags
+from conf.prompts import (
+    default_prompts,
+    severity_word,
+    stage1_choice_prompt,
+    stage1_grounding_prompt,
+    tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,7 @@ SPLITS = ("train", "test")
 FIELDS = ("id", "task", "images", "question", "answer", "mos", "bbox", "image_size",
           "source", "split", "meta")
 MOS_MAX = 5.0
+STAGE1_VARIANTS = (("choice", "fr"), ("choice", "nr"), ("grounding", "fr"), ("grounding", "nr"))
 
 
 def _fail(where: str, field: str, problem: str) -> None:
@@ -88,6 +97,30 @@ def choice_answer(obj: str, class_word: str, severity: str, prompts: Any | None 
             raise ValueError(f"{name} must be a non-empty string without "
                              f"{sep.strip()!r}, got {part!r}")
     return sep.join((obj.strip(), class_word, severity))
+
+
+def stage1_ids(base_id: str) -> list[str]:
+    """The ids of the four Stage-1 samples of one distorted image."""
+    return [f"{base_id}-{task}-{ref}" for task, ref in STAGE1_VARIANTS]
+
+
+def stage1_samples(base_id: str, obj: str, candidates: list[str], class_word: str, level: int,
+                   box: list[int], reference: str, distorted: str, image_size: list[int],
+                   source: str, split: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four Stage-1 samples of one distorted image: multi-choice and grounding, each
+    full-reference ([reference, distorted], "fr") and no-reference ([distorted], "nr")."""
+    choice = choice_answer(obj, class_word, severity_word(level))
+    samples = []
+    for sid, (task, ref) in zip(stage1_ids(base_id), STAGE1_VARIANTS):
+        full_ref = ref == "fr"
+        samples.append({
+            "id": sid, "task": task, "images": [reference, distorted] if full_ref else [distorted],
+            "question": stage1_choice_prompt(candidates, full_ref) if task == "choice"
+            else stage1_grounding_prompt(full_ref),
+            "answer": choice if task == "choice" else ",".join(map(str, box)),
+            "mos": None, "bbox": list(box), "image_size": list(image_size), "source": source,
+            "split": split, "meta": {**meta, "reference": ref}})
+    return samples
 
 
 def _check_choice(answer: Any, where: str) -> None:

@@ -1,0 +1,176 @@
+"""Seconds per learner step, and the share of a step spent outside forward/backward/optimizer.
+
+For each learner world size (default 1 and 2 ranks) on the embedded tiny model: start the
+LearnerGroup, build one batch like the tiny config's (prompts x rollouts with images and
+random completions), then time `steps` rounds of [learner step + weight push to a stand-in
+receiver that loads the weights into a transformers model]. Reported per world size:
+
+  step_s       wall seconds of `LearnerGroup.step` seen by the driver
+  compute_s    the slowest rank's forward + backward + optimizer seconds
+  push_s       wall seconds of `push_weights` (gather, bucketing, Ray transfer, load)
+  overhead     (step_s - compute_s + push_s) / (step_s + push_s): the share of a training
+               round outside forward/backward/optimizer (goal: < 0.10)
+
+    python benchmarks/bench_learner.py --steps 5 --out outputs/bench/learner.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conf", default="tiny", help="config name (default: tiny)")
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2],
+                        help="learner world sizes to time (default: 1 2)")
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds per world size")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="prompts per step (default: conf train.batch_size)")
+    parser.add_argument("--rollouts", type=int, default=None,
+                        help="completions per prompt (default: conf rollout.n)")
+    parser.add_argument("--completion-len", type=int, default=None,
+                        help="tokens per completion (default: conf rollout.max_new_tokens)")
+    parser.add_argument("--ray-cpus", type=int, default=4, help="logical CPUs of the local Ray")
+    parser.add_argument("--out", default="outputs/bench/learner.json", help="JSON output path")
+    parser.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+    return parser.parse_args(argv)
+
+
+def make_batch(model_dir: str, prompts: int, rollouts: int, length: int, seed: int = 0):
+    """Prompt groups with images (sizes vary) and random completions of `length` tokens."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from conf.prompts import stage2_prompt
+    from learner.experience import Completion, PromptGroup
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    rng = np.random.RandomState(seed)
+    vocab = len(processor.tokenizer)
+    groups = []
+    for p in range(prompts):
+        size = 56 + 28 * (p % 4)
+        image = Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8"))
+        messages = [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": stage2_prompt("think")}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        enc = processor(text=[text], images=[image], return_tensors="pt")
+        completions = [
+            Completion(rng.randint(20, vocab, size=length).tolist(), [0.0] * length,
+                       float(rng.randn()))
+            for _ in range(rollouts)
+        ]
+        groups.append(PromptGroup(enc["input_ids"][0].tolist(), enc["pixel_values"],
+                                  enc["image_grid_thw"], completions))
+    return groups
+
+
+def make_receiver(model_dir: str):
+    """A stand-in rollout engine: loads pushed buckets into a transformers model."""
+    import ray
+    import torch
+
+    class Receiver:
+        def __init__(self, path):
+            from transformers import AutoModelForImageTextToText
+
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+
+        def update_weights(self, version, bucket_refs):
+            from learner.weight_push import resolve_buckets
+
+            self.model.load_state_dict(resolve_buckets(bucket_refs), strict=True)
+            return version
+
+    return ray.remote(num_cpus=0.25)(Receiver).remote(model_dir)
+
+
+def bench_world(args, world: int, receiver, model_dir: str) -> dict:
+    from tqdm import tqdm
+
+    from conf import load_config
+    from learner.group import LearnerGroup
+
+    cfg = load_config(args.conf, [*args.overrides, f"learner.num_learners={world}"])
+    prompts = args.prompts or int(cfg.train.batch_size)
+    rollouts = args.rollouts or int(cfg.rollout.n)
+    length = args.completion_len or int(cfg.rollout.max_new_tokens)
+    groups = make_batch(model_dir, prompts, rollouts, length)
+    start = time.perf_counter()
+    group = LearnerGroup(cfg, total_steps=args.warmup + args.steps, model_path=model_dir,
+                         name_prefix=f"bench-learner-w{world}")
+    setup_s = time.perf_counter() - start
+    rows = []
+    try:
+        for grp, logprobs in zip(groups, group.compute_logprobs(groups)):
+            for comp, values in zip(grp.completions, logprobs):
+                comp.old_logprobs = values
+        for i in tqdm(range(args.warmup + args.steps), desc=f"{world} rank(s)", leave=False):
+            stats = group.step(groups)
+            push = group.push_weights([receiver], version=i + 1)
+            if i >= args.warmup:
+                rows.append({"step_s": stats["step_s"], "compute_s": stats["compute_s"],
+                             "push_s": push["seconds"], "push_bytes": push["bytes"],
+                             "push_buckets": push["num_buckets"], "loss": stats["loss"]})
+    finally:
+        group.shutdown()
+    step_s = sum(r["step_s"] for r in rows)
+    compute_s = sum(r["compute_s"] for r in rows)
+    push_s = sum(r["push_s"] for r in rows)
+    return {
+        "world": world, "zero_stage": int(cfg.learner.zero_stage), "setup_s": setup_s,
+        "sequences": prompts * rollouts, "completion_len": length,
+        "step_s_median": statistics.median(r["step_s"] for r in rows),
+        "compute_s_median": statistics.median(r["compute_s"] for r in rows),
+        "push_s_median": statistics.median(r["push_s"] for r in rows),
+        "push_mb": rows[0]["push_bytes"] / 2**20, "push_buckets": rows[0]["push_buckets"],
+        "overhead_fraction": (step_s - compute_s + push_s) / (step_s + push_s),
+        "push_fraction": push_s / (step_s + push_s),
+        "rounds": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import ray
+
+    from conf import load_config
+    from learner.group import resolve_model_path
+
+    model_dir = resolve_model_path(dict(load_config(args.conf, args.overrides)))
+    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        receiver = make_receiver(model_dir)
+        results = [bench_world(args, w, receiver, model_dir) for w in args.worlds]
+    finally:
+        ray.shutdown()
+    print(f"{'ranks':>5} {'ZeRO':>4} {'seqs':>5} {'step s':>8} {'compute s':>10} "
+          f"{'push s':>8} {'push MB':>8} {'overhead':>9}")
+    for r in results:
+        print(f"{r['world']:>5} {r['zero_stage']:>4} {r['sequences']:>5} {r['step_s_median']:>8.3f} "
+              f"{r['compute_s_median']:>10.3f} {r['push_s_median']:>8.3f} {r['push_mb']:>8.2f} "
+              f"{r['overhead_fraction']:>9.1%}")
+    if len(results) > 1:
+        print(f"step time, {results[-1]['world']} vs {results[0]['world']} ranks: "
+              f"{results[-1]['step_s_median'] / results[0]['step_s_median']:.2f}x")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"conf": args.conf, "overrides": args.overrides, "results": results}
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""LearnerGroup: W learner actors forming one DeepSpeed world, driven from the loop.
+
+    group = LearnerGroup(cfg, total_steps=100)          # conf sections train, learner, ...
+    stats = group.step(prompt_groups)                   # one optimizer step
+    group.push_weights([engine_a, engine_b, scorer], version=1)
+    group.save_checkpoint(run_dir, step=10, trainer_state={...})
+    state = group.load_checkpoint(run_dir)              # newest complete, or None
+
+Rendezvous: the driver asks rank 0 for a free port on its node and sets MASTER_ADDR /
+MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK in every actor before
+`deepspeed.init_distributed` (gloo on CPU, nccl on GPU). MASTER_ADDR is 127.0.0.1 when all
+ranks share a node, else rank 0's node address.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from learner import checkpoint as ckpt
+from learner.experience import (
+    PromptGroup,
+    flatten_groups,
+    loss_units,
+    split_for_ranks,
+)
+from learner.learner_actor import TOKEN_WEIGHTED_STATS, UNIT_WEIGHTED_STATS, LearnerWorker
+from learner.weight_push import make_transport
+
+
+def _plain_conf(cfg: Any) -> dict:
+    """An omegaconf tree (or a dict) as a plain, picklable dict."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(cfg)
+
+
+def resolve_model_path(conf: dict) -> str:
+    """conf model.path, with "tiny" built on the spot (synth.tiny_model)."""
+    path = str(conf["model"]["path"])
+    if path == "tiny":
+        from synth.tiny_model import build_tiny_model
+
+        return str(build_tiny_model(conf["model"]["cache_dir"]))
+    return path
+
+
+class _CheckpointFiles:
+    """File operations of a checkpoint, run by rank 0 (which sees the run directory even
+    when the driver sits on another machine)."""
+
+    def begin_checkpoint(self, run_dir: str, step: int) -> str:
+        root = ckpt.checkpoint_root(run_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_stale_tmp(root)
+        tmp = ckpt.tmp_dir_for(root, step)
+        tmp.mkdir()
+        return str(tmp)
+
+    def end_checkpoint(
+        self, tmp: str, step: int, trainer_state: dict, keep_last: int, meta: dict
+    ) -> str:
+        tmp_path = Path(tmp)
+        ckpt.write_trainer_state(tmp_path, trainer_state)
+        final = ckpt.finalize(tmp_path, tmp_path.parent / ckpt.step_dir_name(step), meta)
+        ckpt.prune(tmp_path.parent, keep_last)
+        return str(final)
+
+    def newest_checkpoint(self, run_dir: str) -> tuple[str, dict] | None:
+        found = ckpt.newest_complete(ckpt.checkpoint_root(run_dir))
+        return (str(found), ckpt.read_trainer_state(found)) if found else None
+
+    def clear_dir(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def publish_dir(self, tmp: str, final: str, meta: dict) -> str:
+        return str(ckpt.finalize(Path(tmp), Path(final), meta))
+
+
+class Learner(LearnerWorker, _CheckpointFiles):
+    """The actor class (the Ray dashboard lists actors by class and name): a DeepSpeed rank
+    plus rank 0's checkpoint file operations."""
+
+
+class LearnerGroup:
+    """W Ray actors `learner-0..W-1`, one DeepSpeed world (conf learner.num_learners)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        total_steps: int,
+        model_path: str | Path | None = None,
+        name_prefix: str = "learner",
+        schedule_timeout_s: float = 300.0,
+    ):
+        import ray
+
+        self.conf = _plain_conf(cfg)
+        make_transport(str(self.conf["weights"]["transport"]))  # refuse an unusable one now
+        learner = self.conf["learner"]
+        self.world_size = int(learner["num_learners"])
+        self.model_path = str(model_path) if model_path else resolve_model_path(self.conf)
+        actor_cls = ray.remote(Learner)
+        self.actors = [
+            actor_cls.options(
+                name=f"{name_prefix}-{rank}", num_cpus=float(learner["num_cpus"]),
+                num_gpus=float(learner["num_gpus"]),
+            ).remote(self.conf, rank, self.world_size, self.model_path, int(total_steps))
+            for rank in range(self.world_size)
+        ]
+        info_refs = [a.node_info.remote() for a in self.actors]
+        _, pending = ray.wait(info_refs, num_returns=len(info_refs), timeout=schedule_timeout_s)
+        if pending:
+            self.shutdown()
+            raise RuntimeError(
+                f"{len(pending)} of {self.world_size} learner actors could not start within "
+                f"{schedule_timeout_s:.0f} s: each asks for num_cpus={learner['num_cpus']} and "
+                f"num_gpus={learner['num_gpus']} (conf learner.*), and the cluster has "
+                f"{ray.available_resources()} free. Lower the requests or add resources."
+            )
+        infos = ray.get(info_refs)
+        same_node = len({i["node_id"] for i in infos}) == 1
+        host = "127.0.0.1" if same_node else infos[0]["ip"]
+        try:
+            port = ray.get(self.actors[0].pick_port.remote(host))
+            self.setup_info = ray.get([a.setup.remote(host, port) for a in self.actors])
+        except Exception:
+            self.shutdown()  # a half-started world would hold its CPUs/GPUs for nothing
+            raise
+
+    # -- training ---------------------------------------------------------------------
+    def _split(self, groups: list[PromptGroup]):
+        samples = flatten_groups(groups)
+        with_image = sum(s.pixel_values is not None for s in samples)
+        if 0 < with_image < len(samples):
+            raise ValueError(
+                f"{with_image} of {len(samples)} sequences have an image: give every prompt an "
+                "image or none (under ZeRO-3 a rank without images would skip the vision "
+                "tower's parameter gathers and stall the others)"
+            )
+        micro = int(self.conf["train"]["micro_batch_size"])
+        return samples, split_for_ranks(samples, self.world_size, micro)
+
+    def step(self, groups: list[PromptGroup]) -> dict[str, float]:
+        """One optimizer step on all `groups`; returns loss statistics, grad norm, lr,
+        timings (step_s: wall seconds here; forward_s/backward_s/optimizer_s: the slowest
+        rank's), and the counts of sequences and tokens."""
+        import ray
+
+        agg = str(self.conf["train"]["loss_agg"])
+        samples, per_rank = self._split(groups)
+        total_units = float(loss_units(samples, agg))
+        if total_units == 0:
+            raise ValueError("every completion is empty: there is no token to train on")
+        start = time.perf_counter()
+        results = ray.get([a.train_step.remote(per_rank[r], total_units)
+                           for r, a in enumerate(self.actors)])
+        step_s = time.perf_counter() - start
+        tokens = sum(r["tokens"] for r in results)
+        stats: dict[str, float] = {}
+        for key in UNIT_WEIGHTED_STATS:
+            if any(key in r for r in results):
+                stats[key] = sum(r.get(key, 0.0) for r in results)
+        for key in TOKEN_WEIGHTED_STATS:
+            if any(key in r for r in results):
+                stats[key] = sum(r.get(key, 0.0) for r in results) / max(tokens, 1.0)
+        stats["ratio_max"] = max(r["ratio_max"] for r in results)
+        for key in ("forward_s", "backward_s", "optimizer_s"):
+            stats[key] = max(r[key] for r in results)
+        stats["compute_s"] = max(r["forward_s"] + r["backward_s"] + r["optimizer_s"]
+                                 for r in results)
+        stats.update(grad_norm=results[0]["grad_norm"], lr=results[0]["lr"], step_s=step_s,
+                     global_step=results[0]["global_step"], num_tokens=tokens,
+                     num_sequences=float(len(samples)))
+        return stats
+
+    def compute_logprobs(self, groups: list[PromptGroup]) -> list[list[list[float]]]:
+        """Logprob of every completion token under the current weights, shaped like the
+        input: result[group][completion][token] (to compare with the engines' values)."""
+        import ray
+
+        samples, per_rank = self._split(groups)
+        pairs = [p for part in ray.get([a.compute_logprobs.remote(per_rank[r])
+                                        for r, a in enumerate(self.actors)]) for p in part]
+        by_index = dict(pairs)
+        if len(by_index) != len(samples):
+            raise RuntimeError(f"got logprobs for {len(by_index)} of {len(samples)} sequences")
+        out, index = [], 0
+        for group in groups:
+            out.append([by_index[index + c] for c in range(len(group.completions))])
+            index += len(group.completions)
+        return out
+
+    # -- weights ----------------------------------------------------------------------
+    def push_weights(self, receivers: list[Any], version: int) -> dict[str, float]:
+        """Gather the full weights and deliver them in buckets (conf weights.bucket_mb) to
+        every receiver's `update_weights(version, bucket_refs)`; blocks until all loaded.
+        Returns seconds (wall, here), bytes, num_buckets, and rank 0's gather_s / put_s /
+        receive_s."""
+        import ray
+
+        start = time.perf_counter()
+        results = ray.get([a.push_weights.remote(list(receivers), int(version))
+                           for a in self.actors])
+        return {**results[0], "seconds": time.perf_counter() - start, "version": float(version)}
+
+    def full_state_dict(self) -> dict:
+        """The full weights as CPU tensors (transformers state-dict names)."""
+        import ray
+
+        return ray.get([a.full_state_dict.remote() for a in self.actors])[0]
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save_checkpoint(self, run_dir: str | Path, step: int, trainer_state: dict) -> Path:
+        """Atomically write `checkpoints/step_<step>/` (DeepSpeed state, RNG, the loop's
+        trainer_state as JSON, an HF export) and keep the last conf checkpoint.keep_last."""
+        import ray
+
+        tmp = ray.get(self.actors[0].begin_checkpoint.remote(str(run_dir), int(step)))
+        ray.get([a.save_state.remote(tmp) for a in self.actors])
+        ray.get([a.export_hf.remote(str(Path(tmp) / ckpt.HF_DIR)) for a in self.actors])
+        meta = {"step": int(step), "world_size": self.world_size,
+                "zero_stage": int(self.conf["learner"]["zero_stage"])}
+        keep = int(self.conf["checkpoint"]["keep_last"])
+        final = ray.get(self.actors[0].end_checkpoint.remote(tmp, int(step), dict(trainer_state),
+                                                             keep, meta))
+        return Path(final)
+
+    def load_checkpoint(self, run_dir: str | Path) -> dict | None:
+        """Restore the newest complete checkpoint of `run_dir` on every rank and return the
+        trainer_state saved with it (None when there is none). The world size and ZeRO
+        stage must match the saving run's."""
+        import ray
+
+        found = ray.get(self.actors[0].newest_checkpoint.remote(str(run_dir)))
+        if found is None:
+            return None
+        path, trainer_state = found
+        ray.get([a.load_state.remote(path) for a in self.actors])
+        self.last_loaded = Path(path)
+        return trainer_state
+
+    def export_hf(self, out_dir: str | Path) -> Path:
+        """A Hugging Face model directory of the current weights, written atomically."""
+        import ray
+
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(f"{ckpt.TMP_PREFIX}{out_dir.name}")
+        ray.get(self.actors[0].clear_dir.remote(str(tmp)))  # leftovers of a crashed export
+        ray.get([a.export_hf.remote(str(tmp)) for a in self.actors])
+        return Path(ray.get(self.actors[0].publish_dir.remote(str(tmp), str(out_dir),
+                                                              {"export": True})))
+
+    def shutdown(self) -> None:
+        """Kill the learner actors (frees their names and resources)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []

@@ -1,0 +1,336 @@
+"""One learner rank: a transformers model under DeepSpeed, run inside a Ray actor.
+
+`LearnerWorker` is a plain class; learner/group.py wraps it with `ray.remote` and names
+each actor `learner-<rank>`. All methods that touch parameters (train_step,
+compute_logprobs, push_weights, save/load/export) are collectives under ZeRO: the group
+calls them on every rank together.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from learner import checkpoint as ckpt
+from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
+from learner.experience import MicroBatch, collate, loss_units
+from learner.loss import policy_loss
+from learner.weight_push import iter_gathered_buckets, make_transport
+
+TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
+UNIT_WEIGHTED_STATS = ("loss", "pg_loss", "kl_ref")
+
+
+def _skip_shm_comm_build() -> None:
+    # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce on first init
+    # (~2 min, 1.5 GB); gloo does the same job here, so mark the op unavailable.
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class LearnerWorker:
+    """One DeepSpeed rank of the learner (see module docstring)."""
+
+    def __init__(self, conf: dict, rank: int, world_size: int, model_path: str, total_steps: int):
+        self.conf = conf
+        self.rank = rank
+        self.world_size = world_size
+        self.model_path = str(model_path)
+        self.total_steps = int(total_steps)
+        self.engine: Any = None
+        self.ref_engine: Any = None
+        self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use
+
+    # -- rendezvous -------------------------------------------------------------------
+    def node_info(self) -> dict[str, str]:
+        """This actor's Ray node id and IP, for the driver's rendezvous."""
+        import ray
+
+        return {"node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address()}
+
+    def pick_port(self, host: str) -> int:
+        """A port free on this node (rank 0's node hosts the torch.distributed store)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+
+    def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
+        """Join the DeepSpeed world, load the model, build optimizer and schedule."""
+        os.environ.update({
+            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port),
+            "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
+            "LOCAL_RANK": "0",  # Ray shows each GPU actor only its own device(s)
+        })
+        import deepspeed
+        from deepspeed.accelerator import get_accelerator
+
+        # DeepSpeed calls torch collectives that torch 2.13 marks deprecated, once per
+        # gather: thousands of identical lines in the actor logs on the dashboard.
+        warnings.filterwarnings(
+            "ignore", category=FutureWarning,
+            message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)`")
+        accel = get_accelerator()
+        self.accelerator = "cuda" if accel.device_name() == "cuda" else "cpu"
+        if self.accelerator == "cpu":
+            _skip_shm_comm_build()
+            cpus = float(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+            torch.set_num_threads(max(1, int(cpus)))
+        else:
+            accel.set_device(0)
+        deepspeed.init_distributed(dist_backend=accel.communication_backend_name(),
+                                   auto_mpi_discovery=False)
+        train, learner = self.conf["train"], self.conf["learner"]
+        torch.manual_seed(int(self.conf["run"]["seed"]) + self.rank)
+        ds_config = build_ds_config(train, learner, self.world_size, self.accelerator)
+        self.zero_stage = int(learner["zero_stage"])
+        self.compute_dtype = torch.bfloat16 if train["precision"] == "bf16" else torch.float32
+        model = self._load_model(ds_config)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = self._make_optimizer(params, ds_config)
+        warm = warmup_steps(self.total_steps, float(train["warmup_ratio"]))
+        schedule = functools.partial(lr_multiplier, total_steps=self.total_steps, warmup=warm,
+                                     schedule=str(train["lr_schedule"]))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+            dist_init_required=False)
+        if float(train["kl_coef"]) > 0:
+            self.ref_engine = self._make_reference(ds_config)
+        self.device = self.engine.device
+        return {"rank": self.rank, "accelerator": self.accelerator,
+                "trainable_params": sum(int(getattr(p, "ds_numel", p.numel())) for p in params),
+                "warmup_steps": warm}
+
+    def _load_model(self, ds_config: dict) -> torch.nn.Module:
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+
+        if self.zero_stage == 3:
+            # Partition parameters while loading (deepspeed.zero.Init) instead of building
+            # the full model on every rank first.
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
+        dtype = self.compute_dtype
+        model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=dtype)
+        config = AutoConfig.from_pretrained(self.model_path)
+        self.image_token_id = getattr(config, "image_token_id", None)
+        self.video_token_id = getattr(config, "video_token_id", None)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = int(pad if pad is not None else 0)
+        if self.conf["model"]["freeze_vision"]:
+            for name, param in model.named_parameters():
+                if name.startswith("model.visual."):
+                    param.requires_grad_(False)
+        if self.conf["learner"]["activation_checkpointing"]:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        return model
+
+    def _make_optimizer(self, params: list, ds_config: dict) -> torch.optim.Optimizer:
+        train = self.conf["train"]
+        kwargs = {"lr": float(train["lr"]), "weight_decay": float(train["weight_decay"])}
+        if "offload_optimizer" in ds_config["zero_optimization"]:
+            # ZeRO-Offload steps on the host: DeepSpeed's CPU Adam (AdamW mode) is the fast one.
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
+        return torch.optim.AdamW(params, **kwargs)
+
+    def _make_reference(self, ds_config: dict) -> Any:
+        """A frozen copy of the starting policy for the KL term (kl_coef > 0)."""
+        import deepspeed
+        from transformers import AutoModelForImageTextToText
+
+        ref = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.compute_dtype)
+        ref.requires_grad_(False)
+        ref.eval()
+        if self.zero_stage == 3:
+            ref_config = {k: v for k, v in ds_config.items() if k != "gradient_clipping"}
+            ref_config["zero_optimization"] = {
+                k: v for k, v in ds_config["zero_optimization"].items() if k != "offload_optimizer"}
+            engine, *_ = deepspeed.initialize(model=ref, config=ref_config,
+                                              dist_init_required=False)
+            return engine
+        return ref.to(self.engine.device)
+
+    # -- forward ----------------------------------------------------------------------
+    def _forward_logprobs(
+        self, module: Any, batch: dict[str, torch.Tensor], want_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, T] logprobs of the completion tokens (and their entropy, without gradient)."""
+        kwargs = {k: batch[k].to(self.device) for k in
+                  ("input_ids", "attention_mask", "mm_token_type_ids")}
+        if "pixel_values" in batch:
+            kwargs["pixel_values"] = batch["pixel_values"].to(self.device, self.compute_dtype)
+            kwargs["image_grid_thw"] = batch["image_grid_thw"].to(self.device)
+        logits = module(**kwargs, use_cache=False).logits
+        rows = torch.arange(logits.shape[0], device=logits.device).unsqueeze(1)
+        # Only the positions that predict completion tokens, in float32 for the softmax.
+        selected = logits[rows, batch["logit_positions"].to(self.device)].float()
+        log_norm = torch.logsumexp(selected, dim=-1)
+        targets = batch["completion_ids"].to(self.device).unsqueeze(-1)
+        logp = selected.gather(-1, targets).squeeze(-1) - log_norm
+        entropy = None
+        if want_entropy:
+            with torch.no_grad():
+                entropy = log_norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)
+        return logp, entropy
+
+    def _collate(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
+        return collate(micro.samples, self.pad_token_id, self.image_token_id, self.video_token_id)
+
+    # -- training ---------------------------------------------------------------------
+    def train_step(self, micro_batches: list[MicroBatch], total_units: float) -> dict[str, float]:
+        """Forward/backward every micro-batch, then one optimizer step.
+
+        Each micro-batch loss (a mean over its own tokens or sequences) is weighted by
+        units_m / total_units * world_size, so that after DeepSpeed averages gradients over
+        ranks the update is the one of the loss averaged over the whole global batch, for
+        any split into ranks and micro-batches. Returns partial sums the group combines.
+        """
+        train = self.conf["train"]
+        agg = str(train["loss_agg"])
+        recompute = bool(self.conf["learner"]["recompute_old_logprobs"])
+        sums: dict[str, float] = {"tokens": 0.0, "ratio_max": 0.0}
+        timings = {"forward_s": 0.0, "backward_s": 0.0}
+        self.engine.train()
+        for micro in micro_batches:
+            batch = self._collate(micro)
+            start = time.perf_counter()
+            logp_new, entropy = self._forward_logprobs(self.engine, batch, want_entropy=True)
+            logp_ref = None
+            if self.ref_engine is not None:
+                with torch.no_grad():
+                    logp_ref, _ = self._forward_logprobs(self.ref_engine, batch, False)
+            mask = batch["completion_mask"].to(self.device)
+            # The weights do not change inside a step, so "recomputed" old logprobs are this
+            # very forward's values: rho = 1 exactly, without a second pass.
+            logp_old = logp_new.detach() if recompute else batch["old_logprobs"].to(self.device)
+            loss, stats = policy_loss(
+                logp_new, logp_old, batch["advantages"].to(self.device), mask,
+                clip_eps=float(train["clip_eps"]), agg=agg, kl_coef=float(train["kl_coef"]),
+                logp_ref=logp_ref, token_entropy=entropy)
+            units = float(loss_units(micro.samples, agg)) if micro.active else 0.0
+            share = units / total_units if total_units > 0 else 0.0
+            timings["forward_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            self.engine.backward(loss * (share * self.world_size), scale_wrt_gas=False)
+            timings["backward_s"] += time.perf_counter() - start
+            if not micro.active:
+                continue
+            tokens = stats["num_tokens"]
+            sums["tokens"] += tokens
+            sums["ratio_max"] = max(sums["ratio_max"], stats["ratio_max"])
+            for key in UNIT_WEIGHTED_STATS:
+                if key in stats:
+                    sums[key] = sums.get(key, 0.0) + stats[key] * share
+            for key in TOKEN_WEIGHTED_STATS:
+                if key in stats:
+                    sums[key] = sums.get(key, 0.0) + stats[key] * tokens
+        lr = float(self.engine.optimizer.param_groups[0]["lr"])
+        start = time.perf_counter()
+        self.engine.step()
+        timings["optimizer_s"] = time.perf_counter() - start
+        norm = self.engine.get_global_grad_norm()
+        return {**sums, **timings, "lr": lr,
+                "grad_norm": float(norm) if norm is not None else float("nan"),
+                "global_step": float(self.engine.global_steps)}
+
+    @torch.no_grad()
+    def compute_logprobs(self, micro_batches: list[MicroBatch]) -> list[tuple[int, list[float]]]:
+        """(sequence index, logprob of each completion token) under the current weights."""
+        out = []
+        for micro in micro_batches:
+            batch = self._collate(micro)
+            logp, _ = self._forward_logprobs(self.engine, batch, want_entropy=False)
+            if not micro.active:
+                continue
+            for row, (index, sample) in enumerate(zip(micro.indices, micro.samples)):
+                out.append((index, logp[row, : len(sample.completion_ids)].cpu().tolist()))
+        return out
+
+    # -- weights ----------------------------------------------------------------------
+    def _buckets(self, bucket_bytes: int):
+        return iter_gathered_buckets(self.engine.module, bucket_bytes,
+                                     zero3=self.zero_stage == 3, keep=self.rank == 0)
+
+    def push_weights(self, receivers: list[Any], version: int) -> dict[str, float]:
+        """Gather (all ranks) and send (rank 0) the full weights; rank 0 returns timings."""
+        weights = self.conf["weights"]
+        bucket_bytes = int(float(weights["bucket_mb"]) * 2**20)
+        start = time.perf_counter()
+        if self.rank == 0:
+            stats = make_transport(str(weights["transport"])).send(
+                version, self._buckets(bucket_bytes), receivers)
+        else:
+            for _ in self._buckets(bucket_bytes):
+                pass
+            stats = {}
+        return {**stats, "seconds": time.perf_counter() - start} if self.rank == 0 else {}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights as CPU tensors on rank 0 ({} elsewhere); all ranks must call."""
+        state: dict[str, torch.Tensor] = {}
+        for bucket in self._buckets(int(float(self.conf["weights"]["bucket_mb"]) * 2**20)):
+            state.update(bucket)
+        return state
+
+    # -- checkpoints ------------------------------------------------------------------
+    def export_hf(self, directory: str) -> None:
+        """save_pretrained of the full weights plus tokenizer/processor files (rank 0)."""
+        state = self.full_state_dict()
+        if self.rank != 0:
+            return
+        directory_path = Path(directory)
+        directory_path.mkdir(parents=True, exist_ok=True)
+        self.engine.module.save_pretrained(directory_path, state_dict=state)
+        if Path(self.model_path).is_dir():
+            ckpt.copy_processor_files(self.model_path, directory_path)
+        else:
+            from transformers import AutoProcessor
+
+            AutoProcessor.from_pretrained(self.model_path).save_pretrained(directory_path)
+
+    def save_state(self, directory: str) -> None:
+        """DeepSpeed state (every rank writes its shard) and this rank's RNG state."""
+        directory_path = Path(directory)
+        self.engine.save_checkpoint(str(directory_path / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG)
+        rng_dir = directory_path / ckpt.RNG_DIR
+        rng_dir.mkdir(parents=True, exist_ok=True)
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, rng_dir / f"rank_{self.rank:05d}.pt")
+
+    def load_state(self, directory: str) -> dict[str, float]:
+        """Restore model, optimizer, scheduler, step and RNG from a checkpoint folder."""
+        directory_path = Path(directory)
+        load_path, _ = self.engine.load_checkpoint(
+            str(directory_path / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG,
+            load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {directory_path}")
+        rng_file = directory_path / ckpt.RNG_DIR / f"rank_{self.rank:05d}.pt"
+        if rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=False)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        return {"global_step": float(self.engine.global_steps)}
+
+    def barrier(self) -> None:
+        """torch.distributed barrier across the learner ranks."""
+        import torch.distributed as dist
+
+        dist.barrier()

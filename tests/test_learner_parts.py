@@ -1,0 +1,274 @@
+"""The learner's pure parts: DeepSpeed config, lr schedule, batching, buckets, checkpoint files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conf import load_config
+from learner import checkpoint as ckpt
+from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
+from learner.experience import (
+    Completion,
+    PromptGroup,
+    SequenceSample,
+    collate,
+    flatten_groups,
+    loss_units,
+    pad_plan,
+    plan_micro_batches,
+    split_for_ranks,
+)
+from learner.weight_push import iter_gathered_buckets, make_transport, plan_buckets, state_tensors
+
+# -- DeepSpeed config ---------------------------------------------------------------------
+
+
+def test_ds_config_from_the_tiny_conf():
+    cfg = load_config("tiny", ["train.micro_batch_size=3"])
+    config = build_ds_config(cfg.train, cfg.learner, world_size=2, accelerator="cpu")
+    assert config["train_micro_batch_size_per_gpu"] == 3
+    assert config["train_batch_size"] == 6  # micro x accumulation 1 x 2 ranks
+    assert config["gradient_accumulation_steps"] == 1
+    assert config["managed_gradient_accumulation"] is False
+    assert config["gradient_clipping"] == cfg.train.grad_clip
+    assert config["zero_optimization"]["stage"] == cfg.learner.zero_stage
+    assert config["bf16"]["enabled"] is False  # tiny trains in fp32
+
+
+def test_offload_applies_on_gpu_only():
+    cfg = load_config("stage2")  # ZeRO-3 + offload, bf16: Table 7
+    gpu = build_ds_config(cfg.train, cfg.learner, 8, "cuda")
+    assert gpu["zero_optimization"]["offload_param"]["device"] == "cpu"
+    assert gpu["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert gpu["bf16"]["enabled"] is True
+    cpu = build_ds_config(cfg.train, cfg.learner, 8, "cpu")
+    assert "offload_param" not in cpu["zero_optimization"]
+    stage2 = dict(cfg.learner, zero_stage=2)
+    assert "offload_param" not in build_ds_config(cfg.train, stage2, 8, "cuda")["zero_optimization"]
+    with pytest.raises(ValueError, match="accelerator"):
+        build_ds_config(cfg.train, cfg.learner, 8, "tpu")
+
+
+def test_warmup_steps_round_up():
+    assert warmup_steps(30, 0.03) == 1  # ceil(0.9)
+    assert warmup_steps(1000, 0.03) == 30
+    assert warmup_steps(10, 0.0) == 0
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        warmup_steps(10, 1.5)
+
+
+def test_lr_multiplier_hand_values():
+    # warm-up 2 of 10 steps: 1/2, 2/2; cosine over the other 8: p = (step - 2) / 8.
+    assert lr_multiplier(0, 10, 2) == pytest.approx(0.5)
+    assert lr_multiplier(1, 10, 2) == pytest.approx(1.0)
+    assert lr_multiplier(2, 10, 2) == pytest.approx(1.0)
+    assert lr_multiplier(6, 10, 2) == pytest.approx(0.5)  # cos(pi / 2) = 0
+    assert lr_multiplier(9, 10, 2) == pytest.approx(0.5 * (1 + math.cos(7 * math.pi / 8)))
+    assert lr_multiplier(9, 10, 2) > 0
+    assert lr_multiplier(7, 10, 2, "constant") == 1.0
+
+
+# -- experience ---------------------------------------------------------------------------
+
+
+def test_plan_balances_ranks_by_count_then_tokens():
+    # Capacity 3 and 2 sequences; longest first to the rank with fewer tokens:
+    # 10 -> r0, 9 -> r1, 8 -> r1 (9 < 10), 3 -> r0, 1 -> r0 (r1 is full).
+    plan = plan_micro_batches([10, 9, 3, 8, 1], world_size=2, micro_batch_size=2)
+    assert plan == [[[0, 2], [4]], [[1, 3]]]
+    padded = pad_plan(plan)
+    assert padded[1] == [([1, 3], True), ([0], False)]  # a zero-weight filler for rank 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), min_size=1, max_size=30), st.integers(1, 4),
+       st.integers(1, 5))
+def test_plan_uses_every_sequence_once_and_equal_micro_counts(lengths, world, micro):
+    padded = pad_plan(plan_micro_batches(lengths, world, micro))
+    active = sorted(i for rank in padded for idx, on in rank for i in idx if on)
+    assert active == list(range(len(lengths)))
+    assert len({len(rank) for rank in padded}) == 1
+    counts = [sum(len(idx) for idx, on in rank if on) for rank in padded]
+    assert max(counts) - min(counts) <= 1
+    assert all(len(idx) <= micro for rank in padded for idx, _ in rank)
+
+
+def _group(prompt, completions, with_image=False):
+    pixels = torch.arange(8, dtype=torch.float32).reshape(2, 4) if with_image else None
+    grid = torch.tensor([[1, 2, 1]]) if with_image else None
+    return PromptGroup(prompt, pixels, grid, [Completion(*c) for c in completions])
+
+
+def test_collate_pads_right_and_aligns_completion_positions():
+    image_token = 12
+    samples = [
+        SequenceSample([5, 6, 7], [8, 9], [-0.1, -0.2], 1.5, None, None),
+        SequenceSample([5, 12, 12, 7], [3], [-0.3], -0.5, None, None),
+    ]
+    batch = collate(samples, pad_token_id=0, image_token_id=image_token)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 12, 12, 7, 3]]
+    assert batch["attention_mask"].tolist() == [[1] * 5, [1] * 5]
+    # logits at position p predict token p + 1: the first completion token of a prompt of
+    # length P is predicted at P - 1.
+    assert batch["logit_positions"].tolist() == [[2, 3], [3, 0]]
+    assert batch["completion_ids"].tolist() == [[8, 9], [3, 0]]
+    assert batch["completion_mask"].tolist() == [[1, 1], [1, 0]]
+    torch.testing.assert_close(batch["old_logprobs"], torch.tensor([[-0.1, -0.2], [-0.3, 0.0]]))
+    assert batch["advantages"].tolist() == [1.5, -0.5]
+    assert batch["mm_token_type_ids"].tolist() == [[0] * 5, [0, 1, 1, 0, 0]]
+    assert "pixel_values" not in batch
+
+    short = SequenceSample([5, 6], [7], [-1.0], 0.0, None, None)
+    padded = collate([samples[0], short], pad_token_id=0)
+    assert padded["input_ids"][1].tolist() == [5, 6, 7, 0, 0]
+    assert padded["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_collate_repeats_each_sequences_image_in_order():
+    groups = [_group([1, 12], [([2], [-1.0], 1.0), ([3], [-1.0], 0.0)], with_image=True)]
+    samples = flatten_groups(groups)
+    batch = collate(samples, pad_token_id=0, image_token_id=12)
+    assert batch["pixel_values"].shape == (4, 4)
+    assert batch["image_grid_thw"].tolist() == [[1, 2, 1], [1, 2, 1]]
+
+
+def test_mixed_image_and_text_micro_batch_is_refused():
+    samples = flatten_groups([_group([1], [([2], [-1.0], 1.0)], with_image=True),
+                              _group([1], [([2], [-1.0], 1.0)])])
+    with pytest.raises(ValueError, match="mixes sequences with and without images"):
+        collate(samples, pad_token_id=0)
+
+
+@pytest.mark.parametrize(
+    "group, message",
+    [
+        (_group([1], [([2, 3], [-1.0], 1.0)]), "2 token ids but 1 old logprobs"),
+        (_group([1], [([2], [float("nan")], 1.0)]), "old logprob is not finite"),
+        (_group([1], [([2], [-1.0], float("inf"))]), "advantage is not finite"),
+        (_group([], [([2], [-1.0], 1.0)]), "empty prompt_ids"),
+        (_group([1], []), "no completions"),
+        (PromptGroup([1], torch.zeros(1, 4), None, [Completion([2], [-1.0], 1.0)]),
+         "both be given"),
+    ],
+)
+def test_malformed_experience_names_the_group_and_completion(group, message):
+    with pytest.raises(ValueError, match=message):
+        flatten_groups([_group([1], [([2], [-1.0], 0.0)]), group])
+    with pytest.raises(ValueError, match="prompt group 1"):
+        flatten_groups([_group([1], [([2], [-1.0], 0.0)]), group])
+
+
+def test_loss_units_and_split_for_ranks():
+    samples = flatten_groups([_group([1], [([2, 3], [-1.0, -1.0], 1.0), ([], [], 0.0)])])
+    assert loss_units(samples, "token_mean") == 2
+    assert loss_units(samples, "seq_mean") == 1  # the empty completion has no mean
+    per_rank = split_for_ranks(samples, world_size=2, micro_batch_size=4)
+    assert [len(r) for r in per_rank] == [1, 1]
+    assert sorted(i for r in per_rank for m in r for i in m.indices) == [0, 1]
+
+
+# -- weight buckets -----------------------------------------------------------------------
+
+
+def test_plan_buckets_never_splits_a_tensor():
+    sizes = [("a", 4), ("b", 4), ("c", 10), ("d", 1), ("e", 2)]
+    assert plan_buckets(sizes, 8) == [["a", "b"], ["c"], ["d", "e"]]
+    with pytest.raises(ValueError, match="positive"):
+        plan_buckets(sizes, 0)
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.embed.weight  # tied, as some LMs tie lm_head
+        self.norm = torch.nn.LayerNorm(3)
+        self.register_buffer("scale", torch.ones(3))
+
+
+def test_buckets_cover_every_state_dict_key_including_tied_and_buffers():
+    module = _Tied()
+    names = [n for n, _ in state_tensors(module)]
+    assert names == list(module.state_dict())
+    buckets = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=True))
+    merged = {k: v for b in buckets for k, v in b.items()}
+    assert merged.keys() == module.state_dict().keys()
+    assert len(buckets) > 1 and all(len(b) >= 1 for b in buckets)
+    torch.testing.assert_close(merged["head.weight"], module.embed.weight.detach())
+    others = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=False))
+    assert len(others) == len(buckets) and all(b == {} for b in others)
+
+
+def test_transport_choice():
+    assert type(make_transport("object_store")).__name__ == "ObjectStoreTransport"
+    with pytest.raises(NotImplementedError, match="object_store"):
+        make_transport("nccl")
+    with pytest.raises(ValueError, match="unknown"):
+        make_transport("carrier_pigeon")
+
+
+# -- checkpoint files ---------------------------------------------------------------------
+
+
+def _fake_checkpoint(root, step, complete=True):
+    tmp = ckpt.tmp_dir_for(root, step)
+    tmp.mkdir(parents=True)
+    (tmp / "payload").write_text(str(step))
+    if complete:
+        return ckpt.finalize(tmp, root / ckpt.step_dir_name(step), {"step": step})
+    return tmp
+
+
+def test_should_save():
+    assert [s for s in range(1, 31) if ckpt.should_save(s, 10, s == 30)] == [10, 20, 30]
+    assert ckpt.should_save(7, 0, True) and not ckpt.should_save(7, 0, False)
+
+
+def test_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    _fake_checkpoint(root, 10)
+    _fake_checkpoint(root, 20, complete=False)  # crashed before the rename
+    (root / "step_000030").mkdir()  # a folder without COMPLETE (e.g. copied by hand, half)
+    assert ckpt.newest_complete(root) == root / "step_000010"
+    assert ckpt.remove_stale_tmp(root) == [root / ".tmp-step_000020"]
+    assert json.loads((root / "step_000010" / ckpt.COMPLETE).read_text())["step"] == 10
+
+
+def test_keep_last_k_and_resave_of_the_same_step(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3, 4):
+        _fake_checkpoint(root, step)
+    assert ckpt.prune(root, keep_last=2) == [root / "step_000001", root / "step_000002"]
+    assert [s for s, _ in ckpt.list_complete(root)] == [3, 4]
+    _fake_checkpoint(root, 4)  # the same step again replaces the old copy
+    assert (root / "step_000004" / "payload").read_text() == "4"
+    assert not any(p.name.startswith(ckpt.TMP_PREFIX) for p in root.iterdir())
+    assert ckpt.prune(root, keep_last=0) == []
+
+
+def test_trainer_state_round_trip_and_clear_error(tmp_path):
+    state = {"step": 3, "data_position": 17, "rng": [[1, 2], 3]}
+    ckpt.write_trainer_state(tmp_path, state)
+    assert ckpt.read_trainer_state(tmp_path) == state
+    with pytest.raises(TypeError, match="trainer_state\\['rng'\\]"):
+        ckpt.write_trainer_state(tmp_path, {"rng": torch.zeros(2)})
+
+
+def test_copy_processor_files_takes_tokenizer_files_only(tmp_path):
+    src, dst = tmp_path / "model", tmp_path / "export"
+    src.mkdir()
+    dst.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json",
+                 "chat_template.jinja", "model.safetensors", "config.json"):
+        (src / name).write_text(name)
+    copied = ckpt.copy_processor_files(src, dst)
+    assert sorted(copied) == ["chat_template.jinja", "processor_config.json", "tokenizer.json",
+                              "tokenizer_config.json"]
+    assert not (dst / "model.safetensors").exists()
