@@ -152,8 +152,10 @@ def train(cfg, model_path: str, out: Path) -> None:
         from conf import ConfigError
 
         raise ConfigError(str(exc)) from None
-    stream = DataStream(samples, int(cfg.train.batch_size), int(cfg.run.seed),
-                        bool(cfg.data.shuffle))
+    # One optimizer step over batch_size x grad_accum images: the learner weighs every
+    # token of them in one update, which is what accumulation over rounds would give.
+    per_step = int(cfg.train.batch_size) * int(cfg.train.grad_accum)
+    stream = DataStream(samples, per_step, int(cfg.run.seed), bool(cfg.data.shuffle))
     steps = total_steps(cfg, stream.steps_per_epoch)
     check_resources(cfg, connect(cfg))
     scorer, engines, learners = start_actors(cfg, model_path, steps)
