@@ -1,0 +1,186 @@
+"""RolloutEngine and EngineGroup on the tiny model: two real vLLM engines in Ray actors.
+
+Checks the promises the learner relies on: rollouts in input order, prompt token ids equal
+to the HF processor's (the same token sequence), old logprobs equal to transformers' own,
+no image placeholder inside a completion, and a batch that survives an engine's death.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from actors.engine_group import EngineGroup, split_evenly
+from actors.prompting import PromptBuilder
+from actors.vllm_engine import EngineSettings, strip_tokens
+from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+MAX_NEW = 24
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": MAX_NEW}
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from synth.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(".cache/refine-iqa"))
+
+
+@pytest.fixture(scope="module")
+def group(model_dir):
+    settings = EngineSettings(model_path=model_dir, dtype="float32", max_model_len=1024,
+                              kv_cache_gib=1, enforce_eager=True, multiprocessing=False,
+                              min_pixels=56 * 56, max_pixels=224 * 224)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    engines = EngineGroup(settings, num_engines=2, num_cpus=1, max_restarts=2)
+    yield engines
+    engines.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def builder(model_dir):
+    return PromptBuilder(model_dir, 56 * 56, 224 * 224)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """No-reference scores, a full-reference choice (reference first) and a grounding."""
+    from PIL import Image
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("img")
+    paths = {}
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        paths[name] = str(folder / f"{name}.png")
+        Image.fromarray(getattr(data, name)()).save(paths[name])
+    return [
+        {"id": "s-chelsea", "task": "score", "question": None, "images": [paths["chelsea"]]},
+        {"id": "c-fr", "task": "choice", "question": stage1_choice_prompt(["cup"], True),
+         "images": [paths["coffee"], paths["astronaut"]]},
+        {"id": "g-rocket", "task": "grounding", "question": stage1_grounding_prompt(False),
+         "images": [paths["rocket"]]},
+        {"id": "s-coffee", "task": "score", "question": None, "images": [paths["coffee"]]},
+    ]
+
+
+def test_split_evenly():
+    assert split_evenly(5, 2) == [(0, 3), (3, 5)]
+    assert split_evenly(1, 3) == [(0, 1)]           # empty chunks are dropped
+    assert split_evenly(6, 3) == [(0, 2), (2, 4), (4, 6)]
+    with pytest.raises(ValueError):
+        split_evenly(3, 0)
+
+
+def test_strip_tokens():
+    ids, logprobs = strip_tokens([5, 12, 7, 12], [-1.0, -2.0, -3.0, -4.0], {12})
+    assert ids == [5, 7] and logprobs == [-1.0, -3.0]
+    with pytest.raises(ValueError, match="logprobs"):
+        strip_tokens([5], [], {12})
+
+
+def test_actors_are_named_for_the_dashboard(group):
+    assert [ray.get_actor(f"rollout-engine-{i}") is not None for i in range(2)] == [True, True]
+    # CPU slots 0 and 1: each engine's threads on a core of its own.
+    assert [info["cores"] for info in group.info] == [[0], [1]]
+
+
+def test_rollouts_in_order_and_well_formed(group, builder, samples):
+    results = group.generate(samples, "no_think", 4, SAMPLING)
+    assert [r.sample_id for r in results] == [s["id"] for s in samples]
+    for result in results:
+        assert result.mode == "no_think" and result.weights_version == 0
+        assert len(result.rollouts) == 4
+        for rollout in result.rollouts:
+            assert 0 < len(rollout.token_ids) <= MAX_NEW
+            assert len(rollout.logprobs) == len(rollout.token_ids)
+            assert all(math.isfinite(x) and x <= 0 for x in rollout.logprobs)
+            assert rollout.finish_reason in ("stop", "length")
+            if rollout.finish_reason == "length":
+                assert len(rollout.token_ids) + rollout.stripped_tokens == MAX_NEW
+            assert not builder.vision_token_ids & set(rollout.token_ids)
+            assert rollout.text == builder.tokenizer.decode(rollout.token_ids,
+                                                            skip_special_tokens=True)
+    stripped = sum(r.stripped_tokens for res in results for r in res.rollouts)
+    assert group.metrics["stripped_vision_tokens"] == stripped
+
+
+def test_prompt_ids_equal_the_learners(group, builder, samples):
+    # The "same token sequence" promise: vLLM's prompt (placeholders expanded by vLLM) is
+    # what the HF processor gives the learner, one and two images, both modes.
+    for mode in ("think", "no_think"):
+        batch = [s for s in samples if s["task"] == "score" or mode == "no_think"]
+        results = group.generate(batch, mode, 1, {**SAMPLING, "max_new_tokens": 2})
+        for sample, result in zip(batch, results):
+            assert result.prompt_token_ids == builder.learner_inputs(sample, mode)["prompt_ids"]
+
+
+def test_sampled_logprobs_equal_transformers(group, builder, samples, model_dir):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32).eval()
+    sample = samples[1]   # two images
+    (result,) = group.generate([sample], "no_think", 2, SAMPLING)
+    inputs = builder.learner_inputs(sample, "no_think")
+    for rollout in result.rollouts:
+        if rollout.stripped_tokens:
+            continue   # the sequence was edited; its logprobs no longer line up
+        ids = inputs["prompt_ids"] + rollout.token_ids
+        types = inputs["mm_token_type_ids"] + [0] * len(rollout.token_ids)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor([types]),
+                           attention_mask=torch.ones(1, len(ids)),
+                           pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"]).logits[0]
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
+        start = len(inputs["prompt_ids"])
+        expected = [logprobs[i - 1, ids[i]].item() for i in range(start, len(ids))]
+        assert max(abs(a - b) for a, b in zip(rollout.logprobs, expected)) < 1e-4
+
+
+def test_seeded_sampling_repeats(group, samples):
+    first = group.generate(samples[:2], "no_think", 3, {**SAMPLING, "seed": 11})
+    second = group.generate(samples[:2], "no_think", 3, {**SAMPLING, "seed": 11})
+    assert ([r.token_ids for p in first for r in p.rollouts]
+            == [r.token_ids for p in second for r in p.rollouts])
+    with pytest.raises(ValueError, match="unknown sampling keys"):
+        group.generate(samples[:1], "think", 1, {"temperature": 1.0, "top_k": 5})
+
+
+def scaled_weights(model_dir, factor):
+    """The tiny model's state dict with every weight multiplied by `factor`."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    return {n: t.detach() * factor for n, t in model.state_dict().items()}
+
+
+def test_group_update_weights(group, model_dir):
+    reports = group.update_weights(1, [ray.put(scaled_weights(model_dir, 1.01))])
+    assert [r["version"] for r in reports] == [1, 1] and group.versions() == [1, 1]
+
+
+def test_batch_survives_an_engine_death(group, samples, model_dir):
+    # The learner pushes straight to the handles (not through the group), as launch.py does.
+    refs = [ray.put(scaled_weights(model_dir, 1.02))]
+    ray.get([h.update_weights.remote(2, refs) for h in group.handles])
+    old_pid = group.info[1]["pid"]
+    batch = samples * 2
+    pending = group.submit(batch, "no_think", 8, SAMPLING)
+    ray.kill(group.handles[1], no_restart=False)   # Ray restarts it; its chunk is lost
+    results = pending.result()
+    assert [r.sample_id for r in results] == [s["id"] for s in batch]
+    assert all(len(r.rollouts) == 8 for r in results)
+    # The restarted engine came back with the model's files, was given version 2 again
+    # (found on its live peer), and only then redid its chunk.
+    assert all(r.weights_version == 2 for r in results)
+    assert group.metrics["resends"] >= 1 and group.metrics["restarts"] >= 1
+    assert group.metrics["weight_replays"] >= 1
+    assert group.info[1]["pid"] != old_pid
+    assert group.versions() == [2, 2]

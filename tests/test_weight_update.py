@@ -1,0 +1,239 @@
+"""Receiving weights: buckets from a transformers model into a running vLLM engine.
+
+The consistency test RL systems live by: after an update, the engine's logprobs of a fixed
+prompt + completion equal the transformers model's own (float32), and differ from before.
+Bad pushes are refused without touching the engine. One in-process engine serves the
+module (tests run in file order and build on each other's versions); one multiprocess
+engine checks the other load path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from actors.prompting import PromptBuilder
+from actors.vllm_engine import EngineSettings, start_rollout_engine, wait_ready
+from actors.weights import StaleWeightsError, WeightUpdateError, stage_buckets, weight_spec
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+
+ANSWER = "[think]The fur is sharp, the light soft.[/think][answer]Score:3.5[/answer]"
+TOL = 1e-4  # float32 engine vs float32 transformers
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from synth.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(".cache/refine-iqa"))
+
+
+@pytest.fixture(scope="module")
+def settings(model_dir):
+    return EngineSettings(model_path=model_dir, dtype="float32", max_model_len=1024,
+                          kv_cache_gib=1, enforce_eager=True, multiprocessing=False,
+                          min_pixels=56 * 56, max_pixels=224 * 224)
+
+
+@pytest.fixture(scope="module")
+def engines(settings):
+    """An in-process engine (conf=tiny's mode) and a multiprocess one, started together."""
+    from dataclasses import replace
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    handles = [start_rollout_engine(settings, 0, num_cpus=1),
+               start_rollout_engine(replace(settings, multiprocessing=True), 1, num_cpus=1)]
+    wait_ready(handles, 600)
+    yield handles
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(engines):
+    return engines[0]
+
+
+@pytest.fixture(scope="module")
+def builder(model_dir):
+    return PromptBuilder(model_dir, 56 * 56, 224 * 224)
+
+
+@pytest.fixture(scope="module")
+def case(builder, tmp_path_factory):
+    """A fixed sample (a CC0 photo) and completion (token ids ending with <|im_end|>)."""
+    from PIL import Image
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(path)
+    sample = {"id": "w", "task": "score", "question": None, "images": [str(path)]}
+    completion = builder.encode(ANSWER) + [builder.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    return sample, completion
+
+
+def load_hf(model_dir):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32).eval()
+
+
+def hf_completion_logprobs(model, builder, sample, completion, mode="think"):
+    """transformers' logprob of each completion token after the processor's prompt."""
+    prepared = builder.prepare(sample, mode)
+    enc = builder.processor(text=[prepared.text], images=prepared.images, return_tensors="pt")
+    ids = enc["input_ids"][0].tolist() + completion
+    types = enc["mm_token_type_ids"][0].tolist() + [0] * len(completion)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                       mm_token_type_ids=torch.tensor([types]),
+                       pixel_values=enc["pixel_values"],
+                       image_grid_thw=enc["image_grid_thw"]).logits[0]
+    logprobs = torch.log_softmax(logits.double(), dim=-1)
+    start = len(ids) - len(completion)
+    return [logprobs[i - 1, ids[i]].item() for i in range(start, len(ids))]
+
+
+def perturbed(model, seed, scale=0.05, only=""):
+    """`model` with seeded noise added to every weight whose name starts with `only`."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(only):
+                param.add_(scale * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def buckets_of(state, bucket_bytes):
+    """Greedy buckets of a state dict: a new bucket whenever the next tensor would overflow."""
+    buckets, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = {}, 0
+        current[name] = tensor.detach().clone()
+        size += nbytes
+    return buckets + [current]
+
+
+def push(handle, version, state, bucket_bytes=256 * 1024):
+    refs = [ray.put(b) for b in buckets_of(state, bucket_bytes)]
+    return ray.get(handle.update_weights.remote(version, refs)), len(refs)
+
+
+def engine_logprobs(handle, case):
+    sample, completion = case
+    return ray.get(handle.completion_logprobs.remote([sample], "think", [completion]))[0]
+
+
+def assert_close(actual, expected, tol=TOL):
+    assert len(actual) == len(expected)
+    worst = max(abs(a - b) for a, b in zip(actual, expected))
+    assert worst < tol, f"largest logprob difference {worst:.2e}"
+
+
+def test_weight_spec_matches_the_learners_state_dict(model_dir):
+    # Built on the meta device from the config alone, the spec names and shapes every
+    # tensor of a transformers model loaded from the files (what the learner sends).
+    from safetensors import safe_open
+
+    spec = weight_spec(model_dir)
+    loaded = {n: tuple(t.shape) for n, t in load_hf(model_dir).state_dict().items()}
+    assert dict(spec.shapes) == loaded and not spec.optional
+    assert any(n.startswith("model.visual.") for n in loaded)
+    assert any(n.startswith("model.language_model.") for n in loaded)
+    # The file keeps Qwen's older names (visual.*, model.layers.*); same tensors, same shapes.
+    with safe_open(f"{model_dir}/model.safetensors", "pt") as f:
+        names = list(f.keys())  # noqa: SIM118 (a safetensors handle, not a dict)
+        on_disk = sorted(tuple(f.get_slice(n).get_shape()) for n in names)
+    assert on_disk == sorted(loaded.values())
+
+
+def test_initial_logprobs_equal_transformers(engine, builder, case, model_dir):
+    expected = hf_completion_logprobs(load_hf(model_dir), builder, *case)
+    assert_close(engine_logprobs(engine, case), expected)
+    assert ray.get(engine.weights_version.remote()) == 0
+
+
+def test_update_equals_transformers_and_changes_logprobs(engine, builder, case, model_dir):
+    before = engine_logprobs(engine, case)
+    model = perturbed(load_hf(model_dir), seed=1)
+    report, sent = push(engine, 1, model.state_dict())
+    # 2.95 MB of float32 weights in 256 KiB buckets: many tensors per message, many messages.
+    assert report["version"] == 1 and report["buckets"] == sent > 1
+    assert report["tensors"] == len(model.state_dict())
+    after = engine_logprobs(engine, case)
+    assert_close(after, hf_completion_logprobs(model, builder, *case))
+    assert max(abs(a - b) for a, b in zip(after, before)) > 0.05
+
+
+def test_vision_tower_is_loaded(engine, builder, case, model_dir):
+    model = perturbed(perturbed(load_hf(model_dir), seed=1), seed=2, scale=0.2,
+                      only="model.visual.")
+    before = engine_logprobs(engine, case)
+    push(engine, 2, model.state_dict())
+    after = engine_logprobs(engine, case)
+    # Only the vision tower changed; the completion reads the image, so its logprobs move,
+    # and they move to exactly where transformers puts them.
+    assert max(abs(a - b) for a, b in zip(after, before)) > 1e-3
+    assert_close(after, hf_completion_logprobs(model, builder, *case))
+
+
+def test_stale_or_repeated_versions_are_refused(engine, model_dir):
+    state = load_hf(model_dir).state_dict()
+    for version in (2, 1, 0):
+        with pytest.raises(StaleWeightsError, match="already holds version 2"):
+            push(engine, version, state)
+    with pytest.raises(TypeError, match="must be an int"):
+        push(engine, 2.5, state)
+    assert ray.get(engine.weights_version.remote()) == 2
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("shape", "has shape"), ("unknown", "does not have"), ("nan", "NaN"),
+    ("missing", "lacks 1 tensors"), ("int", "floating point"),
+])
+def test_bad_push_leaves_the_engine_at_its_version(engine, case, model_dir, damage, message):
+    before = engine_logprobs(engine, case)
+    state = dict(perturbed(load_hf(model_dir), seed=3).state_dict())
+    last = list(state)[-1]    # the damage sits in the last bucket: all others are fine
+    if damage == "shape":
+        state[last] = state[last][:-1]
+    elif damage == "unknown":
+        state["model.visual.extra_head.weight"] = torch.zeros(2)
+    elif damage == "nan":
+        state[last] = state[last].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+    elif damage == "missing":
+        del state[last]
+    elif damage == "int":
+        state[last] = state[last].to(torch.int64)
+    with pytest.raises(WeightUpdateError, match=message):
+        push(engine, 3, state)
+    assert ray.get(engine.weights_version.remote()) == 2
+    assert engine_logprobs(engine, case) == before
+
+
+def test_repeated_tensor_and_empty_push_are_refused(model_dir, engine):
+    # ObjectStoreSource needs Ray (started by the engine fixture).
+    from actors.weights import ObjectStoreSource
+
+    spec = weight_spec(model_dir)
+    state = load_hf(model_dir).state_dict()
+    name = next(iter(state))
+    refs = [ray.put(dict(state)), ray.put({name: state[name]})]
+    with pytest.raises(WeightUpdateError, match=f"{name} was already sent"):
+        stage_buckets(refs, spec, ObjectStoreSource())
+    with pytest.raises(WeightUpdateError, match="at least one bucket"):
+        stage_buckets([], spec, ObjectStoreSource())
+
+
+def test_multiprocess_engine_loads_weights(engines, builder, case, model_dir):
+    # vLLM's multiprocess mode (conf default on GPUs) carries buckets as safetensors bytes.
+    handle = engines[1]
+    model = perturbed(load_hf(model_dir), seed=4)
+    report, _ = push(handle, 1, model.state_dict())
+    assert report["version"] == 1
+    assert_close(engine_logprobs(handle, case), hf_completion_logprobs(model, builder, *case))
