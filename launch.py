@@ -127,7 +127,8 @@ def start_actors(cfg, model_path: str, steps: int):
         scorer = start_scoring_actor(settings_from_config(cfg, model_path, "scoring"),
                                      num_cpus=cfg.scoring.num_cpus,
                                      num_gpus=cfg.scoring.num_gpus,
-                                     pd_digits=int(cfg.reward.pd_digits))
+                                     pd_digits=int(cfg.reward.pd_digits),
+                                     cpu_slot=int(cfg.rollout.num_engines))  # after engines
     engines = EngineGroup.from_config(cfg, settings_from_config(cfg, model_path, "rollout"),
                                       weight_peers=(scorer,) if scorer else ())
     learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
@@ -172,6 +173,7 @@ def train(cfg, model_path: str, out: Path) -> None:
         stream.load_state(state["data"])
         watch.early = list(state.get("think_early", []))
         learners.push_weights(receivers, version)   # engines start from model_path
+        engines.expect_version(version)
         print(f"# resumed from step {step} ({learners.last_loaded})")
     logger = MetricsLogger(out, cfg_dict(cfg), bool(cfg.logging.wandb),
                            str(cfg.logging.wandb_project), resume_from_step=step)
@@ -188,12 +190,14 @@ def train(cfg, model_path: str, out: Path) -> None:
         update_s = time.perf_counter() - t
         version += 1
         push = learners.push_weights(receivers, version)
+        engines.expect_version(version)
         metrics = {**exp.metrics, "epoch": epoch, "weights/version": version,
                    "actor/pg_loss": stats.get("pg_loss"), "actor/pg_clipfrac": stats.get("clip_frac"),
                    "actor/ppo_kl": stats.get("approx_kl"), "actor/entropy": stats.get("entropy"),
                    "actor/grad_norm": stats.get("grad_norm"), "actor/lr": stats.get("lr"),
                    "timing/update": update_s, "timing/weight_push": push["seconds"],
                    "events/engine_restarts": float(engines.metrics["restarts"]),
+                   "events/weight_push_unreachable": push.get("unreachable", 0.0),
                    "data/skipped_samples": float(len(stream.skipped))}
         every = int(cfg.eval.nothink_acc_every)
         if int(cfg.stage) == 2 and every > 0 and (step % every == 0 or step == 1):

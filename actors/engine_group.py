@@ -71,6 +71,18 @@ class PendingBatch:
                 self._send(chunk)
                 waiting[chunk.ref] = chunk
                 continue
+            stale = [pr.weights_version for pr in part
+                     if pr.weights_version < self.group._expected_version]
+            if stale:
+                # The engine restarted between calls (it answers, but with the model's
+                # initial weights): bring it to the expected version and redo its chunk.
+                self.group._recover(chunk.engine, RuntimeError(
+                    f"rollout-engine-{chunk.engine} answered with weights version "
+                    f"{stale[0]} < {self.group._expected_version}"))
+                self.group.metrics["resends"] += 1
+                self._send(chunk)
+                waiting[chunk.ref] = chunk
+                continue
             out[chunk.start:chunk.end] = part
         return out  # type: ignore[return-value]
 
@@ -140,6 +152,11 @@ class EngineGroup:
         self._weights = (version, list(bucket_refs))
         self._expected_version = max(self._expected_version, version)
         return reports
+
+    def expect_version(self, version: int) -> None:
+        """Record a version pushed straight to the engine handles (the learner's sender):
+        results generated with an older one come from a restarted engine and are redone."""
+        self._expected_version = max(self._expected_version, int(version))
 
     def versions(self) -> list[int]:
         """The weights version of each engine."""

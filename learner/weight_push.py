@@ -145,7 +145,18 @@ class ObjectStoreTransport(WeightTransport):
             total_bytes += bucket_nbytes(bucket)
         produce_s = time.perf_counter() - produce_start
         start = time.perf_counter()
-        ray.get([r.update_weights.remote(version, refs) for r in receivers])
+        calls = [r.update_weights.remote(version, refs) for r in receivers]
+        unreachable = []
+        for index, call in enumerate(calls):
+            try:
+                ray.get(call)
+            except ray.exceptions.RayActorError as err:
+                # A receiver that died (or is restarting) is skipped, not fatal: a restarted
+                # rollout engine is brought to the newest version by its EngineGroup, which
+                # finds these buckets on a live peer. A refused or failed load still raises.
+                unreachable.append(f"receiver {index}: {str(err).splitlines()[0]}")
+        if unreachable and len(unreachable) == len(receivers):
+            raise RuntimeError(f"no receiver took weights version {version}: {unreachable}")
         receive_s = time.perf_counter() - start
         return {
             "bytes": float(total_bytes),
@@ -153,6 +164,7 @@ class ObjectStoreTransport(WeightTransport):
             "gather_s": produce_s - put_s,
             "put_s": put_s,
             "receive_s": receive_s,
+            "unreachable": float(len(unreachable)),
         }
 
 

@@ -1,0 +1,39 @@
+"""The README's first command learns: `python launch.py conf=tiny`, 30 Stage-2 steps.
+
+Real Ray (a local cluster), real vLLM, the real scoring actor and a real DeepSpeed learner
+on the embedded tiny model. The issue's bar: the mean final reward of the last 10 steps
+is clearly above that of the first 10, with the fixed seed. Measured here on 2 CPU cores:
+0.46 -> 0.80 (the format reward climbs from ~0.25 after the cold start, as in the
+paper's Fig. 8b); the test asks for +0.15, well inside that margin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, TEST_CACHE
+
+pytestmark = pytest.mark.slow
+
+
+def test_tiny_stage2_reward_rises(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "conf=tiny", f"run.output_dir={tmp_path}",
+         "run.name=learn", f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text()
+               .splitlines()]
+    final = [r["reward/final_mean"] for r in records]
+    assert len(final) == 30
+    first, last = np.mean(final[:10]), np.mean(final[-10:])
+    assert last > first + 0.15, (first, last, final)
+    fmt = [r["reward/format_mean"] for r in records]
+    assert np.mean(fmt[-10:]) > np.mean(fmt[:10])
