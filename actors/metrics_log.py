@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ class MetricsLogger:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        # The run id is kept beside the metrics so that a resumed run continues one wandb run.
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         return wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow",
                           dir=str(run_dir), config=dict(config))
@@ -126,7 +128,7 @@ class MetricsLogger:
         numeric = {k: v for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.wandb_run is not None:
-            self.wandb_run.log(numeric, step=step)
+            self.wandb_run.log(numeric, step=step, commit=True)
         import ray
 
         if ray.is_initialized():
