@@ -1,9 +1,9 @@
 """The driver's side of Ray: connect (or start a local cluster) and check resources.
 
 `ray job submit ... -- python launch.py` runs the driver inside the cluster, where
-`RAY_ADDRESS` is set and `ray.init()` joins it. Run directly, the driver joins a cluster
-started with `ray start` on this machine, or else starts a local one bound to 127.0.0.1
-with its dashboard on 127.0.0.1:8265 (`ray.num_cpus` sizes it). Ray's token
+`RAY_ADDRESS` is set and `ray.init()` joins it; `ray.address=auto` joins a cluster
+started with `ray start` on this machine. Otherwise the driver starts a local cluster
+bound to 127.0.0.1 with its dashboard on 127.0.0.1:8265 (`ray.num_cpus` sizes it). Ray's token
 authentication stays as Ray configures it (on by default).
 
 Ray schedules actors by logical resources and never fails a request it cannot meet: it
@@ -30,15 +30,13 @@ def connect(cfg: Any) -> dict:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            try:  # a cluster started with `ray start` on this machine, as Ray itself would
-                ray.init(address="auto", log_to_driver=True)
-            except ConnectionError:
-                # None: start one. Ray may advertise the machine's external interface; pin
-                # every listener to loopback.
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-                ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=bool(cfg.ray.dashboard),
-                         dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                         log_to_driver=True)
+            # A new local cluster, never a guess: Ray's own default would join whatever
+            # /tmp/ray/ray_current_cluster names, and hangs when that cluster is gone.
+            # Ray may advertise the machine's external interface; pin listeners to loopback.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(address="local", num_cpus=cfg.ray.num_cpus,
+                     include_dashboard=bool(cfg.ray.dashboard), dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1", log_to_driver=True)
     return dict(ray.cluster_resources())
 
 

@@ -116,6 +116,10 @@ class Head:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+        # A killed head leaves Ray's "current cluster" file behind; remove ours only.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{self.port}"):
+            current.unlink()
 
 
 @pytest.fixture(scope="module")
