@@ -134,7 +134,10 @@ class ExperienceMaker:
                    if is_choice.any() else float("nan"),
                    "reward/iou_mean": float(out["task"][~is_choice].mean())
                    if (~is_choice).any() else float("nan")}
-        return out["final"], None, metrics
+        # "Qualified" as in Eq. 6: well formed and wholly right (every choice part, or a
+        # perfect box); used only if a Stage-1 run asks for the clipped-positive mode.
+        qualified = (out["fmt"] == 1.0) & (out["task"] == 1.0)
+        return out["final"], qualified, metrics
 
     # -- packing and lengths ---------------------------------------------------------
     def _pack(self, samples, rollouts, adv) -> list[PromptGroup]:

@@ -13,8 +13,8 @@ from tests.conftest import REPO
 
 
 def test_shipped_configs_load():
-    assert {"base", "tiny", "stage1", "stage2"} <= set(available_configs())
-    for name in ("base", "tiny", "stage1", "stage2"):
+    assert {"base", "tiny", "tiny_stage1", "stage1", "stage2"} <= set(available_configs())
+    for name in ("base", "tiny", "tiny_stage1", "stage1", "stage2"):
         cfg = load_config(name)
         assert cfg.run.name == f"{name}-stage{cfg.stage}"
 

@@ -220,7 +220,7 @@ def test_stage1_runs_on_the_perception_manifest(tmp_path):
     env = {**_env(), "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.run(
-        [sys.executable, "launch.py", "conf=tiny", "stage=1", "train.max_steps=2",
+        [sys.executable, "launch.py", "conf=tiny_stage1", "train.max_steps=2",
          "checkpoint.every=2", f"run.output_dir={out}", "run.name=s1",
          f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false", "ray.num_cpus=2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
