@@ -60,14 +60,9 @@ def prepare_model(cfg) -> str:
     if path == "tiny":
         # The embedded model, warmed up on the answer format of the mini dataset's tasks
         # (synth/cold_start.py says why and how).
-        from synth.cold_start import cold_start
-        from synth.mini_dataset import build_mini_dataset
-        from synth.tiny_model import build_tiny_model
+        from synth.cold_start import embedded_model
 
-        mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
-        base = build_tiny_model(cfg.model.cache_dir)
-        return str(cold_start(base, [mini["stage2_train"], mini["stage1_train"]],
-                              cfg.model.cache_dir))
+        return str(embedded_model(cfg.model.cache_dir))
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():

@@ -42,12 +42,10 @@ class EngineSettings:
 
 
 def resolve_model_path(path: str, cache_dir: str | Path) -> str:
-    """conf `model.path`: "tiny" builds (or reuses) the embedded model; else as given."""
-    if path == "tiny":
-        from synth.tiny_model import build_tiny_model
+    """conf `model.path`: "tiny" is the embedded model (synth.cold_start); else as given."""
+    from synth.cold_start import resolve_model_path as resolve
 
-        return str(build_tiny_model(cache_dir))
-    return str(path)
+    return resolve(path, cache_dir)
 
 
 def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> EngineSettings:

@@ -43,13 +43,10 @@ def _plain_conf(cfg: Any) -> dict:
 
 
 def resolve_model_path(conf: dict) -> str:
-    """conf model.path, with "tiny" built on the spot (synth.tiny_model)."""
-    path = str(conf["model"]["path"])
-    if path == "tiny":
-        from synth.tiny_model import build_tiny_model
+    """conf model.path, with "tiny" the embedded model (synth.cold_start)."""
+    from synth.cold_start import resolve_model_path as resolve
 
-        return str(build_tiny_model(conf["model"]["cache_dir"]))
-    return path
+    return resolve(conf["model"]["path"], conf["model"]["cache_dir"])
 
 
 class _CheckpointFiles:

@@ -178,3 +178,19 @@ def cold_start(base_dir: str | Path, manifests: list[str | Path], cache_dir: str
 def summary(model_dir: str | Path) -> dict[str, Any]:
     """The warm-up's record (settings, first and last loss) of a cold-started model."""
     return json.loads((Path(model_dir) / "cold_start.json").read_text())
+
+
+def embedded_model(cache_dir: str | Path) -> Path:
+    """What `model.path=tiny` names: the tiny model after its cold start on the mini
+    dataset's Stage-2 and Stage-1 training manifests (both built on the spot, cached)."""
+    from synth.mini_dataset import build_mini_dataset
+    from synth.tiny_model import build_tiny_model
+
+    mini = build_mini_dataset(Path(cache_dir) / "mini")
+    base = build_tiny_model(cache_dir)
+    return cold_start(base, [mini["stage2_train"], mini["stage1_train"]], cache_dir)
+
+
+def resolve_model_path(path: str, cache_dir: str | Path) -> str:
+    """conf `model.path`: "tiny" is the embedded model (built or reused); else as given."""
+    return str(embedded_model(cache_dir)) if str(path) == "tiny" else str(path)
