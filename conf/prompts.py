@@ -72,6 +72,17 @@ def stage1_grounding_prompt(full_reference: bool, prompts: Any | None = None) ->
         image_intro=p.image_intro_fr if full_reference else p.image_intro_nr)
 
 
+def qbench_prompt(question: str, candidates: Sequence[str], mode: str,
+                  prompts: Any | None = None) -> str:
+    """A multi-choice question: the question, options lettered A.., the answer instruction."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    p = _p(prompts)
+    options = "\n".join(f"{chr(ord('A') + k)}. {c}" for k, c in enumerate(candidates))
+    instruction = p.qbench_answer_think if mode == "think" else p.qbench_answer_no_think
+    return f"{question}\n{p.qbench_options_intro}\n{options}\n{instruction}"
+
+
 def severity_word(level: int, prompts: Any | None = None) -> str:
     """The word the Stage-1 prompt offers for a distortion level 1..5."""
     words = list(_p(prompts).severity_prompt_words)

@@ -1,0 +1,267 @@
+"""Scoring evaluation: SRCC and PLCC of a model's scores against MOS (the paper's Table 3).
+
+    python -m evals.scoring_eval --model outputs/RUN --manifest koniq_test.jsonl \\
+        spaq_test.jsonl --mode both --inference both --out outputs/eval/scoring
+    python -m evals.scoring_eval --model tiny --conf tiny --manifest MINI/stage2_test.jsonl
+
+For each manifest (task "score", MOS on [0, 5)), each prompt mode (think / no-think, the
+templates of conf/prompts.yaml) and each score inference:
+
+- numeric: the number the model writes in "[answer]Score:x[/answer]" (greedy decoding).
+  An answer that cannot be read is a parse failure: it is counted and reported, and left
+  out of SRCC/PLCC, never replaced by a made-up score.
+- prob: Eq. 8, sum_j j * p(j) + 0.5 over the digits 0..4 at the integer position of the
+  score, from the scoring actor: no-think after the fixed prefix "[answer]Score:", think
+  after the model's own think and score prefix (an answer without one is a failure).
+
+Reported per dataset: SRCC, PLCC (plain and after the 4-parameter logistic fit), the
+parse-failure rate, the well-formed-answer rate; a scatter plot of prediction vs MOS.
+Outputs under --out: results.json, results.md, predictions.jsonl, scatter_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from evals.engines import (
+    MODE_CHOICES,
+    EvalEngines,
+    add_engine_args,
+    config_from_args,
+    dataset_name,
+    load_samples,
+    resolve_eval_model,
+)
+from evals.metrics import SCORE_DIGITS, MetricWarning, expected_score, fit_logistic4, plcc, srcc
+from evals.report import (
+    fmt,
+    markdown_table,
+    safe_name,
+    scatter_png,
+    write_json,
+    write_jsonl,
+    write_markdown,
+)
+
+INFERENCES = ("numeric", "prob")
+INFERENCE_CHOICES = {"numeric": ("numeric",), "prob": ("prob",), "both": INFERENCES}
+SCORE_RANGE = (0.0, 5.0)
+
+
+def numeric_score(text: str) -> float | None:
+    """The score written in the answer block, or None (a parse failure)."""
+    from rewards import extract_score
+
+    return extract_score(text)
+
+
+def prob_score(digit_probs: list[float] | None) -> float | None:
+    """Eq. 8 from p("0") .. p("9"), or None when there is no distribution or no mass on
+    the digits 0..4 (a failure, not a guess)."""
+    if digit_probs is None:
+        return None
+    head = [float(p) for p in digit_probs[:SCORE_DIGITS]]
+    if len(head) != SCORE_DIGITS or sum(head) <= 0.0:
+        return None
+    return expected_score(head, kind="probs")
+
+
+def summarize(preds: list[float | None], mos: list[float]) -> dict[str, Any]:
+    """SRCC / PLCC over the readable predictions, with failure counts.
+
+    Metrics are None (and `note` says why) when fewer than 2 predictions were read.
+    Warnings of the metrics (a constant prediction) are kept in `warnings`.
+    """
+    if len(preds) != len(mos):
+        raise ValueError(f"{len(preds)} predictions but {len(mos)} MOS values")
+    pairs = [(p, m) for p, m in zip(preds, mos) if p is not None]
+    n, n_ok = len(preds), len(pairs)
+    out: dict[str, Any] = {
+        "n": n, "n_parsed": n_ok, "n_failed": n - n_ok,
+        "failure_rate": (n - n_ok) / n if n else None,
+        "n_out_of_range": sum(not SCORE_RANGE[0] <= p <= SCORE_RANGE[1] for p, _ in pairs),
+        "srcc": None, "plcc": None, "plcc_logistic": None, "logistic": None, "warnings": []}
+    if n_ok < 2:
+        out["note"] = f"only {n_ok} of {n} answers could be read; no correlation"
+        return out
+    p, m = [x for x, _ in pairs], [y for _, y in pairs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetricWarning)
+        out["srcc"] = srcc(p, m)
+        out["plcc"] = plcc(p, m)
+        out["plcc_logistic"] = plcc(p, m, fit="logistic4")
+    out["warnings"] = sorted({str(w.message) for w in caught})
+    fit = fit_logistic4(p, m)
+    out["logistic"] = {"params": list(fit.params), "converged": fit.converged,
+                       "reason": fit.reason}
+    return out
+
+
+def _evaluate_dataset(engines: EvalEngines, samples: list[dict], name: str,
+                      modes: tuple[str, ...], inferences: tuple[str, ...]
+                      ) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, Any]]:
+    """results[mode][inference], per-sample records, preds[(mode, inference)]."""
+    from rewards import format_reward
+
+    mos = [float(s["mos"]) for s in samples]
+    results: dict[str, dict[str, Any]] = {}
+    records = [{"id": s["id"], "dataset": name, "mos": s["mos"]} for s in samples]
+    preds: dict[tuple[str, str], list[float | None]] = {}
+    for mode in modes:
+        # No-think probability inference reads the fixed prefix and needs no answer.
+        need_text = "numeric" in inferences or mode == "think"
+        gens = engines.generate(samples, mode, desc=f"{name} {mode}") if need_text else None
+        results[mode] = {}
+        if gens is not None:
+            formats = [format_reward(g.text, mode) for g in gens]
+            for rec, g, ok in zip(records, gens, formats):
+                rec[f"{mode}_text"] = g.text
+                rec[f"{mode}_finish"] = g.finish_reason
+                rec[f"{mode}_format_ok"] = bool(ok)
+        if "numeric" in inferences:
+            preds[(mode, "numeric")] = [numeric_score(g.text) for g in gens]
+        if "prob" in inferences:
+            texts = [g.text for g in gens] if mode == "think" else None
+            dists = engines.digit_probs(samples, mode, texts, desc=f"{name} {mode} Eq.8")
+            preds[(mode, "prob")] = [prob_score(d) for d in dists]
+            for rec, d in zip(records, dists):
+                rec[f"{mode}_digit_probs"] = None if d is None else d[:SCORE_DIGITS]
+        for inference in inferences:
+            summary = summarize(preds[(mode, inference)], mos)
+            if gens is not None:
+                summary["format_rate"] = sum(formats) / len(formats)
+            results[mode][inference] = summary
+            for rec, p in zip(records, preds[(mode, inference)]):
+                rec[f"{mode}_{inference}"] = p
+    return results, records, preds
+
+
+def _markdown(datasets: dict[str, Any], modes: tuple[str, ...],
+              inferences: tuple[str, ...]) -> list[tuple[str, str]]:
+    names = list(datasets)
+    head = ["mode / inference"] + [f"{d} {col}" for d in names
+                                   for col in ("SRCC", "PLCC", "PLCC (logistic)")]
+    fail_head = ["mode / inference"] + [f"{d} {col}" for d in names
+                                        for col in ("parse failures", "well-formed", "n")]
+    rows, fail_rows = [], []
+    for mode in modes:
+        for inference in inferences:
+            label = f"{mode} / {inference}"
+            row, frow = [label], [label]
+            for d in names:
+                r = datasets[d]["results"][mode][inference]
+                row += [fmt(r["srcc"]), fmt(r["plcc"]), fmt(r["plcc_logistic"])]
+                frow += [f"{r['n_failed']} ({fmt(r['failure_rate'], 'pct')})",
+                         fmt(r.get("format_rate"), "pct"), fmt(r["n"], "int")]
+            rows.append(row)
+            fail_rows.append(frow)
+    return [("SRCC / PLCC (Table 3 layout)", markdown_table(head, rows)),
+            ("Readable answers", markdown_table(fail_head, fail_rows))]
+
+
+def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir: str | Path,
+                     modes: tuple[str, ...] = ("no_think", "think"),
+                     inferences: tuple[str, ...] = INFERENCES,
+                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the scoring evaluation on running engines; write the reports; return the JSON.
+
+    `engines` needs a scoring actor when "prob" is among `inferences`.
+    """
+    bad = [m for m in modes if m not in MODE_CHOICES["both"]]
+    bad += [i for i in inferences if i not in INFERENCES]
+    if bad or not modes or not inferences:
+        raise ValueError(f"modes must be from {MODE_CHOICES['both']} and inferences from "
+                         f"{INFERENCES}; got {modes} and {inferences}")
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    loaded = [(m, load_samples(m, ("score",))) for m in manifests]
+    datasets: dict[str, Any] = {}
+    all_records: list[dict] = []
+    scatters = []
+    for manifest, samples in loaded:
+        name = dataset_name(manifest, samples)
+        if name in datasets:
+            name = f"{name}-{Path(manifest).stem}"
+        results, records, preds = _evaluate_dataset(engines, samples, name, modes, inferences)
+        datasets[name] = {"manifest": str(manifest), "n": len(samples), "results": results}
+        all_records += records
+        mos = [float(s["mos"]) for s in samples]
+        for (mode, inference), values in preds.items():
+            pairs = [(p, m) for p, m in zip(values, mos) if p is not None]
+            if not pairs:
+                continue
+            xs, ys = [p for p, _ in pairs], [m for _, m in pairs]
+            r = results[mode][inference]
+            curve = None
+            if r["logistic"] and r["logistic"]["converged"]:
+                from evals.metrics import logistic4
+
+                curve = lambda x, prm=tuple(r["logistic"]["params"]): logistic4(x, *prm)  # noqa: E731
+            title = (f"{name} {mode}/{inference}\nSRCC {fmt(r['srcc'])}  PLCC {fmt(r['plcc'])}"
+                     f"  PLCC (logistic) {fmt(r['plcc_logistic'])}  n={len(xs)}, "
+                     f"{r['n_failed']} unread")
+            path = out_dir / f"scatter_{safe_name(name)}_{mode}_{inference}.png"
+            scatters.append(str(scatter_png(path, xs, ys, title, curve=curve)))
+    payload = {"evaluation": "scoring", **(meta or {}), "modes": list(modes),
+               "inferences": list(inferences), "datasets": datasets, "plots": scatters,
+               "seconds": time.perf_counter() - started,
+               "images": sum(len(s) for _, s in loaded)}
+    write_json(out_dir / "results.json", payload)
+    write_jsonl(out_dir / "predictions.jsonl", all_records)
+    notes = ["PLCC (logistic): Pearson after the 4-parameter logistic fit (evals.metrics).",
+             "Parse failures are left out of SRCC/PLCC and counted; no score is made up.",
+             "With few images the 4-parameter fit can overfit (down to a step): compare "
+             "with plain PLCC.",
+             "prob = Eq. 8 with +0.5 (the paper prints +5; see evals/metrics.py)."]
+    write_markdown(out_dir / "results.md", f"Scoring evaluation: {payload.get('model', '')}",
+                   _markdown(datasets, modes, inferences), notes)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m evals.scoring_eval", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--manifest", nargs="+", required=True,
+                        help="IQA manifests (task 'score'), one per dataset")
+    parser.add_argument("--mode", choices=sorted(MODE_CHOICES), default="both")
+    parser.add_argument("--inference", choices=sorted(INFERENCE_CHOICES), default="both")
+    parser.add_argument("--out", default="outputs/eval/scoring", help="report folder")
+    add_engine_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    # `--manifest a b key=value`: argparse hands trailing overrides to --manifest.
+    moved = [m for m in args.manifest if "=" in m and not Path(m).is_file()]
+    args.manifest = [m for m in args.manifest if m not in moved]
+    args.overrides = list(args.overrides) + moved
+    if not args.manifest:
+        parser.error("--manifest needs at least one manifest file")
+    try:  # bad input fails here, before any engine starts
+        for manifest in args.manifest:
+            load_samples(manifest, ("score",))
+        cfg = config_from_args(args)
+        model = resolve_eval_model(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    modes, inferences = MODE_CHOICES[args.mode], INFERENCE_CHOICES[args.inference]
+    engines = EvalEngines.start(cfg, model, need_scorer="prob" in inferences,
+                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                                need_group="numeric" in inferences or "think" in modes)
+    try:
+        payload = evaluate_scoring(engines, args.manifest, args.out, modes, inferences,
+                                   meta={"model": model, "conf": args.conf})
+    finally:
+        engines.shutdown()
+    print(Path(args.out, "results.md").read_text(encoding="utf-8"))
+    print(f"reports written to {args.out} ({payload['images']} images, "
+          f"{payload['seconds']:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
