@@ -226,6 +226,7 @@ def cfg_dict(cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from actors.cluster import ResourceError
     from conf import ConfigError, available_configs, load_config, save_config
 
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -250,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ResourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume from the newest checkpoint",
               file=sys.stderr)

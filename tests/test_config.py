@@ -105,3 +105,13 @@ def test_launch_bad_input_is_one_clear_line(args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_launch_fails_fast_when_actors_do_not_fit(tmp_path):
+    # tiny asks 0.5 CPU per engine: 9 engines + learner + scorer = 5.25 > the 2 logical CPUs
+    # of a local cluster. Ray would wait forever; launch.py says why and stops.
+    proc = _launch("rollout.num_engines=9", f"run.output_dir={tmp_path}", "ray.num_cpus=2",
+                   "ray.dashboard=false")
+    assert proc.returncode == 3
+    assert "5.25 CPU" in proc.stderr and "ray.num_cpus" in proc.stderr
+    assert "Traceback" not in proc.stderr
