@@ -4,6 +4,11 @@
 each actor `learner-<rank>`. All methods that touch parameters (train_step,
 compute_logprobs, push_weights, save/load/export) are collectives under ZeRO: the group
 calls them on every rank together.
+
+Devices: DeepSpeed's accelerator decides. On CPU (tests, conf=tiny) the `cpu` accelerator
+and gloo run for real. The CUDA path (nccl backend, ZeRO-3 with CPU offload as in Table 7,
+bf16) is written against DeepSpeed's documented config and `init_distributed`; it was not
+run: no GPU machine was lent to the session that wrote it (see the closing note).
 """
 
 from __future__ import annotations
