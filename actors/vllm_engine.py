@@ -86,7 +86,11 @@ def cpu_cores_for(slot: int, num_threads: int, allowed: list[int]) -> list[int]:
 
 def engine_env(settings: EngineSettings, cores: list[int] | None) -> dict[str, str]:
     """vLLM environment variables of an engine (read when vLLM is imported)."""
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if settings.multiprocessing else "0"}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "1" if settings.multiprocessing else "0",
+           # vLLM logs every weight reload and cache reset at INFO, once per step per
+           # engine; the driver's terminal stays readable at WARNING. Set the variable
+           # yourself to see them.
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if not settings.use_gpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(int(settings.kv_cache_gib))
         if cores:
