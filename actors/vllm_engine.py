@@ -149,6 +149,25 @@ class EngineHost:
         self.receiver = WeightReceiver(
             weight_spec(settings.model_path, settings.trust_remote_code),
             load=self._load_weights, load_initial=self._load_initial_weights)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throw-away image request before any real one.
+
+        Seen on the CPU build: the first batch of a fresh engine can return logprobs up to
+        ~0.07 off for one of its sequences, later batches agree with transformers to 1e-6.
+        Rollout logprobs are the learner's old logprobs, so the first real batch must not
+        be that one (tests/test_learner_vllm.py checks a fresh engine's first batch).
+        """
+        import numpy as np
+        from PIL import Image
+        from vllm import SamplingParams
+
+        pixels = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        sample = {"id": "warm-up", "task": "score", "images": [Image.fromarray(pixels)]}
+        self.llm.generate([self.builder.prepare(sample, "no_think").engine_input()],
+                          SamplingParams(n=2, max_tokens=4, logprobs=0), use_tqdm=False)
+        self._reset_caches()
 
     def _bind_cpu(self) -> list[int] | None:
         """Pin this process (and the OpenMP threads it starts) to its slot's cores."""
