@@ -21,14 +21,17 @@ class ResourceError(RuntimeError):
     """The configured actors do not fit the cluster."""
 
 
-def connect(cfg: Any) -> dict:
-    """Join the cluster this job runs in, or start a local one; returns its resources."""
+def connect(cfg: Any, log_to_driver: bool = True) -> dict:
+    """Join the cluster this job runs in, or start a local one; returns its resources.
+
+    log_to_driver=False keeps the actors' logs out of this process's stdout (for a
+    command whose stdout is machine-read, such as `evals.score --json`)."""
     import ray
 
     if not ray.is_initialized():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=log_to_driver)
         else:
             # A new local cluster, never a guess: Ray's own default would join whatever
             # /tmp/ray/ray_current_cluster names, and hangs when that cluster is gone.
@@ -36,7 +39,7 @@ def connect(cfg: Any) -> dict:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address="local", num_cpus=cfg.ray.num_cpus,
                      include_dashboard=bool(cfg.ray.dashboard), dashboard_host="127.0.0.1",
-                     _node_ip_address="127.0.0.1", log_to_driver=True)
+                     _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
     return dict(ray.cluster_resources())
 
 

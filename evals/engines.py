@@ -97,12 +97,12 @@ class Generation:
     num_tokens: int
 
 
-def ensure_ray(cfg: Any) -> None:
+def ensure_ray(cfg: Any, log_to_driver: bool = True) -> None:
     """Join Ray as training does (actors.cluster.connect): `ray.address`, else the cluster
     this job was submitted to (RAY_ADDRESS), else a new local cluster."""
     from actors.cluster import connect
 
-    connect(cfg)
+    connect(cfg, log_to_driver=log_to_driver)
 
 
 def check_resources(cfg: Any, need_scorer: bool, need_group: bool = True) -> None:
@@ -141,7 +141,7 @@ class EvalEngines:
     @classmethod
     def start(cls, cfg: Any, model_path: str, need_scorer: bool,
               max_new_tokens: int | None = None, batch_size: int = 16,
-              need_group: bool = True) -> EvalEngines:
+              need_group: bool = True, log_to_driver: bool = True) -> EvalEngines:
         """Start the rollout engines (unless `need_group` is False: only Eq. 8 in the
         no-think mode, which reads a fixed prefix) and the scoring actor (`need_scorer`)."""
         import ray
@@ -150,7 +150,7 @@ class EvalEngines:
 
         if not (need_group or need_scorer):
             raise ValueError("nothing to start: need_group and need_scorer are both False")
-        ensure_ray(cfg)
+        ensure_ray(cfg, log_to_driver)
         check_resources(cfg, need_scorer, need_group)
         group = None
         if need_group:

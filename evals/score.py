@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     prob = args.inference == "prob"
     engines = EvalEngines.start(cfg, model, need_scorer=prob,
                                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                need_group=not prob or args.think)
+                                need_group=not prob or args.think,
+                                log_to_driver=not args.json)  # --json: stdout is the JSON
     try:
         records = score_images(engines, images, mode, args.inference, cfg.prompts)
     finally:
