@@ -22,3 +22,14 @@ def tiny_model_dir() -> Path:
     from synth.tiny_model import build_tiny_model
 
     return build_tiny_model(TEST_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_settings(tiny_model_dir):
+    """EngineSettings of a CPU engine on the tiny model: float32 (so logprobs compare with
+    transformers to 1e-4), in-process, 1 GiB KV cache, the tiny processor's pixel limits."""
+    from actors.vllm_engine import EngineSettings
+
+    return EngineSettings(model_path=str(tiny_model_dir), dtype="float32",
+                          max_model_len=1024, kv_cache_gib=1, enforce_eager=True,
+                          multiprocessing=False, min_pixels=56 * 56, max_pixels=224 * 224)

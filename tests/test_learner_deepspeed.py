@@ -40,10 +40,8 @@ def ray_session():
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from synth.tiny_model import build_tiny_model
-
-    return build_tiny_model()
+def model_dir(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 def reference_logprobs(model, data) -> list[list[list[float]]]:

@@ -24,10 +24,8 @@ MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224   # conf/tiny.yaml
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from synth.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(".cache/refine-iqa"))
+def model_dir(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

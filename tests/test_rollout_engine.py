@@ -14,7 +14,7 @@ import torch
 
 from actors.engine_group import EngineGroup, split_evenly
 from actors.prompting import PromptBuilder
-from actors.vllm_engine import EngineSettings, strip_tokens
+from actors.vllm_engine import strip_tokens
 from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
 
 pytestmark = pytest.mark.slow
@@ -25,17 +25,13 @@ SAMPLING = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": MAX_NEW}
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from synth.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(".cache/refine-iqa"))
+def model_dir(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def group(model_dir):
-    settings = EngineSettings(model_path=model_dir, dtype="float32", max_model_len=1024,
-                              kv_cache_gib=1, enforce_eager=True, multiprocessing=False,
-                              min_pixels=56 * 56, max_pixels=224 * 224)
+def group(tiny_engine_settings):
+    settings = tiny_engine_settings
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     engines = EngineGroup(settings, num_engines=2, num_cpus=1, max_restarts=2)
     yield engines

@@ -15,7 +15,7 @@ import torch
 
 from actors.prompting import PromptBuilder
 from actors.scoring_actor import cut_after_score_prefix, start_scoring_actor
-from actors.vllm_engine import EngineSettings, wait_ready
+from actors.vllm_engine import wait_ready
 from conf.prompts import default_prompts
 
 pytestmark = pytest.mark.slow
@@ -31,17 +31,13 @@ ROLLOUTS = [
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from synth.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(".cache/refine-iqa"))
+def model_dir(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def scorer(model_dir):
-    settings = EngineSettings(model_path=model_dir, dtype="float32", max_model_len=1024,
-                              kv_cache_gib=1, enforce_eager=True, multiprocessing=False,
-                              min_pixels=56 * 56, max_pixels=224 * 224)
+def scorer(tiny_engine_settings):
+    settings = tiny_engine_settings
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     handle = start_scoring_actor(settings, num_cpus=1, pd_digits=2, cpu_slot=0)
     wait_ready([handle], 600)

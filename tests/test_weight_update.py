@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from actors.prompting import PromptBuilder
-from actors.vllm_engine import EngineSettings, start_rollout_engine, wait_ready
+from actors.vllm_engine import start_rollout_engine, wait_ready
 from actors.weights import StaleWeightsError, WeightUpdateError, stage_buckets, weight_spec
 
 pytestmark = pytest.mark.slow
@@ -24,17 +24,13 @@ TOL = 1e-4  # float32 engine vs float32 transformers
 
 
 @pytest.fixture(scope="module")
-def model_dir():
-    from synth.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(".cache/refine-iqa"))
+def model_dir(tiny_model_dir):
+    return str(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
-def settings(model_dir):
-    return EngineSettings(model_path=model_dir, dtype="float32", max_model_len=1024,
-                          kv_cache_gib=1, enforce_eager=True, multiprocessing=False,
-                          min_pixels=56 * 56, max_pixels=224 * 224)
+def settings(tiny_engine_settings):
+    return tiny_engine_settings
 
 
 @pytest.fixture(scope="module")
