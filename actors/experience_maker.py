@@ -165,14 +165,12 @@ class ExperienceMaker:
                 "rollout/completion_tokens": float(lengths.sum())}
 
     def _think_lengths(self, texts) -> dict[str, float]:
-        """Think length in tokens: the text between the think tags, re-tokenised."""
-        t = self.prompts.tags
+        """Think length in tokens: the think block's text (rewards.think_content),
+        re-tokenised; 0 for an output without exactly one think block."""
         lengths = []
         for group in texts:
             for text in group:
-                start = text.find(t.think_open)
-                end = text.find(t.think_close, start + 1) if start >= 0 else -1
-                body = text[start + len(t.think_open):end] if 0 <= start < end else ""
+                body = R.think_content(text, self.prompts)
                 lengths.append(len(self.builder.encode(body)) if body else 0)
         arr = np.array(lengths, float)
         return {"think_length/mean": float(arr.mean()), "think_length/max": float(arr.max())}

@@ -13,7 +13,13 @@ stage1_rewards. Optional: ranking_reward (PreResQ-style inter-image order).
 
 from rewards.advantages import ADVANTAGE_MODES, batch_advantages, group_advantages
 from rewards.batch import Stage2Rewards, combine_rewards, stage2_rewards
-from rewards.parsing import answer_content, extract_score, format_reward, grammar
+from rewards.parsing import (
+    answer_content,
+    extract_score,
+    format_reward,
+    grammar,
+    think_content,
+)
 from rewards.perception import (
     CHOICE_MODES,
     choice_reward,
@@ -64,4 +70,5 @@ __all__ = [
     "ranking_reward",
     "stage1_rewards",
     "stage2_rewards",
+    "think_content",
 ]

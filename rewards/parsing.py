@@ -76,6 +76,14 @@ class Grammar:
         """The text between the one answer_open and the one answer_close, else None."""
         return self._content(text, self._tags(text))
 
+    def think_content(self, text: str) -> str | None:
+        """The text between the one think_open and the one think_close, else None."""
+        found = [m for m in self._tags(text) if m.group() in (self.think_open,
+                                                              self.think_close)]
+        if [m.group() for m in found] != [self.think_open, self.think_close]:
+            return None
+        return text[found[0].end():found[1].start()]
+
     def score(self, text: str) -> float | None:
         """The finite score of the one answer block of `text`, else None."""
         return self._score(self.answer_content(text))
@@ -182,6 +190,12 @@ def answer_content(text: str, prompts: Any | None = None) -> str | None:
     order. Text outside the block is not looked at (format_reward judges that).
     """
     return grammar(prompts).answer_content(_check_text(text))
+
+
+def think_content(text: str, prompts: Any | None = None) -> str | None:
+    """The text inside the single think block of `text`; None when there is not exactly
+    one think_open and one think_close, in that order (the think-length metric reads it)."""
+    return grammar(prompts).think_content(_check_text(text))
 
 
 def extract_score(text: str, prompts: Any | None = None) -> float | None:

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from conf.prompts import default_prompts, score_answer, tags
-from rewards import answer_content, extract_score, format_reward, grammar, mos_digits
+from rewards import (
+    answer_content,
+    extract_score,
+    format_reward,
+    grammar,
+    mos_digits,
+    think_content,
+)
 
 GOOD = "[think]The sky is sharp, slight noise.[/think][answer]Score:3.7[/answer]"
 
@@ -178,3 +185,16 @@ def test_bad_arguments_raise():
         extract_score(None)
     with pytest.raises(TypeError, match="str"):
         format_reward(b"[answer]Score:1[/answer]", "no_think")
+
+
+# The think block the think-length metric reads (hand-worked examples).
+@pytest.mark.parametrize("text, expected", [
+    ("[think]sharp, bright[/think][answer]Score:3.7[/answer]", "sharp, bright"),
+    ("[think][/think][answer]Score:3.7[/answer]", ""),
+    ("[answer]Score:3.7[/answer]", None),
+    ("[think]a[/think][think]b[/think]", None),
+    ("[/think]a[think]", None),
+    ("[think]unclosed", None),
+])
+def test_think_content(text, expected):
+    assert think_content(text) == expected
