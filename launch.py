@@ -53,28 +53,16 @@ def run_dir(cfg) -> Path:
 
 
 def prepare_model(cfg) -> str:
-    """The model directory or hub id to load; builds the embedded tiny model if asked."""
+    """The model to load for `model.path`: "tiny" (the embedded model, built and warmed
+    up on the spot), a model directory, a run directory (its export/ or newest
+    checkpoint), a checkpoint, or a hub id - resolved as the evaluations resolve it."""
     from conf import ConfigError
+    from evals.engines import resolve_eval_model
 
-    path = str(cfg.model.path)
-    if path == "tiny":
-        # The embedded model, warmed up on the answer format of the mini dataset's tasks
-        # (synth/cold_start.py says why and how).
-        from synth.cold_start import embedded_model
-
-        return str(embedded_model(cfg.model.cache_dir))
-    local = Path(path).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise ConfigError(
-                f"model.path={path} exists but has no config.json: point it at a Hugging Face "
-                "model directory (e.g. a run's export/ folder)")
-        return str(local)
-    if path.count("/") == 1 and not path.startswith((".", "/", "~")):
-        return path  # a hub id such as Qwen/Qwen2.5-VL-7B-Instruct; loaded from the HF cache
-    raise ConfigError(
-        f"model.path={path} is neither a local directory nor a hub id (org/name); "
-        "use model.path=tiny for the embedded model")
+    try:
+        return resolve_eval_model(cfg)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model.path: {exc}") from None
 
 
 def resolve_manifests(cfg) -> tuple[Path, Path | None]:

@@ -97,7 +97,7 @@ def test_launch_help_lists_configs():
     (("train.lrr=1",), "Did you mean 'train.lr'"),
     (("train.lr=abc",), "must be a number"),
     (("model.path=./no/such/dir", "run.output_dir=/tmp/refine-iqa-test-out"),
-     "neither a local directory"),
+     "does not exist"),
 ])
 def test_launch_bad_input_is_one_clear_line(args, message):
     proc = _launch(*args)
