@@ -33,7 +33,9 @@ from tests.conftest import REPO, TEST_CACHE
 
 pytestmark = pytest.mark.slow
 VENV_BIN = str(Path(sys.executable).parent)
-STEPS = 6
+# Enough steps after the resume for the engine kill to land before the last generate (the
+# restart is only noticed, and counted, by a later generate).
+STEPS = 10
 
 
 def _free_port() -> int:
