@@ -53,14 +53,14 @@ def run_dir(cfg) -> Path:
 
 
 def prepare_model(cfg) -> str:
-    """The model to load for `model.path`: "tiny" (the embedded model, built and warmed
-    up on the spot), a model directory, a run directory (its export/ or newest
-    checkpoint), a checkpoint, or a hub id - resolved as the evaluations resolve it."""
+    """The model `model.path` names (learner.checkpoint.resolve_model_path): "tiny" (the
+    embedded model, built and warmed up on the spot), a model directory, a run directory,
+    a checkpoint, or a hub id."""
     from conf import ConfigError
-    from evals.engines import resolve_eval_model
+    from learner.checkpoint import resolve_model_path
 
     try:
-        return resolve_eval_model(cfg)
+        return resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     except FileNotFoundError as exc:
         raise ConfigError(f"model.path: {exc}") from None
 
@@ -83,14 +83,6 @@ def resolve_manifests(cfg) -> tuple[Path, Path | None]:
     return Path(train_m), Path(test_m) if test_m else None
 
 
-def load_samples(manifest: Path) -> list[dict]:
-    """Manifest samples with their image paths made absolute."""
-    from synth.manifest import read_manifest, resolve_images
-
-    return [{**s, "images": [str(p) for p in resolve_images(s, manifest)]}
-            for s in read_manifest(manifest)]
-
-
 def total_steps(cfg, steps_per_epoch: int) -> int:
     """train.max_steps if set, else epochs x steps per epoch."""
     if cfg.train.max_steps is not None:
@@ -98,43 +90,31 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
     return int(cfg.train.epochs) * steps_per_epoch
 
 
-def start_actors(cfg, model_path: str, steps: int):
-    """The three named actor groups: scoring actor (Stage-2), rollout engines, learners."""
-    from actors.engine_group import EngineGroup
-    from actors.scoring_actor import start_scoring_actor
-    from actors.vllm_engine import settings_from_config
-    from learner.group import LearnerGroup
-
-    scorer = None
-    if int(cfg.stage) == 2:
-        scorer = start_scoring_actor(settings_from_config(cfg, model_path, "scoring"),
-                                     num_cpus=cfg.scoring.num_cpus,
-                                     num_gpus=cfg.scoring.num_gpus,
-                                     pd_digits=int(cfg.reward.pd_digits),
-                                     cpu_slot=int(cfg.rollout.num_engines))  # after engines
-    engines = EngineGroup.from_config(cfg, settings_from_config(cfg, model_path, "rollout"),
-                                      weight_peers=(scorer,) if scorer else ())
-    learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
-    return scorer, engines, learners
-
-
 def train(cfg, model_path: str, out: Path) -> None:
-    """The stage loop of DESIGN.md: generate, reward, update, push weights, log, save."""
+    """The stage loop of DESIGN.md: generate, reward, update, publish weights, log, save."""
     import time
 
-    from actors.cluster import check_resources, connect
-    from actors.data_stream import DataStream
-    from actors.experience_maker import ExperienceMaker
-    from actors.metrics_log import MetricsLogger, ThinkCollapseWatch
-    from actors.prompting import PromptBuilder
-    from evals.plot import plot_run
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
 
+    from actors.launcher import start_vllm_actors
+    from conf import ConfigError
+    from driver import metrics as M
+    from driver.cluster import check_resources, connect, requested
+    from driver.data_stream import DataStream
+    from driver.experience_maker import ExperienceMaker
+    from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
+    from driver.plots import plot_run
+    from learner.checkpoint import should_save
+    from learner.group import LearnerGroup
+    from synth.manifest import load_samples
+    from weight_sync.sync import WeightSync
+
+    stage2 = int(cfg.stage) == 2
     train_manifest, _ = resolve_manifests(cfg)
     try:
         samples = load_samples(train_manifest)
     except ValueError as exc:
-        from conf import ConfigError
-
         raise ConfigError(str(exc)) from None
     # One optimizer step over batch_size x grad_accum images: the learner weighs every
     # token of them in one update, which is what accumulation over rounds would give.
@@ -142,26 +122,26 @@ def train(cfg, model_path: str, out: Path) -> None:
     stream = DataStream(samples, per_step, int(cfg.run.seed), bool(cfg.data.shuffle))
     steps = total_steps(cfg, stream.steps_per_epoch)
     check_resources(cfg, connect(cfg))
-    scorer, engines, learners = start_actors(cfg, model_path, steps)
-    receivers = list(engines.handles) + ([scorer] if scorer else [])
-    builder = PromptBuilder(model_path, cfg.model.min_pixels, cfg.model.max_pixels,
-                            prompts=cfg.prompts)
-    maker = ExperienceMaker(cfg, engines, scorer, builder)
+    sync = WeightSync()   # the one owner of weights versions
+    engines, _ = start_vllm_actors(cfg, model_path, sync, scorer=stage2)
+    learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_path,
+                                              trust_remote_code=cfg.model.trust_remote_code)
+    maker = ExperienceMaker(cfg, engines, sync, tokenizer)
     watch = ThinkCollapseWatch(float(cfg.logging.think_collapse_fraction))
+    devices = requested(cfg)["GPU"]
 
-    step, version = 0, 0
+    step = 0
     state = learners.load_checkpoint(out) if cfg.run.resume else None
     if state:
-        step, version = int(state["step"]), int(state["weights_version"])
+        step = int(state["step"])
         stream.load_state(state["data"])
         watch.early = list(state.get("think_early", []))
-        learners.push_weights(receivers, version)   # engines start from model_path
-        engines.expect_version(version)
+        sync.restore(learners, int(state["weights_version"]))  # engines start from model_path
         print(f"# resumed from step {step} ({learners.last_loaded})")
     logger = MetricsLogger(out, cfg_dict(cfg), bool(cfg.logging.wandb),
                            str(cfg.logging.wandb_project), resume_from_step=step)
-    from tqdm import tqdm
-
+    nothink_every = int(cfg.eval.nothink_acc_every)
     bar = tqdm(total=steps, initial=step, desc=f"stage {cfg.stage}", unit="step")
     while step < steps:
         step += 1
@@ -171,32 +151,29 @@ def train(cfg, model_path: str, out: Path) -> None:
         t = time.perf_counter()
         stats = learners.step(exp.groups)
         update_s = time.perf_counter() - t
-        version += 1
-        push = learners.push_weights(receivers, version)
-        engines.expect_version(version)
-        metrics = {**exp.metrics, "epoch": epoch, "weights/version": version,
-                   "actor/pg_loss": stats.get("pg_loss"), "actor/pg_clipfrac": stats.get("clip_frac"),
-                   "actor/ppo_kl": stats.get("approx_kl"), "actor/entropy": stats.get("entropy"),
-                   "actor/grad_norm": stats.get("grad_norm"), "actor/lr": stats.get("lr"),
-                   "timing/update": update_s, "timing/weight_push": push["seconds"],
-                   "events/engine_restarts": float(engines.metrics["restarts"]),
-                   "events/weight_push_unreachable": push.get("unreachable", 0.0),
-                   "data/skipped_samples": float(len(stream.skipped))}
-        every = int(cfg.eval.nothink_acc_every)
-        if int(cfg.stage) == 2 and every > 0 and (step % every == 0 or step == 1):
-            metrics["eval/no_think_answer_acc"] = maker.no_think_accuracy(batch)
-        metrics["timing/step"] = time.perf_counter() - t_step
-        metrics["perf/tokens_per_sec"] = metrics["rollout/completion_tokens"] / metrics["timing/step"]
-        if int(cfg.stage) == 2:
-            warning = watch.update(metrics["think_length/mean"])
+        push = sync.publish(learners)
+        metrics = {**exp.metrics, **M.learner_metrics(stats), M.EPOCH: epoch,
+                   M.TIMING_UPDATE: update_s,
+                   M.TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"],
+                   M.RESENDS: engines.metrics["resends"], M.RESTARTS: sync.counts["restarts"],
+                   M.REPLAYS: sync.counts["replays"], M.REDOS: sync.counts["redos"],
+                   M.UNREACHABLE: sync.counts["unreachable"], M.SKIPPED: len(stream.skipped)}
+        if stage2 and nothink_every > 0 and (step % nothink_every == 0 or step == 1):
+            metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
+        metrics[M.TIMING_STEP] = time.perf_counter() - t_step
+        metrics.update(M.throughput(metrics[M.TOTAL_TOKENS], metrics[M.TIMING_STEP], devices))
+        if stage2:
+            warning = watch.update(metrics[M.THINK_LENGTH.name("mean")])
             if warning:
                 logger.alert("think collapse", warning)
+        # Logged before the checkpoint: a crash in between redoes the step after a resume
+        # (its line is dropped then), rather than leaving a checkpointed step unlogged.
         logger.log(step, metrics)
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward/final_mean']:.3f}")
-        if step % int(cfg.checkpoint.every) == 0 or step == steps:
+        bar.set_postfix(reward=f"{metrics[M.SCORE.name('mean')]:.3f}")
+        if should_save(step, int(cfg.checkpoint.every), step == steps):
             learners.save_checkpoint(out, step, {
-                "step": step, "weights_version": version, "data": stream.state(),
+                "step": step, "weights_version": sync.version, "data": stream.state(),
                 "think_early": watch.early})
     bar.close()
     export = learners.export_hf(out / "export")
@@ -214,8 +191,8 @@ def cfg_dict(cfg) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from actors.cluster import ResourceError
     from conf import ConfigError, available_configs, load_config, save_config
+    from driver.cluster import ResourceError
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print(HELP.format(configs=", ".join(available_configs())))

@@ -140,6 +140,37 @@ def load_images(sample: dict) -> list[Any]:
     return images
 
 
+def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:
+    """The text of token ids as rollouts are read: special tokens skipped."""
+    return tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+def tokens_covering(tokenizer: Any, token_ids: Sequence[int], num_chars: int) -> int:
+    """The fewest leading tokens whose text (`decode`) holds at least `num_chars`
+    characters; len(token_ids) when even all of them hold fewer.
+
+    Maps a character position of a rollout's text back to its own token ids (the PD
+    reward's cut after "Score:", the think length) without re-encoding the text: a binary
+    search over prefix decodes, about log2(n) decodes per position.
+    """
+    lo, hi = 0, len(token_ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(decode(tokenizer, token_ids[:mid])) >= num_chars:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _check_stated_size(sample: dict, judged: tuple[int, int]) -> None:
+    """A manifest's image_size must be the judged image's: boxes are given in its pixels."""
+    stated = sample.get("image_size")
+    if stated is not None and tuple(stated) != tuple(judged):
+        raise ValueError(f"sample {sample.get('id', '?')}: image_size {list(stated)} "
+                         f"differs from the judged image's {list(judged)}")
+
+
 def build_messages(num_images: int, question: str) -> list[dict]:
     """Chat messages: one user turn with the images first, then the question."""
     content: list[dict] = [{"type": "image"} for _ in range(num_images)]
@@ -204,6 +235,7 @@ class PromptBuilder:
             raise ValueError(f"sample without an 'id': {sorted(sample)}")
         question = question_for(sample, mode, self.prompts)
         originals = load_images(sample)
+        _check_stated_size(sample, originals[-1].size)
         resized = [self.resize(img) for img in originals]
         text = self.processor.apply_chat_template(
             build_messages(len(resized), question), tokenize=False, add_generation_prompt=True)
@@ -236,10 +268,7 @@ class PromptBuilder:
     def judged_sizes(self, sample: dict) -> tuple[tuple[int, int], tuple[int, int]]:
         """(original, model-input) size of the judged image (the last one)."""
         image = load_images({**sample, "images": list(sample["images"])[-1:]})[0]
-        stated = sample.get("image_size")
-        if stated is not None and tuple(stated) != image.size:
-            raise ValueError(f"sample {sample.get('id', '?')}: image_size {list(stated)} "
-                             f"differs from the judged image's {list(image.size)}")
+        _check_stated_size(sample, image.size)
         return image.size, model_input_size(*image.size, self.min_pixels, self.max_pixels,
                                             self.factor)
 

@@ -1,41 +1,57 @@
 """ScoringActor: teacher-forced ground-truth digit probabilities for the PD reward.
 
-Eqs. 2-4 of the paper: for a think rollout, the think prompt + the rollout's own text up
-to and including the score prefix ("Score:" + the templates' spacing) + the ground-truth
-MOS string (`rewards.mos_digits`, e.g. "3.7"); z_think holds the probability of each
-ground-truth digit token at its position (the "." is not a digit). z_ref is the same for
-the no-think prompt + the fixed prefix ("[answer]Score:"), once per image and weights
-version. `digit_distribution` gives p("0") .. p("9") at a position (Eq. 8 in evals).
+Eqs. 2-4 of the paper: for a think rollout, the think prompt + the rollout's own token ids
+up to and including its score prefix ("Score:", found in the answer block by the rewards
+grammar) + the templates' spacing + the ground-truth MOS string (`rewards.mos_digits`,
+e.g. "3.7"); z_think holds the probability of each ground-truth digit token at its
+position (the "." is not a digit). z_ref is the same for the no-think prompt + the fixed
+prefix ("[answer]Score:"), once per image and weights version. `digit_distribution` gives
+p("0") .. p("9") at a position (Eq. 8 in evals).
+
+The rollout is cut in its own token ids (the sequence the policy sampled), not decoded and
+re-encoded: only when the token at the cut runs past the prefix (a tokenizer that merges
+"Score:" with what follows) is that one token re-encoded, and counted in `cache_info`.
 
 How: each digit position is one vLLM request whose prompt is the sequence up to that
 position; `SamplingParams.logprob_token_ids` (the ten digit tokens) returns their logprobs
 under the full-vocabulary softmax of the model's raw logits. These requests share their
-prefix (image and prompt, then the rollout text), which vLLM's prefix cache computes
-once; vLLM's prompt_logprobs would instead recompute every request from scratch (it
-bypasses the prefix cache). Tests check the numbers against a transformers forward pass.
+prefix (image and prompt, then the rollout), which vLLM's prefix cache computes once;
+vLLM's prompt_logprobs would instead recompute every request from scratch (it bypasses the
+prefix cache). Tests check the numbers against a transformers forward pass.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from actors.vllm_engine import EngineHost, EngineSettings, start_engine_actor
-from conf.prompts import tags
+from actors.engine_host import EngineHost, start_engine_actor
+from actors.engine_settings import EngineSettings
+from actors.prompting import decode, tokens_covering
 
 DIGITS = "0123456789"
 
 
-def cut_after_score_prefix(text: str, prompts: Any | None = None) -> str | None:
-    """`text` up to and including the first score prefix inside its answer block, or None
-    when there is no answer block or no score prefix in it."""
-    t = tags(prompts)
-    opened = text.find(t.answer_open)
-    if opened < 0:
+def ids_through_score_prefix(tokenizer: Any, encode: Callable[[str], list[int]],
+                             token_ids: Sequence[int], prompts: Any | None = None
+                             ) -> tuple[list[int], bool] | None:
+    """A rollout's own token ids up to and including the score prefix of its answer block
+    (rewards.score_prefix_end on its text), and whether the last of them had to be
+    re-encoded because the token at the cut runs past the prefix; None without a prefix."""
+    from rewards import score_prefix_end
+
+    text = decode(tokenizer, token_ids)
+    end = score_prefix_end(text, prompts)
+    if end is None:
         return None
-    at = text.find(t.score_prefix, opened + len(t.answer_open))
-    return None if at < 0 else text[:at + len(t.score_prefix)]
+    k = tokens_covering(tokenizer, token_ids, end)
+    head = list(token_ids[:k])
+    if decode(tokenizer, head) == text[:end]:
+        return head, False
+    head = head[:-1]
+    return head + encode(text[len(decode(tokenizer, head)):end]), True
 
 
 @dataclass
@@ -45,7 +61,15 @@ class PDScores:
     sample_id: str
     gt: str                              # the teacher-forced string, e.g. "3.7"
     z_ref: list[float]                   # no-think prompt + fixed prefix
-    z_think: list[list[float] | None]    # per rollout; None: no score prefix in its answer
+    z_think: list[list[float] | None]    # per given rollout; None: no score prefix in it
+    weights_version: int = 0
+
+
+@dataclass
+class DigitProbs:
+    """p("0") .. p("9") per sample (None: no score prefix to read after)."""
+
+    probs: list[list[float] | None]
     weights_version: int = 0
 
 
@@ -60,7 +84,7 @@ class ScoringActor(EngineHost):
         self.digit_ids = self._digit_token_ids()
         self._ref_cache: dict[tuple[str, str], list[float]] = {}
         self._ref_cache_version = 0
-        self.cache_stats = {"hits": 0, "misses": 0}
+        self.cache_stats = {"hits": 0, "misses": 0, "boundary_reencoded": 0}
 
     def _digit_token_ids(self) -> list[int]:
         ids = []
@@ -72,17 +96,10 @@ class ScoringActor(EngineHost):
             ids.append(encoded[0])
         return ids
 
-    def _spacing(self) -> str:
+    def _prompts(self) -> Any:
         from conf.prompts import default_prompts
 
-        prompts = self.builder.prompts or default_prompts()
-        return str(prompts.score_spacing)
-
-    def _no_think_prefix(self) -> str:
-        from conf.prompts import default_prompts
-
-        prompts = self.builder.prompts or default_prompts()
-        return str(prompts.no_think_prefix)
+        return self.builder.prompts or default_prompts()
 
     def _gt_tokens(self, gt: str) -> tuple[list[int], list[int]]:
         """Token ids of the ground-truth string and the indices of its digit tokens."""
@@ -104,28 +121,45 @@ class ScoringActor(EngineHost):
         return [{tok: entry.logprob for tok, entry in out.outputs[0].logprobs[0].items()}
                 for out in outs]
 
-    def _forced_requests(self, prepared: Any, continuation: str,
+    def _forced_requests(self, prepared: Any, context: list[int],
                          gt: str) -> tuple[list[dict], list[int]]:
         """One request per ground-truth digit, and the digit each one asks about."""
-        context = self.builder.encode(continuation) if continuation else []
         gt_ids, digit_at = self._gt_tokens(gt)
         requests = [prepared.engine_input(context + gt_ids[:k]) for k in digit_at]
         return requests, [gt_ids[k] for k in digit_at]
 
-    def pd_scores(self, samples: list[dict], rollout_texts: list[list[str]]) -> list[PDScores]:
-        """z_think for every think rollout and z_ref for every sample (Eqs. 2-4)."""
+    def _ref_context(self) -> list[int]:
+        """The no-think fixed prefix and the spacing (Eq. 4's reference)."""
+        prompts = self._prompts()
+        return self.builder.encode(str(prompts.no_think_prefix) + str(prompts.score_spacing))
+
+    def rollout_context(self, token_ids: list[int]) -> list[int] | None:
+        """The rollout's own tokens through its score prefix, then the spacing; None when
+        its answer block holds no score prefix."""
+        cut = ids_through_score_prefix(self.builder.tokenizer, self.builder.encode,
+                                       token_ids, self.builder.prompts)
+        if cut is None:
+            return None
+        head, reencoded = cut
+        self.cache_stats["boundary_reencoded"] += int(reencoded)
+        return head + self.builder.encode(str(self._prompts().score_spacing))
+
+    def pd_scores(self, samples: list[dict],
+                  rollout_ids: list[list[list[int]]]) -> list[PDScores]:
+        """z_ref of every sample and z_think of each of its given rollouts (token ids),
+        Eqs. 2-4. Give only the rollouts whose PD reward is used (Eq. 5: the qualified
+        ones)."""
         from rewards import mos_digits
 
-        if len(samples) != len(rollout_texts):
-            raise ValueError(f"{len(samples)} samples but {len(rollout_texts)} rollout lists")
+        if len(samples) != len(rollout_ids):
+            raise ValueError(f"{len(samples)} samples but {len(rollout_ids)} rollout lists")
         version = self.receiver.version
         if version != self._ref_cache_version:
             self._ref_cache, self._ref_cache_version = {}, version
-        spacing = self._spacing()
         requests: list[dict] = []
         targets: list[int] = []
         plan = []   # per sample: (gt, ref slice or cached list, [think slice or None, ...])
-        for sample, texts in zip(samples, rollout_texts):
+        for sample, rollouts in zip(samples, rollout_ids):
             if sample.get("mos") is None:
                 raise ValueError(f"sample {sample.get('id', '?')} has no 'mos' to teacher-force")
             gt = mos_digits(float(sample["mos"]), self.pd_digits)
@@ -136,18 +170,18 @@ class ScoringActor(EngineHost):
             else:
                 self.cache_stats["misses"] += 1
                 reqs, tgts = self._forced_requests(self.builder.prepare(sample, "no_think"),
-                                                   self._no_think_prefix() + spacing, gt)
+                                                   self._ref_context(), gt)
                 ref = slice(len(requests), len(requests) + len(reqs))
                 requests += reqs
                 targets += tgts
-            think_prompt = self.builder.prepare(sample, "think")
+            think_prompt = self.builder.prepare(sample, "think") if rollouts else None
             slices: list[slice | None] = []
-            for text in texts:
-                cut = cut_after_score_prefix(text, self.builder.prompts)
-                if cut is None:
+            for ids in rollouts:
+                context = self.rollout_context(list(ids))
+                if context is None:
                     slices.append(None)
                     continue
-                reqs, tgts = self._forced_requests(think_prompt, cut + spacing, gt)
+                reqs, tgts = self._forced_requests(think_prompt, context, gt)
                 slices.append(slice(len(requests), len(requests) + len(reqs)))
                 requests += reqs
                 targets += tgts
@@ -165,38 +199,40 @@ class ScoringActor(EngineHost):
         return results
 
     def digit_distribution(self, samples: list[dict], mode: str,
-                           rollout_texts: list[str | None] | None = None,
-                           digits_before: str = "") -> list[list[float] | None]:
+                           rollout_ids: list[list[int] | None] | None = None,
+                           digits_before: str = "") -> DigitProbs:
         """p("0") .. p("9") (full-vocabulary softmax) right after the score prefix.
 
-        no_think: prompt + the fixed prefix; think: prompt + each sample's rollout text cut
-        after its score prefix (None where it has none). `digits_before` is appended first
-        ("3." asks about the tenths digit). Eq. 8 renormalises p("0") .. p("4").
+        no_think: prompt + the fixed prefix; think: prompt + each sample's rollout (token
+        ids) cut after its score prefix (None where it has none). `digits_before` is
+        appended first ("3." asks about the tenths digit). Eq. 8 renormalises p("0") ..
+        p("4").
         """
-        if mode == "think" and (rollout_texts is None or len(rollout_texts) != len(samples)):
-            raise ValueError("think mode needs one rollout text per sample")
-        spacing = self._spacing()
+        if mode == "think" and (rollout_ids is None or len(rollout_ids) != len(samples)):
+            raise ValueError("think mode needs one rollout (token ids) per sample")
         requests, where = [], []
         for i, sample in enumerate(samples):
             if mode == "no_think":
-                continuation = self._no_think_prefix()
+                context = self._ref_context()
             else:
-                continuation = cut_after_score_prefix(rollout_texts[i] or "", self.builder.prompts)
-                if continuation is None:
+                ids = rollout_ids[i]
+                context = None if ids is None else self.rollout_context(list(ids))
+                if context is None:
                     where.append(None)
                     continue
-            prepared = self.builder.prepare(sample, mode)
-            tail = self.builder.encode(continuation + spacing)
             if digits_before:
-                tail += self._gt_tokens(digits_before)[0]
+                context = context + self._gt_tokens(digits_before)[0]
             where.append(len(requests))
-            requests.append(prepared.engine_input(tail))
+            requests.append(self.builder.prepare(sample, mode).engine_input(context))
         logprobs = self._next_digit_logprobs(requests)
-        return [None if w is None else [math.exp(logprobs[w][tok]) for tok in self.digit_ids]
-                for w in where]
+        return DigitProbs(
+            probs=[None if w is None else [math.exp(logprobs[w][tok]) for tok in self.digit_ids]
+                   for w in where],
+            weights_version=self.receiver.version)
 
     def cache_info(self) -> dict:
-        """z_ref cache: hits, misses, entries, and the weights version it belongs to."""
+        """z_ref cache (hits, misses, entries, its weights version) and the number of cuts
+        whose boundary token was re-encoded."""
         return {**self.cache_stats, "entries": len(self._ref_cache),
                 "version": self._ref_cache_version}
 

@@ -46,33 +46,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_batch(model_dir: str, prompts: int, rollouts: int, length: int, seed: int = 0):
-    """Prompt groups with images (sizes vary) and random completions of `length` tokens."""
+def make_batch(cfg, model_dir: str, prompts: int, rollouts: int, length: int, seed: int = 0):
+    """Prompt groups as the driver sends them (images on disk, sizes vary; the prompt ids
+    the engines would feed) with random completions of `length` tokens."""
+    import tempfile
+
     import numpy as np
     from PIL import Image
-    from transformers import AutoProcessor
 
-    from conf.prompts import stage2_prompt
+    from actors.prompting import PromptBuilder
     from learner.experience import Completion, PromptGroup
 
-    processor = AutoProcessor.from_pretrained(model_dir)
+    builder = PromptBuilder(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
+    folder = Path(tempfile.mkdtemp(prefix="bench-learner-"))
     rng = np.random.RandomState(seed)
-    vocab = len(processor.tokenizer)
+    vocab = len(builder.tokenizer)
     groups = []
     for p in range(prompts):
         size = 56 + 28 * (p % 4)
-        image = Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8"))
-        messages = [{"role": "user", "content": [
-            {"type": "image"}, {"type": "text", "text": stage2_prompt("think")}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        enc = processor(text=[text], images=[image], return_tensors="pt")
+        path = folder / f"{p}.png"
+        Image.fromarray((rng.rand(size, size, 3) * 255).astype("uint8")).save(path)
+        sample = {"id": f"bench-{p}", "task": "score", "question": None, "images": [str(path)]}
         completions = [
             Completion(rng.randint(20, vocab, size=length).tolist(), [0.0] * length,
                        float(rng.randn()))
             for _ in range(rollouts)
         ]
-        groups.append(PromptGroup(enc["input_ids"][0].tolist(), enc["pixel_values"],
-                                  enc["image_grid_thw"], completions))
+        prompt_ids = builder.learner_inputs(sample, "think")["prompt_ids"]
+        groups.append(PromptGroup(sample, "think", prompt_ids, completions))
     return groups
 
 
@@ -87,10 +88,9 @@ def make_receiver(model_dir: str):
 
             self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
 
-        def update_weights(self, version, bucket_refs):
-            from learner.weight_push import resolve_buckets
-
-            self.model.load_state_dict(resolve_buckets(bucket_refs), strict=True)
+        def update_weights(self, version, handles):
+            state = {name: t for handle in handles for name, t in ray.get(handle).items()}
+            self.model.load_state_dict(state, strict=True)
             return version
 
     return ray.remote(num_cpus=0.25)(Receiver).remote(model_dir)
@@ -101,28 +101,32 @@ def bench_world(args, world: int, receiver, model_dir: str) -> dict:
 
     from conf import load_config
     from learner.group import LearnerGroup
+    from weight_sync.sync import WeightSync
 
     cfg = load_config(args.conf, [*args.overrides, f"learner.num_learners={world}"])
     prompts = args.prompts or int(cfg.train.batch_size)
     rollouts = args.rollouts or int(cfg.rollout.n)
     length = args.completion_len or int(cfg.rollout.max_new_tokens)
-    groups = make_batch(model_dir, prompts, rollouts, length)
+    groups = make_batch(cfg, model_dir, prompts, rollouts, length)
     start = time.perf_counter()
     group = LearnerGroup(cfg, total_steps=args.warmup + args.steps, model_path=model_dir,
                          name_prefix=f"bench-learner-w{world}")
     setup_s = time.perf_counter() - start
     rows = []
+    sync = WeightSync()
+    sync.register("receiver", receiver)
     try:
         for grp, logprobs in zip(groups, group.compute_logprobs(groups)):
             for comp, values in zip(grp.completions, logprobs):
                 comp.old_logprobs = values
         for i in tqdm(range(args.warmup + args.steps), desc=f"{world} rank(s)", leave=False):
             stats = group.step(groups)
-            push = group.push_weights([receiver], version=i + 1)
+            push = sync.publish(group)
             if i >= args.warmup:
                 rows.append({"step_s": stats["step_s"], "compute_s": stats["compute_s"],
-                             "push_s": push["seconds"], "push_bytes": push["bytes"],
-                             "push_buckets": push["num_buckets"], "loss": stats["loss"]})
+                             "push_s": push["gather_s"] + push["deliver_s"],
+                             "push_bytes": push["bytes"], "push_buckets": push["buckets"],
+                             "loss": stats["loss"]})
     finally:
         group.shutdown()
     step_s = sum(r["step_s"] for r in rows)
@@ -146,10 +150,12 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from conf import load_config
-    from learner.group import resolve_model_path
+    from learner.checkpoint import resolve_model_path
 
-    model_dir = resolve_model_path(dict(load_config(args.conf, args.overrides)))
-    ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+    cfg = load_config(args.conf, args.overrides)
+    model_dir = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
+    ray.init(address="local", num_cpus=args.ray_cpus, include_dashboard=False,
+             log_to_driver=False)
     try:
         receiver = make_receiver(model_dir)
         results = [bench_world(args, w, receiver, model_dir) for w in args.worlds]

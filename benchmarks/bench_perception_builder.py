@@ -24,7 +24,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from synth.mini_dataset import ASSET, load_photos  # noqa: E402
-from synth.perception import Settings, build_perception  # noqa: E402
+from synth.perception import build_perception  # noqa: E402
+from synth.perception_plan import Settings  # noqa: E402
 
 
 def make_sources(folder: Path, n_images: int) -> Path:

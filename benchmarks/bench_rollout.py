@@ -47,7 +47,7 @@ def make_samples(folder: Path, count: int) -> list[dict]:
 
 def direct_worker(conn, settings, samples, n, sampling) -> None:
     """(a): vLLM in this process, same settings and binding as engine slot 0."""
-    from actors.vllm_engine import RolloutEngine
+    from actors.rollout_engine import RolloutEngine
 
     engine = RolloutEngine(settings)   # the plain class: no Ray, no actor
     from vllm import SamplingParams
@@ -90,23 +90,29 @@ def hf_round(model, builder, samples, n, sampling) -> tuple[int, float]:
     return tokens, time.perf_counter() - start
 
 
-def push_seconds(handles, state, bucket_bytes, version) -> tuple[float, list[dict]]:
-    """Wall time of one full push (ray.put of the buckets + every engine loading them) and
-    the engines' own reports (bytes, fetch_s, load_s)."""
-    import ray
+class StatePublisher:
+    """Publishes a fixed state dict in conf-sized buckets, as learner rank 0 does."""
 
+    def __init__(self, state, bucket_bytes):
+        self.state, self.bucket_bytes = state, bucket_bytes
+
+    def publish_weights(self):
+        import ray
+
+        from weight_sync.buckets import plan_buckets
+
+        sizes = [(n, t.numel() * t.element_size()) for n, t in self.state.items()]
+        names = plan_buckets(sizes, self.bucket_bytes)
+        handles = [ray.put({n: self.state[n] for n in bucket}) for bucket in names]
+        return handles, {"bytes": float(sum(size for _, size in sizes))}
+
+
+def push_seconds(sync, publisher) -> tuple[float, dict]:
+    """Wall time of one full push through WeightSync (the loop's path: publish the buckets,
+    every engine loads them), and its report."""
     start = time.perf_counter()
-    buckets, current, size = [], {}, 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > bucket_bytes:
-            buckets.append(ray.put(current))
-            current, size = {}, 0
-        current[name] = tensor
-        size += nbytes
-    buckets.append(ray.put(current))
-    reports = ray.get([h.update_weights.remote(version, buckets) for h in handles])
-    return time.perf_counter() - start, reports
+    report = sync.publish(publisher)
+    return time.perf_counter() - start, report
 
 
 def main() -> None:
@@ -125,14 +131,13 @@ def main() -> None:
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from actors.engine_host import wait_ready
+    from actors.engine_settings import settings_from_config
     from actors.prompting import PromptBuilder
-    from actors.vllm_engine import (
-        resolve_model_path,
-        settings_from_config,
-        start_rollout_engine,
-        wait_ready,
-    )
+    from actors.rollout_engine import start_rollout_engine
     from conf.loader import load_config
+    from learner.checkpoint import resolve_model_path
+    from weight_sync.sync import WeightSync
 
     cfg = load_config("tiny")
     model_path = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
@@ -175,19 +180,23 @@ def main() -> None:
     bucket_bytes = int(cfg.weights.bucket_mb) * 2**20
     second = start_rollout_engine(settings, 1, num_cpus=1)
     wait_ready([second], 900)
-    pushes, version = {}, 0
+    pushes = {}
+    publisher = StatePublisher(state, bucket_bytes)
     for count, handles in ((1, [engine]), (2, [engine, second])):
+        sync = WeightSync()
+        for i, handle in enumerate(handles):
+            sync.register(f"rollout-engine-{i}", handle)
+        sync.restore(publisher, 100 * count)   # above any version the engines already hold
         times, reports = [], []
         for _ in tqdm(range(args.pushes), desc=f"weight push to {count} engine(s)"):
-            version += 1
-            seconds, engine_reports = push_seconds(handles, state, bucket_bytes, version)
+            seconds, report = push_seconds(sync, publisher)
             times.append(seconds)
-            reports += engine_reports
+            reports.append(report)
         nbytes = reports[0]["bytes"]
         pushes[count] = {"seconds": statistics.median(times), "bytes": nbytes,
                          "seconds_per_gb": statistics.median(times) / (nbytes / 1e9),
-                         "engine_fetch_s": statistics.median(r["fetch_s"] for r in reports),
-                         "engine_load_s": statistics.median(r["load_s"] for r in reports)}
+                         "gather_s": statistics.median(r["gather_s"] for r in reports),
+                         "deliver_s": statistics.median(r["deliver_s"] for r in reports)}
     ray.shutdown()
 
     report = {
@@ -207,10 +216,10 @@ def main() -> None:
     for key, label in labels.items():
         ratio = throughput[key] / throughput["vllm_direct"]
         print(f"{label:<28}{throughput[key]:>12.0f}{ratio:>10.2f}")
-    print(f"\n{'weight push':<28}{'seconds':>12}{'MB':>10}{'s/GB':>10}{'load s':>10}")
+    print(f"\n{'weight push':<28}{'seconds':>12}{'MB':>10}{'s/GB':>10}{'deliver s':>10}")
     for count, p in pushes.items():
         print(f"{f'to {count} engine(s)':<28}{p['seconds']:>12.3f}{p['bytes'] / 1e6:>10.2f}"
-              f"{p['seconds_per_gb']:>10.2f}{p['engine_load_s']:>10.3f}")
+              f"{p['seconds_per_gb']:>10.2f}{p['deliver_s']:>10.3f}")
     print("(a small model's push is mostly fixed per-push cost; s/GB falls with size)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

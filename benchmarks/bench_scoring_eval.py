@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from actors.rollout_engine import RolloutEngine  # noqa: E402
 from actors.scoring_actor import ScoringActor  # noqa: E402
-from actors.vllm_engine import RolloutEngine  # noqa: E402
 from evals.engines import EvalEngines  # noqa: E402
 
 
@@ -114,21 +114,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from actors.vllm_engine import settings_from_config, start_engine_actor
+    from actors.engine_host import start_engine_actor
+    from actors.engine_settings import sampling_from_config, settings_from_config
     from conf import load_config
-    from evals.engines import resolve_eval_model
     from evals.scoring_eval import evaluate_scoring
-    from synth.manifest import read_manifest, resolve_images, write_manifest
+    from learner.checkpoint import resolve_model_path
+    from synth.manifest import load_samples, write_manifest
     from synth.mini_dataset import build_mini_dataset
+
     cfg = load_config("tiny")
-    model = resolve_eval_model(cfg)   # conf=tiny's model: warmed up on the answer format
+    # conf=tiny's model: warmed up on the answer format
+    model = resolve_model_path(cfg.model.path, cfg.model.cache_dir)
     mini = build_mini_dataset(cfg.model.cache_dir)
-    # Absolute image paths, so the subsets can live in a temporary folder.
-    pool = []
-    for m in ("stage2_test", "stage2_train"):
-        for s in read_manifest(mini[m]):
-            s["images"] = [str(p) for p in resolve_images(s, mini[m])]
-            pool.append(s)
+    # Absolute image paths (load_samples), so the subsets can live in a temporary folder.
+    pool = [s for m in ("stage2_test", "stage2_train") for s in load_samples(mini[m])]
     if args.images + args.warmup > len(pool):
         parser.error(f"--images + --warmup must be <= {len(pool)} (the mini Stage-2 set)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-scoring-"))
@@ -138,16 +137,17 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     engine = start_engine_actor(TimedRolloutEngine,
-                                replace(settings_from_config(cfg, model), cpu_slot=0),
+                                replace(settings_from_config(cfg, model, "rollout"), cpu_slot=0),
                                 "bench-rollout-engine", cfg.rollout.num_cpus_per_engine)
     scorer_settings = settings_from_config(cfg, model, "scoring")
-    # CPU slot 1, as EvalEngines.start gives the scoring actor after one engine.
+    # CPU slot 1, as actors.launcher gives the scoring actor after one engine.
     scorer = start_engine_actor(TimedScoringActor, replace(scorer_settings, cpu_slot=1),
                                 "bench-scoring-actor", cfg.scoring.num_cpus,
                                 pd_digits=cfg.reward.pd_digits)
     ray.get([engine.ready.remote(), scorer.ready.remote()], timeout=900)
-    engines = TimedEvalEngines(OneEngine(engine), scorer, cfg.rollout.max_new_tokens,
-                          args.batch_size)
+    engines = TimedEvalEngines(OneEngine(engine), scorer,
+                               sampling=sampling_from_config(cfg, greedy=True),
+                               batch_size=args.batch_size)
     rows = []
     try:
         evaluate_scoring(engines, [warm], tmp / "warm", ("no_think", "think"))

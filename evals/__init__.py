@@ -8,6 +8,9 @@ Evaluations, one command each (`--help`):
 - `python -m evals.qbench`         multi-choice accuracy per type and concern (Table 4)
 - `python -m evals.score`          scores of your own images
 
+The commands share one skeleton (evals.runner) and one model side (evals.engines: the
+project's rollout engines and scoring actor, greedy decoding).
+
 The model-running entry points are imported lazily (they pull in Ray and vLLM), so
 `import evals` stays cheap for the metrics.
 """

@@ -1,91 +1,32 @@
 """The model side of every evaluation: the project's rollout engines and scoring actor.
 
-Evaluations run the model exactly as training does: `actors.EngineGroup` (vLLM rollout
-engines, prompts built by actors.prompting) for the answers, and `actors.ScoringActor`
-for the digit distribution of Eq. 8. Decoding is greedy (temperature 0, one answer per
-sample), as the paper evaluates ("model.generate() with greedy search").
+Evaluations run the model exactly as training does: the rollout engines (an
+actors.engine_group.EngineGroup, prompts built by actors.prompting) write the answers and
+the scoring actor (actors.scoring_actor) gives the digit distribution of Eq. 8. Decoding
+is greedy (`actors.engine_settings.sampling_from_config(cfg, greedy=True)`: temperature 0,
+one answer per sample), as the paper evaluates ("model.generate() with greedy search").
 
-`EvalEngines.start(cfg, model)` starts them from a loaded config (conf/*.yaml: engine
-sizes, pixel limits, prompts) in the Ray cluster of `ray.address` or a local one;
-`EvalEngines(group, scorer)` wraps engines someone already started (tests start them
-once per module and run several evaluations on them).
+`EvalEngines.start(cfg, model_path)` starts the actors through actors.launcher, the one
+start-up training uses too, in the cluster driver.cluster.connect joins.
+`EvalEngines(group, scorer, sampling=..., sync=...)` wraps actors someone else started:
+training's validation passes its running engines, scoring actor and WeightSync; tests
+start them once per module and run several evaluations on them.
 """
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-GREEDY = {"temperature": 0.0, "top_p": 1.0}
+if TYPE_CHECKING:
+    from actors.scoring_actor import DigitProbs
+    from weight_sync.sync import WeightSync
+
+# A CLI's --mode value -> the prompt modes it runs (no-think first: it is the cheaper one).
 MODE_CHOICES = {"think": ("think",), "no_think": ("no_think",), "both": ("no_think", "think")}
-
-
-RUN_EXPORT = "export"   # launch.py writes a finished run's model to <run dir>/export
-
-
-def resolve_eval_model(cfg: Any) -> str:
-    """The model to evaluate, from `cfg.model.path`:
-
-    - "tiny": the embedded model exactly as training uses it (synth.cold_start: built on
-      the spot and warmed up on the answer format);
-    - a model directory (config.json), a checkpoint (step_*/ with hf/), or a run directory
-      (its export/ when the run finished, else its newest complete checkpoint);
-    - a Hugging Face hub id such as Qwen/Qwen2.5-VL-7B-Instruct.
-    """
-    from learner.checkpoint import CHECKPOINTS, HF_DIR, newest_complete
-
-    path = str(cfg.model.path)
-    if path == "tiny":
-        from synth.cold_start import embedded_model
-
-        return str(embedded_model(cfg.model.cache_dir))
-    p = Path(path).expanduser()
-    if not p.exists():
-        if p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1:
-            raise FileNotFoundError(f"model {path!r} does not exist (give a model directory, "
-                                    "a checkpoint, a run directory, 'tiny' or a hub id)")
-        return path
-    for candidate in (p, p / HF_DIR, p / RUN_EXPORT):
-        if (candidate / "config.json").is_file():
-            return str(candidate)
-    if (p / CHECKPOINTS).is_dir():
-        newest = newest_complete(p / CHECKPOINTS)
-        if newest is None:
-            raise FileNotFoundError(f"run directory {p} has no complete checkpoint yet")
-        return str(newest / HF_DIR)
-    raise FileNotFoundError(f"{p} is neither a model directory (config.json), a checkpoint "
-                            f"({HF_DIR}/config.json) nor a run directory ({RUN_EXPORT}/ or "
-                            f"{CHECKPOINTS}/)")
-
-
-def load_samples(manifest: str | Path, tasks: tuple[str, ...]) -> list[dict]:
-    """The manifest's samples of the given tasks, image paths made absolute.
-
-    Raises ValueError when the manifest holds samples of other tasks (a Stage-1 manifest
-    given to the scoring evaluation, say) or none of the wanted ones.
-    """
-    from synth.manifest import read_manifest, resolve_images
-
-    samples = read_manifest(manifest)
-    others = sorted({s["task"] for s in samples} - set(tasks))
-    if others:
-        raise ValueError(f"{manifest}: holds {others} samples; this evaluation reads only "
-                         f"{list(tasks)} (pick the matching manifest)")
-    if not samples:
-        raise ValueError(f"{manifest}: no samples")
-    for s in samples:
-        s["images"] = [str(p) for p in resolve_images(s, manifest)]
-    return samples
-
-
-def dataset_name(manifest: str | Path, samples: list[dict]) -> str:
-    """The samples' common `source` (e.g. "koniq10k"), else the manifest's file name."""
-    sources = {s.get("source") for s in samples}
-    return sources.pop() if len(sources) == 1 and None not in sources else Path(manifest).stem
 
 
 @dataclass
@@ -94,79 +35,62 @@ class Generation:
 
     text: str
     finish_reason: str
-    num_tokens: int
-
-
-def ensure_ray(cfg: Any, log_to_driver: bool = True) -> None:
-    """Join Ray as training does (actors.cluster.connect): `ray.address`, else the cluster
-    this job was submitted to (RAY_ADDRESS), else a new local cluster."""
-    from actors.cluster import connect
-
-    connect(cfg, log_to_driver=log_to_driver)
-
-
-def check_resources(cfg: Any, need_scorer: bool, need_group: bool = True) -> None:
-    """Fail at once, with what to change, when the cluster cannot place the actors
-    (Ray would otherwise wait for the resources forever)."""
-    import ray
-
-    have = ray.cluster_resources()
-    r = cfg.rollout
-    engines = r.num_engines if need_group else 0
-    cpus = engines * r.num_cpus_per_engine + (cfg.scoring.num_cpus if need_scorer else 0)
-    gpus = engines * r.num_gpus_per_engine + (cfg.scoring.num_gpus if need_scorer else 0)
-    if gpus > have.get("GPU", 0):
-        raise RuntimeError(
-            f"the config asks for {gpus:g} GPU(s) (rollout.num_gpus_per_engine, scoring.num_gpus)"
-            f" but the Ray cluster has {have.get('GPU', 0):g}; on a CPU machine use "
-            "--conf tiny or set rollout.num_gpus_per_engine=0 scoring.num_gpus=0")
-    if cpus > have.get("CPU", 0):
-        raise RuntimeError(
-            f"the config asks for {cpus:g} CPU(s) but the Ray cluster has "
-            f"{have.get('CPU', 0):g}; lower rollout.num_cpus_per_engine / scoring.num_cpus or "
-            "start Ray with more logical CPUs (ray.num_cpus=...)")
+    token_ids: list[int]   # the answer as sampled: think Eq. 8 teacher-forces from these
 
 
 class EvalEngines:
-    """Greedy answers (EngineGroup) and Eq. 8 digit distributions (ScoringActor)."""
+    """Greedy answers (the rollout engines) and Eq. 8 digit distributions (the scoring
+    actor), in batches of `batch_size` samples with a progress bar.
 
-    def __init__(self, group: Any, scorer: Any = None, max_new_tokens: int = 1024,
-                 batch_size: int = 16, owned: bool = False):
+    `sampling` is the decoding dict the engines take (`sampling_from_config(cfg,
+    greedy=True)` for the paper's evaluation). With `sync`, a WeightSync in which the
+    scoring actor is registered as `actors.launcher.SCORER_NAME`, scorer calls go through
+    it: an answer of a restarted actor with stale weights is redone, never used.
+    `shutdown` stops the actors only when this object started them (`owned`).
+    """
+
+    def __init__(self, group: Any, scorer: Any = None, *, sampling: dict,
+                 batch_size: int = 16, sync: WeightSync | None = None,
+                 owned: bool = False) -> None:
         self.group = group
         self.scorer = scorer
-        self.max_new_tokens = int(max_new_tokens)
+        self.sampling = dict(sampling)
         self.batch_size = max(1, int(batch_size))
+        self.sync = sync
         self.owned = owned
 
     @classmethod
-    def start(cls, cfg: Any, model_path: str, need_scorer: bool,
+    def start(cls, cfg: Any, model_path: str, engines: bool = True, scorer: bool = False,
               max_new_tokens: int | None = None, batch_size: int = 16,
-              need_group: bool = True, log_to_driver: bool = True) -> EvalEngines:
-        """Start the rollout engines (unless `need_group` is False: only Eq. 8 in the
-        no-think mode, which reads a fixed prefix) and the scoring actor (`need_scorer`)."""
-        import ray
+              log_to_driver: bool = True) -> EvalEngines:
+        """Start the rollout engines (`engines`) and the scoring actor (`scorer`) of
+        `model_path` with the config's engine settings, in the cluster of `ray.address`,
+        of RAY_ADDRESS, or a new local one. Only Eq. 8 in the no-think mode needs no
+        engines (it reads a fixed prefix). `max_new_tokens` overrides the config's
+        rollout.max_new_tokens. Raises driver.cluster.ResourceError, before starting
+        anything, when the cluster cannot place the actors.
+        """
+        from actors.engine_settings import sampling_from_config
+        from actors.launcher import start_vllm_actors
+        from driver.cluster import check_resources, connect
+        from weight_sync.sync import WeightSync
 
-        from actors import EngineGroup, settings_from_config, start_scoring_actor
-
-        if not (need_group or need_scorer):
-            raise ValueError("nothing to start: need_group and need_scorer are both False")
-        ensure_ray(cfg, log_to_driver)
-        check_resources(cfg, need_scorer, need_group)
-        group = None
-        if need_group:
-            group = EngineGroup.from_config(cfg, settings_from_config(cfg, model_path,
-                                                                      "rollout"))
-        scorer = None
-        if need_scorer:
-            scorer = start_scoring_actor(settings_from_config(cfg, model_path, "scoring"),
-                                         cfg.scoring.num_cpus, cfg.scoring.num_gpus,
-                                         pd_digits=cfg.reward.pd_digits,
-                                         cpu_slot=cfg.rollout.num_engines)
-            ray.get(scorer.ready.remote(), timeout=900)
-        return cls(group, scorer, max_new_tokens or cfg.rollout.max_new_tokens, batch_size,
+        if not (engines or scorer):
+            raise ValueError("nothing to start: engines and scorer are both False")
+        available = connect(cfg, log_to_driver=log_to_driver)
+        check_resources(cfg, available, engines=engines, scorer=scorer, learners=False)
+        # Evaluations push no weights; the WeightSync still owns the version every answer
+        # is checked against and replays to an engine that Ray restarted.
+        sync = WeightSync()
+        group, scorer_handle = start_vllm_actors(cfg, model_path, sync, engines=engines,
+                                                 scorer=scorer)
+        sampling = sampling_from_config(cfg, greedy=True)
+        if max_new_tokens is not None:
+            sampling["max_new_tokens"] = int(max_new_tokens)
+        return cls(group, scorer_handle, sampling=sampling, batch_size=batch_size, sync=sync,
                    owned=True)
 
-    def _batches(self, n: int, desc: str):
+    def _batches(self, n: int, desc: str) -> Iterator[tuple[int, int]]:
         bar = tqdm(total=n, desc=desc, unit="img", leave=False)
         for start in range(0, n, self.batch_size):
             end = min(n, start + self.batch_size)
@@ -178,31 +102,40 @@ class EvalEngines:
         """One greedy answer per sample, in order."""
         if self.group is None:
             raise RuntimeError("answers need the rollout engines; start EvalEngines with "
-                               "need_group=True")
-        sampling = {**GREEDY, "max_new_tokens": self.max_new_tokens}
+                               "engines=True")
         out: list[Generation] = []
         for start, end in self._batches(len(samples), desc):
-            for pr in self.group.generate(samples[start:end], mode, 1, sampling):
+            for pr in self.group.generate(samples[start:end], mode, 1, self.sampling):
                 r = pr.rollouts[0]
-                out.append(Generation(r.text, r.finish_reason, len(r.token_ids)))
+                out.append(Generation(r.text, r.finish_reason, list(r.token_ids)))
         return out
 
-    def digit_probs(self, samples: list[dict], mode: str, texts: list[str] | None = None,
+    def digit_probs(self, samples: list[dict], mode: str,
+                    token_ids: list[list[int] | None] | None = None, digits_before: str = "",
                     desc: str = "digits") -> list[list[float] | None]:
-        """p("0") .. p("9") at the integer position of each answer (None: no score prefix
-        in the think answer). no_think: after the fixed prefix "[answer]Score:"; think:
-        after the model's own text up to its score prefix."""
-        import ray
-
+        """p("0") .. p("9") at the integer position of each answer. no_think: after the
+        fixed prefix "[answer]Score:"; think: after each sample's own answer (its
+        `Generation.token_ids`, one per sample) cut after its score prefix, None where the
+        answer block holds none. `digits_before` ("3.") asks about a later digit."""
         if self.scorer is None:
             raise RuntimeError("probability-based inference needs the scoring actor; start "
-                               "EvalEngines with need_scorer=True")
+                               "EvalEngines with scorer=True")
+        if mode == "think" and (token_ids is None or len(token_ids) != len(samples)):
+            raise ValueError("think mode needs the answer's token ids, one per sample")
         out: list[list[float] | None] = []
         for start, end in self._batches(len(samples), desc):
-            chunk_texts = None if texts is None else texts[start:end]
-            out += ray.get(self.scorer.digit_distribution.remote(samples[start:end], mode,
-                                                                 chunk_texts))
+            ids = None if token_ids is None else list(token_ids[start:end])
+            out += self._digit_distribution(samples[start:end], mode, ids, digits_before).probs
         return out
+
+    def _digit_distribution(self, *args: Any) -> DigitProbs:
+        from actors.launcher import SCORER_NAME
+
+        if self.sync is not None and self.sync.receivers.get(SCORER_NAME) == self.scorer:
+            return self.sync.call(SCORER_NAME, "digit_distribution", *args)
+        import ray
+
+        return ray.get(self.scorer.digit_distribution.remote(*args))
 
     def shutdown(self) -> None:
         """Stop the actors this object started (not ones it was handed)."""
@@ -214,27 +147,3 @@ class EvalEngines:
             self.group.shutdown()
         if self.scorer is not None:
             ray.kill(self.scorer, no_restart=True)
-
-
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """The arguments every model-running evaluation shares."""
-    parser.add_argument("--model", required=True,
-                        help="model directory, checkpoint (step_*/), run directory (newest "
-                             "checkpoint), a hub id, or 'tiny' (the embedded model)")
-    parser.add_argument("--conf", default="base",
-                        help="config whose engine / pixel / prompt settings to use "
-                             "(default base; 'tiny' on a CPU-only machine)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="answer length limit (default: the config's "
-                             "rollout.max_new_tokens)")
-    parser.add_argument("--batch-size", type=int, default=16,
-                        help="samples per engine call (progress is reported per call)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. rollout.num_engines=2 model.max_pixels=401408")
-
-
-def config_from_args(args: argparse.Namespace) -> Any:
-    """The loaded config of `--conf` with the overrides, `model.path` set to `--model`."""
-    from conf import load_config
-
-    return load_config(args.conf, list(args.overrides) + [f"model.path={args.model}"])

@@ -31,6 +31,8 @@ from typing import Any
 
 from evals.metrics import group_accuracy
 from evals.report import fmt, markdown_table, write_json, write_jsonl, write_markdown
+from evals.runner import EvalCommand, Prepared, print_reports, run
+from synth.manifest import load_samples
 
 # The paper's split (Experiments, "Performance on Image Quality Perception") and the column
 # order of Tables 1 and 2; the words are conf's class_words.
@@ -156,8 +158,6 @@ def evaluate_perception(engines: Any, manifest: str | Path, out_dir: str | Path,
     `builder` is an actors.prompting.PromptBuilder of the same model and pixel limits as
     the engines: it converts ground-truth boxes to the model-input pixels.
     """
-    from evals.engines import load_samples
-
     started = time.perf_counter()
     out_dir = Path(out_dir)
     samples = load_samples(manifest, TASKS)
@@ -180,43 +180,37 @@ def evaluate_perception(engines: Any, manifest: str | Path, out_dir: str | Path,
     return payload
 
 
-def main(argv: list[str] | None = None) -> int:
-    from actors.prompting import PromptBuilder
-    from evals.engines import (
-        EvalEngines,
-        add_engine_args,
-        config_from_args,
-        load_samples,
-        resolve_eval_model,
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.perception_eval", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", required=True, help="a Stage-1 test manifest")
     parser.add_argument("--out", default="outputs/eval/perception", help="report folder")
-    add_engine_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:  # bad input fails here, before any engine starts
-        load_samples(args.manifest, TASKS)
-        cfg = config_from_args(args)
-        model = resolve_eval_model(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    builder = PromptBuilder(model, cfg.model.min_pixels, cfg.model.max_pixels, cfg.prompts,
-                            cfg.model.trust_remote_code)
-    engines = EvalEngines.start(cfg, model, need_scorer=False,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    try:
-        payload = evaluate_perception(engines, args.manifest, args.out, builder,
-                                      meta={"model": model, "conf": args.conf})
-    finally:
-        engines.shutdown()
-    print(Path(args.out, "results.md").read_text(encoding="utf-8"))
-    print(f"reports written to {args.out} ({payload['images']} samples, "
-          f"{payload['seconds']:.1f} s)")
-    return 0
+
+
+def _read_input(args: argparse.Namespace) -> None:
+    load_samples(args.manifest, TASKS)
+
+
+def _evaluate(engines: Any, prepared: Prepared) -> dict[str, Any]:
+    from actors.prompting import PromptBuilder
+
+    cfg = prepared.cfg
+    builder = PromptBuilder(prepared.model, cfg.model.min_pixels, cfg.model.max_pixels,
+                            cfg.prompts, cfg.model.trust_remote_code)
+    return evaluate_perception(engines, prepared.args.manifest, prepared.args.out, builder,
+                               meta=prepared.meta)
+
+
+def _show(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    print_reports(args.out, f"{payload['images']} samples, {payload['seconds']:.1f} s")
+
+
+COMMAND = EvalCommand(prog="python -m evals.perception_eval", doc=__doc__,
+                      add_arguments=_arguments, read_input=_read_input, evaluate=_evaluate,
+                      show=_show)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`--help`)."""
+    return run(COMMAND, argv)
 
 
 if __name__ == "__main__":

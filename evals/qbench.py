@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evals.engines import MODE_CHOICES
 from evals.report import fmt, markdown_table, write_json, write_jsonl, write_markdown
+from evals.runner import EvalCommand, Prepared, print_reports, run
 
 TYPES = ("yes-or-no", "what", "how")
 CONCERNS = ("distortion", "other", "in-context distortion", "in-context other")
@@ -47,6 +49,8 @@ _ALIASES = {"yes/no": "yes-or-no", "yes-no": "yes-or-no", "binary": "yes-or-no",
             "global distortion": "distortion", "global others": "other",
             "local distortion": "in-context distortion", "local others": "in-context other"}
 LETTERS = "ABCD"
+
+
 @dataclass
 class QBenchItem:
     """One question: the image (absolute path), its candidates and the correct one."""
@@ -272,56 +276,57 @@ def build_selfmade_set(stage2_manifest: str | Path, out_dir: str | Path, seed: i
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    from evals.engines import (
-        MODE_CHOICES,
-        EvalEngines,
-        add_engine_args,
-        config_from_args,
-        resolve_eval_model,
-    )
+SELFMADE_HELP = "--make-selfmade OUT_DIR [--cache-dir DIR] writes the self-made set and exits."
 
-    if argv is None:
-        argv = sys.argv[1:]
-    if "--make-selfmade" in argv:
-        maker = argparse.ArgumentParser(prog="python -m evals.qbench --make-selfmade")
-        maker.add_argument("--make-selfmade", required=True, metavar="OUT_DIR")
-        maker.add_argument("--cache-dir", default=".cache/refine-iqa")
-        a = maker.parse_args(argv)
-        from synth.mini_dataset import build_mini_dataset
 
-        path = build_selfmade_set(build_mini_dataset(a.cache_dir)["stage2_test"], a.make_selfmade)
-        print(f"wrote {path} ({len(json.loads(path.read_text()))} questions)")
-        return 0
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.qbench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]) +
-        "\n\n--make-selfmade OUT_DIR [--cache-dir DIR] writes the self-made set and exits.")
+def make_selfmade(argv: list[str]) -> int:
+    """`--make-selfmade OUT_DIR [--cache-dir DIR]`: build the mini dataset and write the
+    self-made question set from its Stage-2 test split (no model, no Ray)."""
+    from synth.mini_dataset import build_mini_dataset
+
+    maker = argparse.ArgumentParser(prog="python -m evals.qbench --make-selfmade")
+    maker.add_argument("--make-selfmade", required=True, metavar="OUT_DIR")
+    maker.add_argument("--cache-dir", default=".cache/refine-iqa")
+    a = maker.parse_args(argv)
+    path = build_selfmade_set(build_mini_dataset(a.cache_dir)["stage2_test"], a.make_selfmade)
+    print(f"wrote {path} ({len(json.loads(path.read_text()))} questions)")
+    return 0
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", required=True, help="Q-Bench question file (JSON/JSONL)")
     parser.add_argument("--image-root", default=None,
                         help="folder of the images (default: the question file's folder)")
     parser.add_argument("--mode", choices=sorted(MODE_CHOICES), default="no_think")
     parser.add_argument("--out", default="outputs/eval/qbench", help="report folder")
-    add_engine_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:  # bad input fails here, before any engine starts
-        items = read_qbench(args.questions, args.image_root)
-        cfg = config_from_args(args)
-        model = resolve_eval_model(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    engines = EvalEngines.start(cfg, model, need_scorer=False,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    try:
-        payload = evaluate_qbench(engines, items, args.out, MODE_CHOICES[args.mode], cfg.prompts,
-                                  meta={"model": model, "conf": args.conf,
-                                        "questions": str(args.questions)})
-    finally:
-        engines.shutdown()
-    print(Path(args.out, "results.md").read_text(encoding="utf-8"))
-    print(f"reports written to {args.out} ({payload['seconds']:.1f} s)")
-    return 0
+
+
+def _read_input(args: argparse.Namespace) -> list[QBenchItem]:
+    return read_qbench(args.questions, args.image_root)
+
+
+def _evaluate(engines: Any, prepared: Prepared) -> dict[str, Any]:
+    args = prepared.args
+    return evaluate_qbench(engines, prepared.data, args.out, MODE_CHOICES[args.mode],
+                           prepared.cfg.prompts,
+                           meta={**prepared.meta, "questions": str(args.questions)})
+
+
+def _show(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    print_reports(args.out, f"{payload['seconds']:.1f} s")
+
+
+COMMAND = EvalCommand(prog="python -m evals.qbench", doc=f"{__doc__}\n\n{SELFMADE_HELP}",
+                      add_arguments=_arguments, read_input=_read_input, evaluate=_evaluate,
+                      show=_show)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`--help`); `--make-selfmade` writes the self-made set instead."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--make-selfmade" in argv:
+        return make_selfmade(argv)
+    return run(COMMAND, argv)
 
 
 if __name__ == "__main__":

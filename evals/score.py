@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from evals.runner import Actors, EvalCommand, Prepared, run
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -40,38 +42,30 @@ def find_images(target: str | Path, recursive: bool = False) -> list[Path]:
     return found
 
 
-def think_text(text: str, prompts: Any | None = None) -> str | None:
-    """The text between the think tags, or None when the answer has no think block."""
-    from conf.prompts import tags
-
-    t = tags(prompts)
-    start = text.find(t.think_open)
-    end = text.find(t.think_close, start + len(t.think_open)) if start >= 0 else -1
-    return text[start + len(t.think_open):end].strip() if end >= 0 else None
-
-
 def score_images(engines: Any, images: list[Path], mode: str = "no_think",
                  inference: str = "numeric", prompts: Any | None = None) -> list[dict]:
     """One record per image: image, score (None: unreadable), think, answer (raw text)."""
     from evals.scoring_eval import numeric_score, prob_score
+    from rewards import think_content
 
     if inference not in ("numeric", "prob"):
         raise ValueError(f"inference must be 'numeric' or 'prob', got {inference!r}")
     samples = [{"id": str(p), "task": "score", "images": [str(p)], "question": None}
                for p in images]
-    texts: list[str | None] = [None] * len(samples)
-    if inference == "numeric" or mode == "think":
-        texts = [g.text for g in engines.generate(samples, mode, desc="scoring")]
-    if inference == "numeric":
-        scores = [numeric_score(t) for t in texts]
+    # No-think Eq. 8 reads the fixed prefix: only then is no answer written.
+    gens = (engines.generate(samples, mode, desc="scoring")
+            if inference == "numeric" or mode == "think" else None)
+    texts = [None] * len(samples) if gens is None else [g.text for g in gens]
+    if gens is not None and inference == "numeric":
+        scores = [numeric_score(g.text) for g in gens]
     else:
-        dists = engines.digit_probs(samples, mode, texts if mode == "think" else None,
-                                    desc="Eq. 8")
-        scores = [prob_score(d) for d in dists]
+        ids = None if gens is None else [g.token_ids for g in gens]
+        scores = [prob_score(d) for d in engines.digit_probs(samples, mode, ids, desc="Eq. 8")]
+    thinks = [think_content(t, prompts) if t is not None and mode == "think" else None
+              for t in texts]
     return [{"image": str(p), "score": s, "mode": mode, "inference": inference,
-             "think": None if t is None or mode != "think" else think_text(t, prompts),
-             "answer": t}
-            for p, s, t in zip(images, scores, texts)]
+             "think": None if k is None else k.strip(), "answer": t}
+            for p, s, t, k in zip(images, scores, texts, thinks)]
 
 
 def format_records(records: list[dict]) -> str:
@@ -88,43 +82,48 @@ def format_records(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from evals.engines import EvalEngines, add_engine_args, config_from_args, resolve_eval_model
-
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.score", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--think", action="store_true",
                         help="think mode: the model explains before it scores")
     parser.add_argument("--inference", choices=("numeric", "prob"), default="numeric")
     parser.add_argument("--recursive", action="store_true", help="descend into subfolders")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    add_engine_args(parser)
-    args = parser.parse_intermixed_args(argv)
-    try:  # bad input fails here, before any engine starts
-        images = find_images(args.target, args.recursive)
-        cfg = config_from_args(args)
-        model = resolve_eval_model(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
-    mode = "think" if args.think else "no_think"
+
+
+def _read_input(args: argparse.Namespace) -> list[Path]:
+    return find_images(args.target, args.recursive)
+
+
+def _actors(args: argparse.Namespace) -> Actors:
+    # No-think Eq. 8 reads the fixed prefix: no answer has to be written.
     prob = args.inference == "prob"
-    engines = EvalEngines.start(cfg, model, need_scorer=prob,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                need_group=not prob or args.think,
-                                log_to_driver=not args.json)  # --json: stdout is the JSON
-    try:
-        records = score_images(engines, images, mode, args.inference, cfg.prompts)
-    finally:
-        engines.shutdown()
+    return Actors(engines=not prob or args.think, scorer=prob)
+
+
+def _evaluate(engines: Any, prepared: Prepared) -> list[dict]:
+    args = prepared.args
+    return score_images(engines, prepared.data, "think" if args.think else "no_think",
+                        args.inference, prepared.cfg.prompts)
+
+
+def _show(args: argparse.Namespace, records: list[dict]) -> None:
     print(json.dumps(records, indent=2, ensure_ascii=False) if args.json
           else format_records(records))
     unread = sum(r["score"] is None for r in records)
     if unread:
         print(f"{unread} of {len(records)} answers had no readable score", file=sys.stderr)
-    return 0
+
+
+COMMAND = EvalCommand(prog="python -m evals.score", doc=__doc__, add_arguments=_arguments,
+                      read_input=_read_input, evaluate=_evaluate, show=_show, actors=_actors,
+                      # --json: stdout is the JSON, so the actors' logs stay off it.
+                      log_to_driver=lambda args: not args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`--help`)."""
+    return run(COMMAND, argv)
 
 
 if __name__ == "__main__":

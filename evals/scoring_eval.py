@@ -28,15 +28,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from evals.engines import (
-    MODE_CHOICES,
-    EvalEngines,
-    add_engine_args,
-    config_from_args,
-    dataset_name,
-    load_samples,
-    resolve_eval_model,
-)
+from evals.engines import MODE_CHOICES, EvalEngines
 from evals.metrics import SCORE_DIGITS, MetricWarning, expected_score, fit_logistic4, plcc, srcc
 from evals.report import (
     fmt,
@@ -47,10 +39,18 @@ from evals.report import (
     write_jsonl,
     write_markdown,
 )
+from evals.runner import Actors, EvalCommand, Prepared, print_reports, run
+from synth.manifest import load_samples
 
 INFERENCES = ("numeric", "prob")
 INFERENCE_CHOICES = {"numeric": ("numeric",), "prob": ("prob",), "both": INFERENCES}
 SCORE_RANGE = (0.0, 5.0)
+
+
+def dataset_name(manifest: str | Path, samples: list[dict]) -> str:
+    """The samples' common `source` (e.g. "koniq10k"), else the manifest's file name."""
+    sources = {s.get("source") for s in samples}
+    return sources.pop() if len(sources) == 1 and None not in sources else Path(manifest).stem
 
 
 def numeric_score(text: str) -> float | None:
@@ -126,8 +126,8 @@ def _evaluate_dataset(engines: EvalEngines, samples: list[dict], name: str,
         if "numeric" in inferences:
             preds[(mode, "numeric")] = [numeric_score(g.text) for g in gens]
         if "prob" in inferences:
-            texts = [g.text for g in gens] if mode == "think" else None
-            dists = engines.digit_probs(samples, mode, texts, desc=f"{name} {mode} Eq.8")
+            ids = [g.token_ids for g in gens] if mode == "think" else None
+            dists = engines.digit_probs(samples, mode, ids, desc=f"{name} {mode} Eq.8")
             preds[(mode, "prob")] = [prob_score(d) for d in dists]
             for rec, d in zip(records, dists):
                 rec[f"{mode}_digit_probs"] = None if d is None else d[:SCORE_DIGITS]
@@ -223,44 +223,52 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
     return payload
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.scoring_eval", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", nargs="+", required=True,
                         help="IQA manifests (task 'score'), one per dataset")
     parser.add_argument("--mode", choices=sorted(MODE_CHOICES), default="both")
     parser.add_argument("--inference", choices=sorted(INFERENCE_CHOICES), default="both")
     parser.add_argument("--out", default="outputs/eval/scoring", help="report folder")
-    add_engine_args(parser)
-    args = parser.parse_intermixed_args(argv)
+
+
+def _read_input(args: argparse.Namespace) -> list[str]:
     # `--manifest a b key=value`: argparse hands trailing overrides to --manifest.
     moved = [m for m in args.manifest if "=" in m and not Path(m).is_file()]
     args.manifest = [m for m in args.manifest if m not in moved]
     args.overrides = list(args.overrides) + moved
     if not args.manifest:
-        parser.error("--manifest needs at least one manifest file")
-    try:  # bad input fails here, before any engine starts
-        for manifest in args.manifest:
-            load_samples(manifest, ("score",))
-        cfg = config_from_args(args)
-        model = resolve_eval_model(cfg)
-    except (FileNotFoundError, ValueError) as err:
-        parser.error(str(err))
+        raise ValueError("--manifest needs at least one manifest file")
+    for manifest in args.manifest:
+        load_samples(manifest, ("score",))
+    return args.manifest
+
+
+def _actors(args: argparse.Namespace) -> Actors:
+    # No-think Eq. 8 reads the fixed prefix: without numeric inference and think mode,
+    # no answer has to be written.
     modes, inferences = MODE_CHOICES[args.mode], INFERENCE_CHOICES[args.inference]
-    engines = EvalEngines.start(cfg, model, need_scorer="prob" in inferences,
-                                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                need_group="numeric" in inferences or "think" in modes)
-    try:
-        payload = evaluate_scoring(engines, args.manifest, args.out, modes, inferences,
-                                   meta={"model": model, "conf": args.conf})
-    finally:
-        engines.shutdown()
-    print(Path(args.out, "results.md").read_text(encoding="utf-8"))
-    print(f"reports written to {args.out} ({payload['images']} images, "
-          f"{payload['seconds']:.1f} s)")
-    return 0
+    return Actors(engines="numeric" in inferences or "think" in modes,
+                  scorer="prob" in inferences)
+
+
+def _evaluate(engines: EvalEngines, prepared: Prepared) -> dict[str, Any]:
+    args = prepared.args
+    return evaluate_scoring(engines, prepared.data, args.out, MODE_CHOICES[args.mode],
+                            INFERENCE_CHOICES[args.inference], meta=prepared.meta)
+
+
+def _show(args: argparse.Namespace, payload: dict[str, Any]) -> None:
+    print_reports(args.out, f"{payload['images']} images, {payload['seconds']:.1f} s")
+
+
+COMMAND = EvalCommand(prog="python -m evals.scoring_eval", doc=__doc__,
+                      add_arguments=_arguments, read_input=_read_input, evaluate=_evaluate,
+                      show=_show, actors=_actors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line (`--help`)."""
+    return run(COMMAND, argv)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,13 @@
-"""The learner: the GRPO loss of Eq. 7 (pure), DeepSpeed learner actors, weight push,
-checkpoints.
+"""The learner, one file per job:
 
-    from learner import LearnerGroup, PromptGroup, Completion, policy_loss
+- learner.loss: the clipped policy-gradient loss of Eq. 7 (pure).
+- learner.experience: PromptGroup / Completion, micro-batch planning and padding (pure).
+- learner.ds_config: conf -> DeepSpeed config and learning-rate schedule (pure).
+- learner.learner_actor: one DeepSpeed rank (Ray actor "learner-<rank>").
+- learner.group: LearnerGroup, the ranks driven as one.
+- learner.checkpoint: checkpoint folders, and `resolve_model_path`, the one reader of
+  conf model.path; learner.cold_start: the embedded tiny model's supervised warm-up.
 
-DeepSpeed is imported only inside the actors, Ray only where actors are made or called.
+Modules are imported by name; this package imports nothing itself, so the pure parts
+load without DeepSpeed or Ray.
 """
-
-from learner.experience import Completion, PromptGroup
-from learner.group import LearnerGroup
-from learner.loss import policy_loss
-from learner.weight_push import ObjectStoreTransport, WeightTransport
-
-__all__ = [
-    "Completion",
-    "LearnerGroup",
-    "ObjectStoreTransport",
-    "PromptGroup",
-    "WeightTransport",
-    "policy_loss",
-]

@@ -1,7 +1,9 @@
-"""Checkpoint directories: atomic writes, keep the last K, find the newest complete one.
+"""Checkpoint directories: atomic writes, keep the last K, find the newest complete one;
+and `resolve_model_path`, the one reader of conf `model.path`, which knows this layout.
 
 Layout under a run directory:
 
+    export/                 the finished run's model (save_pretrained + processor files)
     checkpoints/step_000010/
         deepspeed/          engine.save_checkpoint: model, optimizer, scheduler, step
         rng/rank_00000.pt   each learner rank's torch RNG state
@@ -32,6 +34,7 @@ TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
 HF_DIR = "hf"
+RUN_EXPORT = "export"
 RNG_DIR = "rng"
 TMP_PREFIX = ".tmp-"
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -171,3 +174,39 @@ def copy_processor_files(model_dir: str | Path, export_dir: str | Path) -> list[
                 shutil.copy2(src, export_dir / src.name)
                 copied.append(src.name)
     return copied
+
+
+def resolve_model_path(path: str, cache_dir: str | Path) -> str:
+    """The model directory (or hub id) that conf `model.path` names, for training and the
+    evaluations alike:
+
+    - "tiny": the embedded model (learner.cold_start: built on the spot and warmed up on
+      the answer format, cached under `cache_dir`);
+    - a model directory (config.json), a checkpoint (step_*/ with hf/), or a run
+      directory (its export/ when the run finished, else its newest complete checkpoint);
+    - a Hugging Face hub id such as Qwen/Qwen2.5-VL-7B-Instruct.
+
+    Raises FileNotFoundError, saying what was expected, for a path that is none of these.
+    """
+    path = str(path)
+    if path == "tiny":
+        from learner.cold_start import embedded_model
+
+        return str(embedded_model(cache_dir))
+    p = Path(path).expanduser()
+    if not p.exists():
+        if p.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1:
+            raise FileNotFoundError(f"model {path!r} does not exist (give a model directory, "
+                                    "a checkpoint, a run directory, 'tiny' or a hub id)")
+        return path
+    for candidate in (p, p / HF_DIR, p / RUN_EXPORT):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    if (p / CHECKPOINTS).is_dir():
+        newest = newest_complete(p / CHECKPOINTS)
+        if newest is None:
+            raise FileNotFoundError(f"run directory {p} has no complete checkpoint yet")
+        return str(newest / HF_DIR)
+    raise FileNotFoundError(f"{p} is neither a model directory (config.json), a checkpoint "
+                            f"({HF_DIR}/config.json) nor a run directory ({RUN_EXPORT}/ or "
+                            f"{CHECKPOINTS}/)")

@@ -15,6 +15,9 @@ import math
 from typing import Any
 
 ACCELERATORS = ("cpu", "cuda")
+ZERO_STAGES = (0, 1, 2, 3)
+PRECISIONS = ("bf16", "fp32")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def build_ds_config(train: Any, learner: Any, world_size: int, accelerator: str) -> dict:
@@ -36,11 +39,11 @@ def build_ds_config(train: Any, learner: Any, world_size: int, accelerator: str)
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     stage = int(learner["zero_stage"])
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"learner.zero_stage must be 0, 1, 2 or 3, got {stage}")
+    if stage not in ZERO_STAGES:
+        raise ValueError(f"learner.zero_stage must be one of {list(ZERO_STAGES)}, got {stage}")
     precision = str(train["precision"])
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"train.precision must be bf16 or fp32, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {list(PRECISIONS)}, got {precision!r}")
     micro = int(train["micro_batch_size"])
     if micro < 1:
         raise ValueError(f"train.micro_batch_size must be >= 1, got {micro}")
@@ -89,8 +92,9 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, schedule: str = "cos
     p = (step - warmup) / (total_steps - warmup) (Table 7: cosine decay), which stays above
     0 on the last step; "constant" holds 1.
     """
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"train.lr_schedule must be cosine or constant, got {schedule!r}")
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"train.lr_schedule must be one of {list(LR_SCHEDULES)}, got "
+                         f"{schedule!r}")
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":

@@ -1,9 +1,11 @@
 """Experience the learner trains on, and the pure steps that turn it into model inputs.
 
-One `PromptGroup` per prompt: the G rollouts of a prompt share its token ids and image.
-The learner flattens groups into sequences (prompt + completion), spreads them over the
-ranks and micro-batches (`plan_micro_batches`) and pads each micro-batch into tensors
-(`collate`). Nothing here touches a model, DeepSpeed or Ray.
+One `PromptGroup` per prompt: the G rollouts of a prompt share its sample, mode and prompt
+token ids. The driver sends sample references (image paths), never pixels: each learner
+rank builds the image inputs of the sequences it trains on (learner_actor.py). The learner
+flattens groups into sequences (prompt + completion), spreads them over the ranks and
+micro-batches (`plan_micro_batches`) and pads each micro-batch into tensors (`collate`).
+Nothing here touches a model, DeepSpeed or Ray.
 """
 
 from __future__ import annotations
@@ -25,11 +27,17 @@ class Completion:
 
 @dataclass
 class PromptGroup:
-    """G rollouts of one prompt. Image inputs are as the HF Qwen2-VL processor returns them."""
+    """G rollouts of one prompt.
 
+    `sample` is the manifest sample the prompt was built from (absolute image paths) and
+    `mode` its prompt mode; `prompt_ids` are the ids the rollout engine fed (image
+    placeholders expanded), which the learner's own build must reproduce. A text-only
+    prompt has sample None.
+    """
+
+    sample: dict | None
+    mode: str
     prompt_ids: list[int]
-    pixel_values: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
     completions: list[Completion] = field(default_factory=list)
 
 
@@ -41,8 +49,8 @@ class SequenceSample:
     completion_ids: list[int]
     old_logprobs: list[float]
     advantage: float
-    pixel_values: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
+    sample: dict | None = None
+    mode: str = "no_think"
 
     @property
     def num_tokens(self) -> int:
@@ -67,11 +75,9 @@ def validate_groups(groups: list[PromptGroup]) -> None:
     for g, group in enumerate(groups):
         if not group.prompt_ids:
             raise ValueError(f"prompt group {g} has empty prompt_ids")
-        if (group.pixel_values is None) != (group.image_grid_thw is None):
-            raise ValueError(
-                f"prompt group {g}: pixel_values and image_grid_thw must both be given or both "
-                "be None (pass what the Qwen2-VL processor returned for the prompt's images)"
-            )
+        if group.sample is not None and not group.sample.get("images"):
+            raise ValueError(f"prompt group {g}: sample {group.sample.get('id', '?')} lists "
+                             "no images")
         if not group.completions:
             raise ValueError(f"prompt group {g} has no completions")
         for c, comp in enumerate(group.completions):
@@ -84,10 +90,16 @@ def validate_groups(groups: list[PromptGroup]) -> None:
                 raise ValueError(f"prompt group {g}, completion {c}: an old logprob is not finite")
             if not math.isfinite(comp.advantage):
                 raise ValueError(f"prompt group {g}, completion {c}: advantage is not finite")
+    with_image = sum(group.sample is not None for group in groups)
+    if 0 < with_image < len(groups):
+        # Under ZeRO-3 a rank without images would skip the vision tower's parameter
+        # gathers and stall the others.
+        raise ValueError(f"{with_image} of {len(groups)} prompt groups have a sample with "
+                         "images: give every prompt an image or none")
 
 
 def flatten_groups(groups: list[PromptGroup]) -> list[SequenceSample]:
-    """One SequenceSample per completion, in group order (the image tensors are shared)."""
+    """One SequenceSample per completion, in group order (sharing their group's sample)."""
     validate_groups(groups)
     return [
         SequenceSample(
@@ -95,8 +107,8 @@ def flatten_groups(groups: list[PromptGroup]) -> list[SequenceSample]:
             completion_ids=list(comp.completion_ids),
             old_logprobs=[float(x) for x in comp.old_logprobs],
             advantage=float(comp.advantage),
-            pixel_values=group.pixel_values,
-            image_grid_thw=group.image_grid_thw,
+            sample=group.sample,
+            mode=group.mode,
         )
         for group in groups
         for comp in group.completions
@@ -172,19 +184,24 @@ def collate(
     pad_token_id: int,
     image_token_id: int | None = None,
     video_token_id: int | None = None,
+    vision: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Pad sequences (right padding) into the tensors of one forward pass.
 
-    Returns input_ids, attention_mask [B, L]; mm_token_type_ids [B, L] (0 text, 1 image,
-    2 video: transformers 5 computes Qwen2.5-VL's 3D rope positions only when it is given);
-    pixel_values / image_grid_thw concatenated in sequence order (each sequence repeats its
-    prompt's image, the model matches image features to image tokens in order) when present;
-    and for the loss, aligned [B, T] with T the longest completion: logit_positions (the
-    position whose logits predict each completion token: prompt_len + k - 1),
-    completion_ids, old_logprobs, completion_mask; and advantages [B].
+    `vision` holds each sequence's (pixel_values, image_grid_thw) as the Qwen2-VL processor
+    returns them for its prompt (None: text-only sequences). Returns input_ids,
+    attention_mask [B, L]; mm_token_type_ids [B, L] (0 text, 1 image, 2 video: transformers
+    5 computes Qwen2.5-VL's 3D rope positions only when it is given); pixel_values /
+    image_grid_thw concatenated in sequence order (the model matches image features to
+    image tokens in order) when `vision` is given; and for the loss, aligned [B, T] with T
+    the longest completion: logit_positions (the position whose logits predict each
+    completion token: prompt_len + k - 1), completion_ids, old_logprobs, completion_mask;
+    and advantages [B].
     """
     if not samples:
         raise ValueError("collate needs at least one sequence")
+    if vision is not None and len(vision) != len(samples):
+        raise ValueError(f"{len(vision)} image inputs for {len(samples)} sequences")
     batch = len(samples)
     seq_len = max(s.num_tokens for s in samples)
     comp_len = max(1, max(len(s.completion_ids) for s in samples))
@@ -219,13 +236,7 @@ def collate(
     if video_token_id is not None:
         mm_types[input_ids == video_token_id] = 2
     out["mm_token_type_ids"] = mm_types * attention_mask.to(torch.int32)
-    with_image = [s for s in samples if s.pixel_values is not None]
-    if with_image and len(with_image) != batch:
-        raise ValueError(
-            "a micro-batch mixes sequences with and without images; give every prompt an "
-            "image or none (a rank that skips the vision tower would stall ZeRO-3's gathers)"
-        )
-    if with_image:
-        out["pixel_values"] = torch.cat([s.pixel_values for s in samples], dim=0)
-        out["image_grid_thw"] = torch.cat([s.image_grid_thw for s in samples], dim=0)
+    if vision is not None:
+        out["pixel_values"] = torch.cat([pixels for pixels, _ in vision], dim=0)
+        out["image_grid_thw"] = torch.cat([grid for _, grid in vision], dim=0)
     return out

@@ -1,8 +1,8 @@
 """LearnerGroup: W learner actors forming one DeepSpeed world, driven from the loop.
 
-    group = LearnerGroup(cfg, total_steps=100)          # conf sections train, learner, ...
+    group = LearnerGroup(cfg, total_steps=100, model_path=path)   # conf train, learner, ...
     stats = group.step(prompt_groups)                   # one optimizer step
-    group.push_weights([engine_a, engine_b, scorer], version=1)
+    sync.publish(group)                                 # WeightSync takes publish_weights()
     group.save_checkpoint(run_dir, step=10, trainer_state={...})
     state = group.load_checkpoint(run_dir)              # newest complete, or None
 
@@ -27,7 +27,6 @@ from learner.experience import (
     split_for_ranks,
 )
 from learner.learner_actor import TOKEN_WEIGHTED_STATS, UNIT_WEIGHTED_STATS, LearnerWorker
-from learner.weight_push import make_transport
 
 
 def _plain_conf(cfg: Any) -> dict:
@@ -40,13 +39,6 @@ def _plain_conf(cfg: Any) -> dict:
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
     return dict(cfg)
-
-
-def resolve_model_path(conf: dict) -> str:
-    """conf model.path, with "tiny" the embedded model (synth.cold_start)."""
-    from synth.cold_start import resolve_model_path as resolve
-
-    return resolve(conf["model"]["path"], conf["model"]["cache_dir"])
 
 
 class _CheckpointFiles:
@@ -93,17 +85,16 @@ class LearnerGroup:
         self,
         cfg: Any,
         total_steps: int,
-        model_path: str | Path | None = None,
+        model_path: str | Path,
         name_prefix: str = "learner",
         schedule_timeout_s: float = 300.0,
     ):
         import ray
 
         self.conf = _plain_conf(cfg)
-        make_transport(str(self.conf["weights"]["transport"]))  # refuse an unusable one now
         learner = self.conf["learner"]
         self.world_size = int(learner["num_learners"])
-        self.model_path = str(model_path) if model_path else resolve_model_path(self.conf)
+        self.model_path = str(model_path)
         actor_cls = ray.remote(Learner)
         self.actors = [
             actor_cls.options(
@@ -135,13 +126,6 @@ class LearnerGroup:
     # -- training ---------------------------------------------------------------------
     def _split(self, groups: list[PromptGroup]):
         samples = flatten_groups(groups)
-        with_image = sum(s.pixel_values is not None for s in samples)
-        if 0 < with_image < len(samples):
-            raise ValueError(
-                f"{with_image} of {len(samples)} sequences have an image: give every prompt an "
-                "image or none (under ZeRO-3 a rank without images would skip the vision "
-                "tower's parameter gathers and stall the others)"
-            )
         micro = int(self.conf["train"]["micro_batch_size"])
         return samples, split_for_ranks(samples, self.world_size, micro)
 
@@ -196,17 +180,13 @@ class LearnerGroup:
         return out
 
     # -- weights ----------------------------------------------------------------------
-    def push_weights(self, receivers: list[Any], version: int) -> dict[str, float]:
-        """Gather the full weights and deliver them in buckets (conf weights.bucket_mb) to
-        every receiver's `update_weights(version, bucket_refs)`; blocks until all loaded.
-        Returns seconds (wall, here), bytes, num_buckets, and rank 0's gather_s / put_s /
-        receive_s."""
+    def publish_weights(self) -> tuple[list[Any], dict[str, float]]:
+        """Gather the full weights on every rank and publish them in buckets (conf
+        weights.bucket_mb, weights.transport) from rank 0: (bucket handles, {bytes,
+        gather_s}). WeightSync (weight_sync/sync.py) versions and delivers them."""
         import ray
 
-        start = time.perf_counter()
-        results = ray.get([a.push_weights.remote(list(receivers), int(version))
-                           for a in self.actors])
-        return {**results[0], "seconds": time.perf_counter() - start, "version": float(version)}
+        return ray.get([a.publish_weights.remote() for a in self.actors])[0]
 
     def full_state_dict(self) -> dict:
         """The full weights as CPU tensors (transformers state-dict names)."""

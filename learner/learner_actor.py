@@ -2,7 +2,7 @@
 
 `LearnerWorker` is a plain class; learner/group.py wraps it with `ray.remote` and names
 each actor `learner-<rank>`. All methods that touch parameters (train_step,
-compute_logprobs, push_weights, save/load/export) are collectives under ZeRO: the group
+compute_logprobs, publish_weights, save/load/export) are collectives under ZeRO: the group
 calls them on every rank together.
 
 Devices: DeepSpeed's accelerator decides. On CPU (tests, conf=tiny) the `cpu` accelerator
@@ -27,7 +27,8 @@ from learner import checkpoint as ckpt
 from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
 from learner.loss import policy_loss
-from learner.weight_push import iter_gathered_buckets, make_transport
+from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
+from weight_sync.transport import make_transport
 
 TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
 UNIT_WEIGHTED_STATS = ("loss", "pg_loss", "kl_ref")
@@ -53,6 +54,7 @@ class LearnerWorker:
         self.engine: Any = None
         self.ref_engine: Any = None
         self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use
+        self._builder: Any = None
 
     # -- rendezvous -------------------------------------------------------------------
     def node_info(self) -> dict[str, str]:
@@ -192,8 +194,34 @@ class LearnerWorker:
                 entropy = log_norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)
         return logp, entropy
 
-    def _collate(self, micro: MicroBatch) -> dict[str, torch.Tensor]:
-        return collate(micro.samples, self.pad_token_id, self.image_token_id, self.video_token_id)
+    def _vision_inputs(self, micro: MicroBatch, cache: dict) -> list | None:
+        """Each sequence's (pixel_values, image_grid_thw), built here from its sample by
+        the prompt builder the engines use; None for text-only sequences. The prompt ids
+        built here must be the ones the engine fed, or the logprobs would not match."""
+        if micro.samples[0].sample is None:
+            return None
+        if self._builder is None:
+            from actors.prompting import PromptBuilder
+
+            model = self.conf["model"]
+            self._builder = PromptBuilder(self.model_path, model["min_pixels"],
+                                          model["max_pixels"], self.conf.get("prompts"),
+                                          model["trust_remote_code"])
+        out = []
+        for seq in micro.samples:
+            key = (str(seq.sample["id"]), seq.mode)
+            if key not in cache:
+                inputs = self._builder.learner_inputs(seq.sample, seq.mode)
+                if inputs["prompt_ids"] != list(seq.prompt_ids):
+                    raise RuntimeError(f"sample {key[0]}: the learner's prompt ids differ from "
+                                       "the engine's; prompt building is out of sync")
+                cache[key] = (inputs["pixel_values"], inputs["image_grid_thw"])
+            out.append(cache[key])
+        return out
+
+    def _collate(self, micro: MicroBatch, cache: dict) -> dict[str, torch.Tensor]:
+        return collate(micro.samples, self.pad_token_id, self.image_token_id,
+                       self.video_token_id, self._vision_inputs(micro, cache))
 
     # -- training ---------------------------------------------------------------------
     def train_step(self, micro_batches: list[MicroBatch], total_units: float) -> dict[str, float]:
@@ -210,8 +238,9 @@ class LearnerWorker:
         sums: dict[str, float] = {"tokens": 0.0, "ratio_max": 0.0}
         timings = {"forward_s": 0.0, "backward_s": 0.0}
         self.engine.train()
+        cache: dict = {}   # image inputs of this step's prompts, built once each
         for micro in micro_batches:
-            batch = self._collate(micro)
+            batch = self._collate(micro, cache)
             start = time.perf_counter()
             logp_new, entropy = self._forward_logprobs(self.engine, batch, want_entropy=True)
             logp_ref = None
@@ -255,9 +284,9 @@ class LearnerWorker:
     @torch.no_grad()
     def compute_logprobs(self, micro_batches: list[MicroBatch]) -> list[tuple[int, list[float]]]:
         """(sequence index, logprob of each completion token) under the current weights."""
-        out = []
+        out, cache = [], {}
         for micro in micro_batches:
-            batch = self._collate(micro)
+            batch = self._collate(micro, cache)
             logp, _ = self._forward_logprobs(self.engine, batch, want_entropy=False)
             if not micro.active:
                 continue
@@ -270,19 +299,27 @@ class LearnerWorker:
         return iter_gathered_buckets(self.engine.module, bucket_bytes,
                                      zero3=self.zero_stage == 3, keep=self.rank == 0)
 
-    def push_weights(self, receivers: list[Any], version: int) -> dict[str, float]:
-        """Gather (all ranks) and send (rank 0) the full weights; rank 0 returns timings."""
+    def publish_weights(self) -> tuple[list[Any], dict[str, float]]:
+        """Gather the full weights (every rank: a collective under ZeRO-3) and publish them
+        through conf `weights.transport` (rank 0). Rank 0 returns the bucket handles and
+        {bytes, gather_s}; the other ranks ([], {})."""
         weights = self.conf["weights"]
         bucket_bytes = int(float(weights["bucket_mb"]) * 2**20)
         start = time.perf_counter()
-        if self.rank == 0:
-            stats = make_transport(str(weights["transport"])).send(
-                version, self._buckets(bucket_bytes), receivers)
-        else:
+        if self.rank != 0:
             for _ in self._buckets(bucket_bytes):
                 pass
-            stats = {}
-        return {**stats, "seconds": time.perf_counter() - start} if self.rank == 0 else {}
+            return [], {}
+        nbytes = 0
+
+        def counted():
+            nonlocal nbytes
+            for bucket in self._buckets(bucket_bytes):
+                nbytes += bucket_nbytes(bucket)
+                yield bucket
+
+        handles = make_transport(str(weights["transport"])).publish(counted())
+        return handles, {"bytes": float(nbytes), "gather_s": time.perf_counter() - start}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights as CPU tensors on rank 0 ({} elsewhere); all ranks must call."""
@@ -328,7 +365,7 @@ class LearnerWorker:
             raise FileNotFoundError(f"no DeepSpeed state under {directory_path}")
         rng_file = directory_path / ckpt.RNG_DIR / f"rank_{self.rank:05d}.pt"
         if rng_file.is_file():
-            rng = torch.load(rng_file, weights_only=False)
+            rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])

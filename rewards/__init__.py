@@ -18,7 +18,9 @@ from rewards.parsing import (
     extract_score,
     format_reward,
     grammar,
+    score_prefix_end,
     think_content,
+    think_span,
 )
 from rewards.perception import (
     CHOICE_MODES,
@@ -69,6 +71,8 @@ __all__ = [
     "perception_format_reward",
     "ranking_reward",
     "stage1_rewards",
+    "score_prefix_end",
     "stage2_rewards",
     "think_content",
+    "think_span",
 ]

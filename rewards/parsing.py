@@ -57,12 +57,16 @@ class Grammar:
     def _tags(self, text: str) -> list[re.Match[str]]:
         return list(self.tag_scan.finditer(text))
 
-    def _content(self, text: str, found: list[re.Match[str]]) -> str | None:
+    def _content_span(self, found: list[re.Match[str]]) -> tuple[int, int] | None:
         opens = [m for m in found if m.group() == self.answer_open]
         closes = [m for m in found if m.group() == self.answer_close]
         if len(opens) != 1 or len(closes) != 1 or closes[0].start() < opens[0].end():
             return None
-        return text[opens[0].end():closes[0].start()]
+        return opens[0].end(), closes[0].start()
+
+    def _content(self, text: str, found: list[re.Match[str]]) -> str | None:
+        span = self._content_span(found)
+        return None if span is None else text[span[0]:span[1]]
 
     def _score(self, content: str | None) -> float | None:
         match = None if content is None else self.score_body.fullmatch(content)
@@ -76,13 +80,26 @@ class Grammar:
         """The text between the one answer_open and the one answer_close, else None."""
         return self._content(text, self._tags(text))
 
-    def think_content(self, text: str) -> str | None:
-        """The text between the one think_open and the one think_close, else None."""
+    def think_span(self, text: str) -> tuple[int, int] | None:
+        """(start, end) of the text between the one think_open and the one think_close."""
         found = [m for m in self._tags(text) if m.group() in (self.think_open,
                                                               self.think_close)]
         if [m.group() for m in found] != [self.think_open, self.think_close]:
             return None
-        return text[found[0].end():found[1].start()]
+        return found[0].end(), found[1].start()
+
+    def think_content(self, text: str) -> str | None:
+        """The text between the one think_open and the one think_close, else None."""
+        span = self.think_span(text)
+        return None if span is None else text[span[0]:span[1]]
+
+    def score_prefix_end(self, text: str) -> int | None:
+        """Where the first score prefix inside the one answer block ends, else None."""
+        span = self._content_span(self._tags(text))
+        if span is None:
+            return None
+        at = text.find(self.score_prefix, span[0], span[1])
+        return None if at < 0 else at + len(self.score_prefix)
 
     def score(self, text: str) -> float | None:
         """The finite score of the one answer block of `text`, else None."""
@@ -196,6 +213,19 @@ def think_content(text: str, prompts: Any | None = None) -> str | None:
     """The text inside the single think block of `text`; None when there is not exactly
     one think_open and one think_close, in that order (the think-length metric reads it)."""
     return grammar(prompts).think_content(_check_text(text))
+
+
+def think_span(text: str, prompts: Any | None = None) -> tuple[int, int] | None:
+    """(start, end) character positions of the think block's text (think_content), or
+    None; the think-length metric maps them to token positions."""
+    return grammar(prompts).think_span(_check_text(text))
+
+
+def score_prefix_end(text: str, prompts: Any | None = None) -> int | None:
+    """The character position right after the score prefix ("Score:") inside the single
+    answer block of `text`, or None (no single answer block, or no prefix in it). The PD
+    reward and Eq. 8 teacher-force the ground-truth digits from there."""
+    return grammar(prompts).score_prefix_end(_check_text(text))
 
 
 def extract_score(text: str, prompts: Any | None = None) -> float | None:

@@ -312,3 +312,25 @@ def resolve_images(sample: Mapping[str, Any], manifest_path: str | os.PathLike) 
     """The sample's image paths made absolute (relative ones are under the manifest's folder)."""
     base = Path(manifest_path).resolve().parent
     return [p if p.is_absolute() else base / p for p in map(Path, sample["images"])]
+
+
+def load_samples(manifest_path: str | os.PathLike,
+                 tasks: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """The manifest's samples with their image paths made absolute (as strings), ready
+    for the prompt builder; training, the evaluations and the tiny model's warm-up all
+    read manifests through here.
+
+    With `tasks`, a manifest holding samples of other tasks (a Stage-1 manifest given to
+    the scoring evaluation, say), or none at all, raises ValueError naming them.
+    """
+    samples = read_manifest(manifest_path)
+    if tasks is not None:
+        others = sorted({s["task"] for s in samples} - set(tasks))
+        if others:
+            raise ValueError(f"{manifest_path}: holds {others} samples; only {list(tasks)} "
+                             "are read here (pick the matching manifest)")
+        if not samples:
+            raise ValueError(f"{manifest_path}: no samples")
+    for sample in samples:
+        sample["images"] = [str(p) for p in resolve_images(sample, manifest_path)]
+    return samples

@@ -34,7 +34,8 @@ from PIL import Image
 
 from synth import DISTORTIONS, distort
 from synth.manifest import write_manifest
-from synth.perception import Settings, build_perception, write_png
+from synth.perception import build_perception, write_png
+from synth.perception_plan import Settings
 
 MINI_VERSION = 1
 ASSET = Path(__file__).resolve().parent / "assets" / "mini_objects.json"
@@ -44,7 +45,8 @@ STAGE1_TEST_FRACTION = 0.25
 STAGE2_TEST_FRACTION = 0.2
 MIN_CHANGE = 0.5  # mean |distorted - clean|, 0..255: less is no visible distortion
 _ROOT = Path(__file__).resolve().parents[1]
-_KEYED_SOURCES = ("synth/mini_dataset.py", "synth/perception.py", "synth/prefilter.py",
+_KEYED_SOURCES = ("synth/mini_dataset.py", "synth/perception.py", "synth/perception_plan.py",
+                  "synth/prefilter.py",
                   "synth/manifest.py", "conf/prompts.yaml")
 
 

@@ -12,33 +12,21 @@ paper's Gemini + DINO step (services this project cannot call). Accepted shape::
 `file_name` is relative to --images; `bbox` is COCO's [x, y, width, height] in pixels
 (floats allowed: the box becomes floor(x), floor(y), ceil(x+w), ceil(y+h)).
 
-For every annotated object that survives the filters, `--variants` distorted images are
-made (default 1, as the paper's one bbox per object): a class drawn uniformly from the
-12 classes, a type uniformly within it, a level uniformly from 1..5 (all from a seed
-derived from --seed and the sample id, so a rerun makes the same picks). Each distorted
-image gives four samples: the multi-choice task (object / class / severity, candidates =
-the object names of that image) and the grounding task, each full-reference ([reference,
-distorted]) and no-reference ([distorted]), with conf's prompts.
-
 Filters: boxes over --max-box-fraction (0.9) of the image, boxes thinner than
 --min-box-side px; images with fewer than --min-objects (2, as the paper) distinct object
-names; the quality pre-filter (synth.prefilter). A draw that changes the box by less than
---min-change (mean absolute difference, 0..255) is redrawn, up to 4 draws: a stand-in for
-the paper's human check that the distortion is perceptible. Bad input (unreadable/truncated image,
+names; the quality pre-filter (synth.prefilter). Bad input (unreadable/truncated image,
 side < 32 px, box outside the image, unknown type or level, ...) skips that item with a
 logged reason, recorded in OUT/skipped.jsonl and counted in the summary.
 
-Split: test = --test-size (a fraction < 1 or a count; the paper's test set is 1,500
-images), stratified by distortion class with largest-remainder quotas, so both parts
-keep the class distribution (a redraw may move an image to another class afterwards).
-The split is per distorted image, as the paper describes it: objects of one photo can
-fall on both sides. Resumable: rerunning with the same settings skips samples
-already in the manifests, and source checks cached in OUT/sources.jsonl (delete that
-file to check the sources again, e.g. after repairing an image).
-
 Output in OUT: stage1_train.jsonl, stage1_test.jsonl (format: synth.manifest),
 images/<job>.png (distorted), refs/<source>.png (reference, decoded RGB, no EXIF),
-sources.jsonl, skipped.jsonl, build_info.json, summary.json.
+sources.jsonl, skipped.jsonl, build_info.json, summary.json. Resumable: rerunning with
+the same settings skips samples already in the manifests, and source checks cached in
+OUT/sources.jsonl (delete that file to check the sources again, e.g. after repairing an
+image).
+
+What gets made, and on which side of the train/test split, is planned in
+synth.perception_plan; --help prints its rules after this text.
 """
 
 from __future__ import annotations
@@ -47,13 +35,12 @@ import argparse
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -62,16 +49,24 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from conf.prompts import default_prompts
-from synth import DISTORTIONS, distort_region
-from synth.manifest import STAGE1_VARIANTS, append_samples, existing_ids, stage1_ids, stage1_samples
+from synth import perception_plan
+from synth.distortions import DISTORTIONS, distort_region
+from synth.manifest import STAGE1_VARIANTS, append_samples, existing_ids
+from synth.perception_plan import (
+    MAX_DRAWS,
+    Job,
+    Settings,
+    assign_splits,
+    jobs_to_do,
+    make_samples,
+    plan_jobs,
+    redraw,
+)
 from synth.prefilter import (
-    LEVELS,
     BadImage,
     QualityFilter,
     Skip,
     SourceImage,
-    SourceObject,
     load_annotations,
     load_prefilter,
     load_rgb,
@@ -80,120 +75,7 @@ from synth.prefilter import (
 
 log = logging.getLogger(__name__)
 
-MAX_DRAWS = 4
 MANIFESTS = {"train": "stage1_train.jsonl", "test": "stage1_test.jsonl"}
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything that decides which samples get made (stored in OUT/build_info.json)."""
-
-    seed: int = 0
-    test_size: float = 1500       # a fraction (< 1) or a count of distorted images
-    variants: int = 1             # distorted images per object
-    types: tuple[str, ...] = ()   # distortion types to draw from; () = all 36
-    levels: tuple[int, ...] = LEVELS
-    min_objects: int = 2
-    max_box_fraction: float = 0.9
-    min_box_side: int = 8
-    min_change: float = 0.5       # mean |distorted - original| in the box, 0..255 units
-    dataset_name: str = "refine-perception"
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.types if t not in DISTORTIONS]
-        if unknown:
-            raise ValueError(f"types: unknown distortion type(s) {unknown}; "
-                             f"known: {', '.join(DISTORTIONS)}")
-        if not self.levels or any(lv not in LEVELS for lv in self.levels):
-            raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {self.levels}")
-        if self.test_size < 0 or (self.test_size >= 1 and self.test_size != int(self.test_size)):
-            raise ValueError(f"test_size must be a fraction in [0, 1) or a whole count, "
-                             f"got {self.test_size}")
-        if self.variants < 1 or self.min_objects < 1 or self.min_box_side < 1:
-            raise ValueError("variants, min_objects and min_box_side must be >= 1")
-        if not 0 < self.max_box_fraction <= 1:
-            raise ValueError(f"max_box_fraction must be in (0, 1], got {self.max_box_fraction}")
-        words = set(default_prompts().class_words)
-        bad = {DISTORTIONS[t] for t in self.types or DISTORTIONS} - words
-        if bad:  # the answer must be a word the prompt offers
-            raise ValueError(f"distortion classes {sorted(bad)} are not conf class_words")
-
-    def draw(self, seed: int, attempt: int = 0) -> tuple[str, int]:
-        """A (type, level): class uniform over the allowed ones, type uniform in it, level
-        uniform; `attempt` > 0 gives the redraws for a distortion that changed nothing."""
-        by_class: dict[str, list[str]] = {}
-        for t in self.types or tuple(DISTORTIONS):
-            by_class.setdefault(DISTORTIONS[t], []).append(t)
-        classes = [c for c in default_prompts().class_words if c in by_class]
-        rng = np.random.default_rng([seed, attempt])
-        types = by_class[classes[rng.integers(len(classes))]]
-        return types[rng.integers(len(types))], int(self.levels[rng.integers(len(self.levels))])
-
-
-@dataclass(frozen=True)
-class Job:
-    """One distorted image (and its four samples)."""
-
-    job_id: str
-    file_name: str
-    obj: SourceObject
-    candidates: tuple[str, ...]
-    distortion: str
-    level: int
-    seed: int
-    split: str = "train"
-
-
-def _hash_int(*parts: object) -> int:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def plan_jobs(sources: Iterable[SourceImage], settings: Settings) -> list[Job]:
-    """The distorted images to make, each with its drawn (or pinned) type and level."""
-    jobs = []
-    for src in sources:
-        for obj in src.objects:
-            for v in range(settings.variants):
-                job_id = f"{slug(src.file_name)}-o{obj.index}-v{v}"
-                seed = _hash_int(settings.seed, job_id) % 2**31
-                name, level = settings.draw(seed)
-                jobs.append(Job(job_id, src.file_name, obj, src.candidates,
-                                obj.distortion or name, obj.level or level, seed))
-    return jobs
-
-
-def assign_splits(jobs: list[Job], test_size: float, seed: int) -> list[Job]:
-    """Mark test jobs: per-class quotas by largest remainder, picked by a seeded hash."""
-    n = len(jobs)
-    n_test = round(test_size * n) if test_size < 1 else int(test_size)
-    if n and n_test >= n:
-        raise ValueError(f"test_size={test_size:g} asks for {n_test} test images but only {n} "
-                         "distorted images are planned; pass a fraction such as 0.1")
-    counts = Counter(DISTORTIONS[j.distortion] for j in jobs)
-    exact = {c: n_test * k / n for c, k in counts.items()} if n else {}
-    quota = {c: math.floor(x) for c, x in exact.items()}
-    for c in sorted(exact, key=lambda c: (quota[c] - exact[c], c))[:n_test - sum(quota.values())]:
-        quota[c] += 1
-    test_ids: set[str] = set()
-    for c in counts:
-        members = sorted((j for j in jobs if DISTORTIONS[j.distortion] == c),
-                         key=lambda j: _hash_int(seed, "split", j.job_id))
-        test_ids.update(j.job_id for j in members[:quota[c]])
-    return [replace(j, split="test" if j.job_id in test_ids else "train") for j in jobs]
-
-
-def make_samples(job: Job, reference: str, distorted: str, image_size: tuple[int, int],
-                 dataset: str) -> list[dict[str, Any]]:
-    """The four Stage-1 samples of one distorted image (paths as the manifest writes them)."""
-    cls = DISTORTIONS[job.distortion]
-    meta = {"source_image": job.file_name, "object": job.obj.name, "object_index": job.obj.index,
-            "objects": list(job.candidates), "distortion": job.distortion, "class": cls,
-            "level": job.level, "seed": job.seed, "job_id": job.job_id}
-    return stage1_samples(job.job_id, job.obj.name, list(job.candidates), cls, job.level,
-                          list(job.obj.box), reference, distorted, list(image_size), dataset,
-                          job.split, meta)
-
 
 _CTX: dict[str, Any] = {}  # per-process settings of the workers (set by _init_worker)
 
@@ -236,22 +118,16 @@ def _scan(src: SourceImage) -> tuple[str, str | None, str | None]:
 
 
 def _distort(image: np.ndarray, job: Job) -> tuple[Job, np.ndarray | None]:
-    """Distort the job's box; redraw (up to MAX_DRAWS) while the box barely changes.
-
-    A stand-in for the paper's human check that every distortion is perceptible: e.g. a
-    saturation change on a grey photo or brightening a white object changes nothing.
-    A type and level pinned by the annotation are kept as they are.
-    """
+    """Distort the job's box; redraw (up to MAX_DRAWS) while the box barely changes, the
+    stand-in for the paper's check that the distortion is perceptible (perception_plan)."""
     settings: Settings = _CTX["settings"]
     x1, y1, x2, y2 = job.obj.box
     for attempt in range(1, MAX_DRAWS + 1):
         out = distort_region(image, job.obj.box, job.distortion, job.level, seed=job.seed)
         change = np.abs(out[y1:y2, x1:x2].astype(np.int16) - image[y1:y2, x1:x2]).mean()
-        pinned = job.obj.distortion is not None and job.obj.level is not None
-        if change >= settings.min_change or pinned:
+        if change >= settings.min_change or job.pinned:
             return job, out
-        name, level = settings.draw(job.seed, attempt)
-        job = replace(job, distortion=job.obj.distortion or name, level=job.obj.level or level)
+        job = redraw(job, settings, attempt)
     return job, None
 
 
@@ -361,14 +237,9 @@ def build_perception(images_dir: str | Path, annotations: str | Path, out_dir: s
         usable = [s for s in sources if checked[s.file_name][0] is None]
         jobs = assign_splits(plan_jobs(usable, settings), settings.test_size, settings.seed)
         done = {split: existing_ids(out_dir / name) for split, name in MANIFESTS.items()}
-        todo: dict[str, list[Job]] = {}
-        for job in jobs:
-            other = "test" if job.split == "train" else "train"
-            if any(i in done[other] for i in stage1_ids(job.job_id)):
-                raise ValueError(f"{job.job_id} is in the {other} manifest but now planned for "
-                                 f"{job.split}: the inputs changed; build into a new folder")
-            if not all(i in done[job.split] for i in stage1_ids(job.job_id)):
-                todo.setdefault(job.file_name, []).append(job)
+        todo: dict[str, list[Job]] = {}  # one task per source image: it is decoded once
+        for job in jobs_to_do(jobs, done):
+            todo.setdefault(job.file_name, []).append(job)
         by_name = {s.file_name: s for s in usable}
         tasks = [(by_name[name], js) for name, js in todo.items()]
         t_build, written = time.perf_counter(), 0
@@ -402,10 +273,14 @@ def build_perception(images_dir: str | Path, annotations: str | Path, out_dir: s
     return summary
 
 
+# The command's help: this module's text (input, filters, output), then the planning rules.
+_HELP = "\n\n".join(doc.split("\n\n", 1)[1] for doc in (__doc__, perception_plan.__doc__))
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m synth.perception",
                                 description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
+                                epilog=_HELP,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", required=True, type=Path, help="folder of the source photos")
     p.add_argument("--annotations", required=True, type=Path, help="COCO-style JSON file")

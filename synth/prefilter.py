@@ -38,9 +38,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-LEVELS = (1, 2, 3, 4, 5)
-
-MIN_SIDE = 32  # images smaller than this are bad input (issue 4)
+# The library's own bounds: a photo it cannot distort, or a level it does not have, is
+# skipped here with a reason instead of failing every distortion of that item later.
+from synth.distortions import LEVELS, MIN_SIDE
 
 QualityFilter = Callable[[np.ndarray], "str | None"]
 

@@ -14,10 +14,9 @@ The result is an ordinary Hugging Face model directory that transformers and vLL
 they are. It is cached under `cache_dir/tiny-<hash of the settings>`; a build writes to a
 temporary folder and renames it, so an interrupted build never looks complete.
 
-A random model never writes the answer template, so RL would see zero reward. The
-optional cold start (`warmup_steps`, used by `conf=tiny`) is a short supervised warm-up on
-template-following answers — the "cold start" of R1-style recipes — added by
-`synth.cold_start` when that module is given samples.
+A random model never writes the answer template, so RL would see zero reward: `conf=tiny`
+uses this model after a short supervised warm-up on template-following answers (the "cold
+start" of R1-style recipes, learner/cold_start.py).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,10 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def model_dir(cfg):
-    from evals.engines import resolve_eval_model
+    from learner.checkpoint import resolve_model_path
 
-    return resolve_eval_model(cfg)   # "tiny": the model conf=tiny trains
+    # "tiny": the model conf=tiny trains
+    return resolve_model_path(cfg.model.path, cfg.model.cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +48,33 @@ def mini():
 
 
 @pytest.fixture(scope="module")
-def engines(cfg, model_dir):
-    import ray
-
+def engines(ray_cluster, cfg, model_dir):
     from evals.engines import EvalEngines
 
-    # "local": a cluster of our own, even when another one was started with `ray start`.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    started = EvalEngines.start(cfg, model_dir, need_scorer=True, batch_size=8)
+    started = EvalEngines.start(cfg, model_dir, engines=True, scorer=True, batch_size=8)
     yield started
     started.shutdown()
-    ray.shutdown()
 
 
 def _in_unit_range(value, low=-1.0, high=1.0):
     return value is None or (math.isfinite(value) and low - 1e-9 <= value <= high + 1e-9)
 
 
+# The answer syntax of conf/prompts.yaml, written out here rather than taken from rewards/,
+# so that the checks below do not agree with the evaluation by construction.
+_PLAIN_SCORE = re.compile(r"[ \t\r\n]*Score:[ \t\r\n]*([0-9]+(?:\.[0-9]+)?)[ \t\r\n]*")
+
+
+def _answer_block(text):
+    """The inside of the one "[answer]...[/answer]" block of `text`, else None."""
+    if text.count("[answer]") != 1 or text.count("[/answer]") != 1:
+        return None
+    start, end = text.index("[answer]") + len("[answer]"), text.index("[/answer]")
+    return text[start:end] if end >= start else None
+
+
 def test_scoring_eval_writes_reports_with_numbers_in_range(engines, mini, tmp_path):
-    from evals.scoring_eval import evaluate_scoring, numeric_score
+    from evals.scoring_eval import evaluate_scoring
 
     out = tmp_path / "scoring"
     payload = evaluate_scoring(engines, [mini["stage2_test"]], out,
@@ -77,6 +87,7 @@ def test_scoring_eval_writes_reports_with_numbers_in_range(engines, mini, tmp_pa
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     n = dataset["n"]
     assert n == len(records) == 11   # the mini stage-2 test split
+    plain_answers = 0
     for mode in ("no_think", "think"):
         for inference in ("numeric", "prob"):
             r = dataset["results"][mode][inference]
@@ -87,15 +98,26 @@ def test_scoring_eval_writes_reports_with_numbers_in_range(engines, mini, tmp_pa
             # Failures are exactly the records without a value: none was filled in.
             values = [rec[f"{mode}_{inference}"] for rec in records]
             assert sum(v is None for v in values) == r["n_failed"]
-        # A numeric value is what the answer text says, nothing else.
+        # A numeric value is what the answer says: a plain "Score: 3.7" block reads as
+        # 3.7, an answer without a block or without "Score:" reads as nothing.
         for rec in records:
-            assert rec[f"{mode}_numeric"] == numeric_score(rec[f"{mode}_text"])
-    # Think Eq. 8 is read after the model's own score prefix: missing prefix = failure.
-    from actors.scoring_actor import cut_after_score_prefix
-
+            block = _answer_block(rec[f"{mode}_text"])
+            plain = None if block is None else _PLAIN_SCORE.fullmatch(block)
+            if plain is not None:
+                plain_answers += 1
+                assert rec[f"{mode}_numeric"] == float(plain.group(1)), rec[f"{mode}_text"]
+            elif block is None or "Score:" not in block:
+                assert rec[f"{mode}_numeric"] is None, rec[f"{mode}_text"]
+    assert plain_answers > 0, "no answer to check the numeric score on"
+    # Think Eq. 8 is read after the score prefix inside the model's own answer block:
+    # without one the image is a failure, with one it has a value.
+    with_prefix = 0
     for rec in records:
-        has_prefix = cut_after_score_prefix(rec["think_text"]) is not None
-        assert (rec["think_prob"] is not None) == has_prefix
+        block = _answer_block(rec["think_text"])
+        has_prefix = block is not None and "Score:" in block
+        with_prefix += has_prefix
+        assert (rec["think_prob"] is not None) == has_prefix, rec["think_text"]
+    assert with_prefix > 0, "no think answer with a score prefix to read Eq. 8 after"
     # No-think Eq. 8 is read after the fixed prefix: a score for every image, in [0.5, 4.5].
     prob = [rec["no_think_prob"] for rec in records]
     assert all(p is not None and 0.5 <= p <= 4.5 for p in prob)

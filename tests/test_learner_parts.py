@@ -24,7 +24,6 @@ from learner.experience import (
     plan_micro_batches,
     split_for_ranks,
 )
-from learner.weight_push import iter_gathered_buckets, make_transport, plan_buckets, state_tensors
 
 # -- DeepSpeed config ---------------------------------------------------------------------
 
@@ -100,16 +99,15 @@ def test_plan_uses_every_sequence_once_and_equal_micro_counts(lengths, world, mi
 
 
 def _group(prompt, completions, with_image=False):
-    pixels = torch.arange(8, dtype=torch.float32).reshape(2, 4) if with_image else None
-    grid = torch.tensor([[1, 2, 1]]) if with_image else None
-    return PromptGroup(prompt, pixels, grid, [Completion(*c) for c in completions])
+    sample = {"id": "s", "task": "score", "images": ["/data/a.png"]} if with_image else None
+    return PromptGroup(sample, "no_think", prompt, [Completion(*c) for c in completions])
 
 
 def test_collate_pads_right_and_aligns_completion_positions():
     image_token = 12
     samples = [
-        SequenceSample([5, 6, 7], [8, 9], [-0.1, -0.2], 1.5, None, None),
-        SequenceSample([5, 12, 12, 7], [3], [-0.3], -0.5, None, None),
+        SequenceSample([5, 6, 7], [8, 9], [-0.1, -0.2], 1.5),
+        SequenceSample([5, 12, 12, 7], [3], [-0.3], -0.5),
     ]
     batch = collate(samples, pad_token_id=0, image_token_id=image_token)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 12, 12, 7, 3]]
@@ -124,25 +122,34 @@ def test_collate_pads_right_and_aligns_completion_positions():
     assert batch["mm_token_type_ids"].tolist() == [[0] * 5, [0, 1, 1, 0, 0]]
     assert "pixel_values" not in batch
 
-    short = SequenceSample([5, 6], [7], [-1.0], 0.0, None, None)
+    short = SequenceSample([5, 6], [7], [-1.0], 0.0)
     padded = collate([samples[0], short], pad_token_id=0)
     assert padded["input_ids"][1].tolist() == [5, 6, 7, 0, 0]
     assert padded["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]
 
 
-def test_collate_repeats_each_sequences_image_in_order():
+def test_collate_concatenates_each_sequences_image_inputs_in_order():
+    # Two sequences of one prompt: the image inputs the learner built for the prompt are
+    # repeated per sequence, in sequence order (the model pairs image features with
+    # image tokens in order).
     groups = [_group([1, 12], [([2], [-1.0], 1.0), ([3], [-1.0], 0.0)], with_image=True)]
     samples = flatten_groups(groups)
-    batch = collate(samples, pad_token_id=0, image_token_id=12)
+    assert [s.sample["id"] for s in samples] == ["s", "s"] and samples[0].mode == "no_think"
+    pixels = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    grid = torch.tensor([[1, 2, 1]])
+    batch = collate(samples, pad_token_id=0, image_token_id=12,
+                    vision=[(pixels, grid), (pixels + 100, grid)])
     assert batch["pixel_values"].shape == (4, 4)
+    assert batch["pixel_values"][2, 0].item() == 100.0   # the second sequence's first row
     assert batch["image_grid_thw"].tolist() == [[1, 2, 1], [1, 2, 1]]
+    with pytest.raises(ValueError, match="1 image inputs for 2 sequences"):
+        collate(samples, pad_token_id=0, vision=[(pixels, grid)])
 
 
-def test_mixed_image_and_text_micro_batch_is_refused():
-    samples = flatten_groups([_group([1], [([2], [-1.0], 1.0)], with_image=True),
-                              _group([1], [([2], [-1.0], 1.0)])])
-    with pytest.raises(ValueError, match="mixes sequences with and without images"):
-        collate(samples, pad_token_id=0)
+def test_mixed_image_and_text_groups_are_refused():
+    with pytest.raises(ValueError, match="1 of 2 prompt groups have a sample with images"):
+        flatten_groups([_group([1], [([2], [-1.0], 1.0)], with_image=True),
+                        _group([1], [([2], [-1.0], 1.0)])])
 
 
 @pytest.mark.parametrize(
@@ -153,8 +160,8 @@ def test_mixed_image_and_text_micro_batch_is_refused():
         (_group([1], [([2], [-1.0], float("inf"))]), "advantage is not finite"),
         (_group([], [([2], [-1.0], 1.0)]), "empty prompt_ids"),
         (_group([1], []), "no completions"),
-        (PromptGroup([1], torch.zeros(1, 4), None, [Completion([2], [-1.0], 1.0)]),
-         "both be given"),
+        (PromptGroup({"id": "x", "images": []}, "think", [1], [Completion([2], [-1.0], 1.0)]),
+         "lists no images"),
     ],
 )
 def test_malformed_experience_names_the_group_and_completion(group, message):
@@ -171,47 +178,6 @@ def test_loss_units_and_split_for_ranks():
     per_rank = split_for_ranks(samples, world_size=2, micro_batch_size=4)
     assert [len(r) for r in per_rank] == [1, 1]
     assert sorted(i for r in per_rank for m in r for i in m.indices) == [0, 1]
-
-
-# -- weight buckets -----------------------------------------------------------------------
-
-
-def test_plan_buckets_never_splits_a_tensor():
-    sizes = [("a", 4), ("b", 4), ("c", 10), ("d", 1), ("e", 2)]
-    assert plan_buckets(sizes, 8) == [["a", "b"], ["c"], ["d", "e"]]
-    with pytest.raises(ValueError, match="positive"):
-        plan_buckets(sizes, 0)
-
-
-class _Tied(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = torch.nn.Embedding(5, 3)
-        self.head = torch.nn.Linear(3, 5, bias=False)
-        self.head.weight = self.embed.weight  # tied, as some LMs tie lm_head
-        self.norm = torch.nn.LayerNorm(3)
-        self.register_buffer("scale", torch.ones(3))
-
-
-def test_buckets_cover_every_state_dict_key_including_tied_and_buffers():
-    module = _Tied()
-    names = [n for n, _ in state_tensors(module)]
-    assert names == list(module.state_dict())
-    buckets = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=True))
-    merged = {k: v for b in buckets for k, v in b.items()}
-    assert merged.keys() == module.state_dict().keys()
-    assert len(buckets) > 1 and all(len(b) >= 1 for b in buckets)
-    torch.testing.assert_close(merged["head.weight"], module.embed.weight.detach())
-    others = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=False))
-    assert len(others) == len(buckets) and all(b == {} for b in others)
-
-
-def test_transport_choice():
-    assert type(make_transport("object_store")).__name__ == "ObjectStoreTransport"
-    with pytest.raises(NotImplementedError, match="object_store"):
-        make_transport("nccl")
-    with pytest.raises(ValueError, match="unknown"):
-        make_transport("carrier_pigeon")
 
 
 # -- checkpoint files ---------------------------------------------------------------------

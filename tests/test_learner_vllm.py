@@ -3,8 +3,8 @@
 Real vLLM engine, real DeepSpeed learner (ZeRO-2, one rank) on the tiny model:
 1. the learner's logprobs of the engine's own rollouts equal the engine's sampled-token
    logprobs (float32: within 1e-4), so "old logprobs from the engines" is sound;
-2. after one update and a push, the engine's teacher-forced logprobs equal the learner's
-   new ones (and moved away from the old ones);
+2. after one update and a WeightSync publish, the engine's teacher-forced logprobs equal
+   the learner's new ones (and moved away from the old ones);
 3. the learner's Hugging Face export loads in a fresh vLLM engine as it is and gives the
    learner's logprobs.
 """
@@ -22,44 +22,36 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tmp_path_factory):
-    from actors.engine_group import EngineGroup
-    from actors.prompting import PromptBuilder
-    from actors.vllm_engine import settings_from_config
+def setup(ray_cluster, tiny_model_dir, tmp_path_factory):
+    from actors.launcher import start_vllm_actors
     from conf import load_config
     from learner.group import LearnerGroup
-    from synth.manifest import read_manifest, resolve_images
+    from synth.manifest import load_samples
     from synth.mini_dataset import build_mini_dataset
+    from weight_sync.sync import WeightSync
 
     cfg = load_config("tiny", ["learner.zero_stage=2", "rollout.max_new_tokens=16",
                                "rollout.n=2"])
     mini = build_mini_dataset(TEST_CACHE / "mini")
-    samples = [{**s, "images": [str(p) for p in resolve_images(s, mini["stage2_train"])]}
-               for s in read_manifest(mini["stage2_train"])[:2]]
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    samples = load_samples(mini["stage2_train"])[:2]
     path = str(tiny_model_dir)
-    engines = EngineGroup.from_config(cfg, settings_from_config(cfg, path))
+    sync = WeightSync()
+    engines, _ = start_vllm_actors(cfg, path, sync, scorer=False)
     learners = LearnerGroup(cfg, total_steps=4, model_path=path)
-    builder = PromptBuilder(path, cfg.model.min_pixels, cfg.model.max_pixels)
-    yield cfg, engines, learners, builder, samples, tmp_path_factory.mktemp("export")
+    yield cfg, engines, learners, sync, samples, tmp_path_factory.mktemp("export")
     learners.shutdown()
     engines.shutdown()
-    ray.shutdown()
 
 
-def _groups(builder, samples, rollouts, advantages):
+def _groups(samples, rollouts, advantages):
+    """What the experience maker sends: sample references and the engine's prompt ids
+    (the learner builds the image inputs and checks it gets the same prompt ids)."""
     from learner.experience import Completion, PromptGroup
 
-    groups = []
-    for sample, pr, adv in zip(samples, rollouts, advantages):
-        inputs = builder.learner_inputs(sample, "think")
-        assert inputs["prompt_ids"] == pr.prompt_token_ids
-        groups.append(PromptGroup(
-            prompt_ids=inputs["prompt_ids"], pixel_values=inputs["pixel_values"],
-            image_grid_thw=inputs["image_grid_thw"],
-            completions=[Completion(r.token_ids, r.logprobs, a)
-                         for r, a in zip(pr.rollouts, adv)]))
-    return groups
+    return [PromptGroup(sample, "think", pr.prompt_token_ids,
+                        [Completion(r.token_ids, r.logprobs, a)
+                         for r, a in zip(pr.rollouts, adv)])
+            for sample, pr, adv in zip(samples, rollouts, advantages)]
 
 
 def _flat(nested):
@@ -67,24 +59,26 @@ def _flat(nested):
 
 
 def test_learner_engine_and_export_agree(setup):
-    from actors.vllm_engine import settings_from_config, start_rollout_engine, wait_ready
+    from actors.engine_host import wait_ready
+    from actors.engine_settings import settings_from_config
+    from actors.rollout_engine import start_rollout_engine
 
-    cfg, engines, learners, builder, samples, export_root = setup
+    cfg, engines, learners, sync, samples, export_root = setup
     sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 16}
     # The engine's first real batch: a fresh CPU engine's very first batch can be ~0.07 off
-    # for one sequence, which the engine's own warm-up request absorbs (vllm_engine.py).
+    # for one sequence, which the engine's own warm-up request absorbs (engine_host.py).
     rollouts = engines.generate(samples, "think", 2, sampling)
 
     # 1. old logprobs: engine == learner on the same weights.
-    groups = _groups(builder, samples, rollouts, [[1.0, -1.0], [0.5, -0.5]])
+    groups = _groups(samples, rollouts, [[1.0, -1.0], [0.5, -0.5]])
     engine_old = np.array([x for pr in rollouts for r in pr.rollouts for x in r.logprobs])
     learner_old = _flat(learners.compute_logprobs(groups))
     np.testing.assert_allclose(learner_old, engine_old, atol=TOL)
 
-    # 2. one update, one push: the engine follows the learner.
+    # 2. one update, one publish: the engine follows the learner.
     learners.step(groups)
-    learners.push_weights(engines.handles, version=1)
-    engines.expect_version(1)
+    sync.publish(learners)
+    assert engines.versions() == [1]
     learner_new = _flat(learners.compute_logprobs(groups))
     assert np.abs(learner_new - learner_old).max() > 1e-3   # the update moved the policy
     completions = [[r.token_ids for r in pr.rollouts] for pr in rollouts]
@@ -93,6 +87,12 @@ def test_learner_engine_and_export_agree(setup):
     engine_new = ray.get(engines.handles[0].completion_logprobs.remote(
         flat_samples, "think", flat_completions))
     np.testing.assert_allclose(np.concatenate(engine_new), learner_new, atol=TOL)
+
+    # A prompt whose ids differ from what the learner builds is refused, not trained on.
+    bad = _groups(samples[:1], rollouts[:1], [[1.0, -1.0]])
+    bad[0].prompt_ids = bad[0].prompt_ids[:-1] + [bad[0].prompt_ids[-1] + 1]
+    with pytest.raises(ray.exceptions.RayTaskError, match="prompt building is out of sync"):
+        learners.compute_logprobs(bad)
 
     # 3. the export loads in a fresh vLLM engine as it is and gives the same numbers.
     export = learners.export_hf(export_root / "export")

@@ -1,4 +1,5 @@
-"""The perception builder (synth.perception) and its input side (synth.prefilter)."""
+"""The perception builder (synth.perception), its planning (synth.perception_plan) and its input
+side (synth.prefilter)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from conf.prompts import severity_word
 from synth import DISTORTIONS
 from synth.manifest import read_manifest, resolve_images
 from synth.mini_dataset import ASSET, load_photos
-from synth.perception import Job, Settings, assign_splits, build_perception, main, plan_jobs
+from synth.perception import build_perception, main
+from synth.perception_plan import Job, Settings, assign_splits, plan_jobs
 from synth.prefilter import (
     SourceImage,
     SourceObject,

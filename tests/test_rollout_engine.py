@@ -2,7 +2,8 @@
 
 Checks the promises the learner relies on: rollouts in input order, prompt token ids equal
 to the HF processor's (the same token sequence), old logprobs equal to transformers' own,
-no image placeholder inside a completion, and a batch that survives an engine's death.
+no image placeholder inside a completion, and, through WeightSync (the loop's own path), a
+batch that survives an engine's death and a rollout from a restarted engine never used.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 
 from actors.engine_group import EngineGroup, split_evenly
 from actors.prompting import PromptBuilder
-from actors.vllm_engine import strip_tokens
+from actors.rollout_engine import strip_tokens
 from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
+from weight_sync.sync import WeightSync
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -30,13 +32,11 @@ def model_dir(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def group(tiny_engine_settings):
-    settings = tiny_engine_settings
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    engines = EngineGroup(settings, num_engines=2, num_cpus=1, max_restarts=2)
+def group(ray_cluster, tiny_engine_settings):
+    engines = EngineGroup(tiny_engine_settings, num_engines=2, num_cpus=1, max_restarts=2,
+                          sync=WeightSync())
     yield engines
     engines.shutdown()
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,8 @@ def test_strip_tokens():
 
 
 def test_actors_are_named_for_the_dashboard(group):
-    assert [ray.get_actor(f"rollout-engine-{i}") is not None for i in range(2)] == [True, True]
+    assert [ray.get_actor(f"rollout-engine-{i}") for i in range(2)] == group.handles
+    assert list(group.sync.receivers) == ["rollout-engine-0", "rollout-engine-1"]
     # CPU slots 0 and 1: each engine's threads on a core of its own.
     assert [info["cores"] for info in group.info] == [[0], [1]]
 
@@ -157,26 +158,52 @@ def scaled_weights(model_dir, factor):
     return {n: t.detach() * factor for n, t in model.state_dict().items()}
 
 
-def test_group_update_weights(group, model_dir):
-    reports = group.update_weights(1, [ray.put(scaled_weights(model_dir, 1.01))])
-    assert [r["version"] for r in reports] == [1, 1] and group.versions() == [1, 1]
+class StatePublisher:
+    """Stands in for LearnerGroup.publish_weights (the DeepSpeed learners have their own
+    tests): one bucket of a fixed state dict, put in the object store as rank 0 does."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def publish_weights(self):
+        return [ray.put(self.state)], {"bytes": 1.0}
+
+
+def test_publish_reaches_every_engine(group, model_dir):
+    report = group.sync.publish(StatePublisher(scaled_weights(model_dir, 1.01)))
+    assert report["unreachable"] == 0 and report["buckets"] == 1
+    assert group.sync.version == 1 and group.versions() == [1, 1]
 
 
 def test_batch_survives_an_engine_death(group, samples, model_dir):
-    # The learner pushes straight to the handles (not through the group), as launch.py does.
-    refs = [ray.put(scaled_weights(model_dir, 1.02))]
-    ray.get([h.update_weights.remote(2, refs) for h in group.handles])
+    group.sync.publish(StatePublisher(scaled_weights(model_dir, 1.02)))
+    assert group.versions() == [2, 2]
     old_pid = group.info[1]["pid"]
+    counts = dict(group.sync.counts)
     batch = samples * 2
     pending = group.submit(batch, "no_think", 8, SAMPLING)
     ray.kill(group.handles[1], no_restart=False)   # Ray restarts it; its chunk is lost
     results = pending.result()
     assert [r.sample_id for r in results] == [s["id"] for s in batch]
     assert all(len(r.rollouts) == 8 for r in results)
-    # The restarted engine came back with the model's files, was given version 2 again
-    # (found on its live peer), and only then redid its chunk.
+    # The restarted engine came back with the model's files; WeightSync replayed version 2
+    # from the driver's handles, and only then was its chunk redone.
     assert all(r.weights_version == 2 for r in results)
-    assert group.metrics["resends"] >= 1 and group.metrics["restarts"] >= 1
-    assert group.metrics["weight_replays"] >= 1
-    assert group.info[1]["pid"] != old_pid
+    assert group.metrics["resends"] >= 1
+    assert group.sync.counts["restarts"] == counts["restarts"] + 1
+    assert group.sync.counts["replays"] == counts["replays"] + 1
+    new_pid = ray.get(group.handles[1].ready.remote())["pid"]
+    assert new_pid != old_pid
+    assert group.versions() == [2, 2]
+
+
+def test_restart_between_calls_is_caught_by_the_version(group, samples):
+    # Killed while idle: the next call reaches a restarted engine that answers with the
+    # model's initial weights (version 0). Its rollouts are refused as stale, the weights
+    # replayed and the chunk redone.
+    ray.kill(group.handles[0], no_restart=False)
+    replays = group.sync.counts["replays"]
+    results = group.generate(samples[:2], "no_think", 2, SAMPLING)
+    assert all(r.weights_version == 2 for r in results)
+    assert group.sync.counts["replays"] == replays + 1
     assert group.versions() == [2, 2]

@@ -1,9 +1,10 @@
 """ScoringActor: teacher-forced digit probabilities (Eqs. 2-4, 8) against transformers.
 
 The reference tokenizes each whole teacher-forced string with the HF processor and reads
-the softmax of a float32 transformers forward pass; the actor goes through vLLM. They must
-agree within 1e-4 per probability (the issue's bound) and 1e-3 relative (the tiny random
-model's digit probabilities are about 1e-3, so the absolute bound alone says little).
+the softmax of a float32 transformers forward pass; the actor goes through vLLM, from the
+rollouts' token ids. They must agree within 1e-4 per probability (the issue's bound) and
+1e-3 relative (the tiny random model's digit probabilities are about 1e-3, so the absolute
+bound alone says little).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 import pytest
 import torch
 
+from actors.engine_host import wait_ready
 from actors.prompting import PromptBuilder
-from actors.scoring_actor import cut_after_score_prefix, start_scoring_actor
-from actors.vllm_engine import wait_ready
+from actors.scoring_actor import ids_through_score_prefix, start_scoring_actor
 from conf.prompts import default_prompts
+from rewards import score_prefix_end
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -36,18 +38,27 @@ def model_dir(tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def scorer(tiny_engine_settings):
-    settings = tiny_engine_settings
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    handle = start_scoring_actor(settings, num_cpus=1, pd_digits=2, cpu_slot=0)
+def scorer(ray_cluster, tiny_engine_settings):
+    handle = start_scoring_actor(tiny_engine_settings, num_cpus=1, pd_digits=2, cpu_slot=0)
     wait_ready([handle], 600)
     yield handle
-    ray.shutdown()
+    ray.kill(handle, no_restart=True)
 
 
 @pytest.fixture(scope="module")
 def builder(model_dir):
     return PromptBuilder(model_dir, 56 * 56, 224 * 224)
+
+
+@pytest.fixture(scope="module")
+def ids(builder):
+    """The rollouts as the engine returns them: token ids (the tiny tokenizer's own)."""
+    return [builder.encode(text) for text in ROLLOUTS]
+
+
+def cut(text):
+    """The rollout text through its score prefix (the reference's continuation)."""
+    return text[:score_prefix_end(text)]
 
 
 @pytest.fixture(scope="module")
@@ -94,36 +105,62 @@ def assert_probs_close(actual, expected):
         assert abs(a - e) < 1e-4 and abs(a - e) < 1e-3 * e, (actual, expected)
 
 
-def test_cut_after_score_prefix():
-    expected = "[think]Sharp fur, soft light.[/think][answer]Score:"
-    assert cut_after_score_prefix(ROLLOUTS[0]) == expected
-    assert cut_after_score_prefix(ROLLOUTS[1]).endswith("[answer]Score:")
-    assert cut_after_score_prefix(ROLLOUTS[2]) is None
-    assert cut_after_score_prefix(ROLLOUTS[3]) is None
-    # A "Score:" inside the think block does not count; the one in the answer does.
-    text = "[think]Score: maybe 2[/think][answer]Score:3.1[/answer]"
-    assert cut_after_score_prefix(text) == text[:text.rindex(":") + 1]
+class CharTokenizer:
+    """One token per character, except that ":3" is one token (id 1000): a tokenizer that
+    merges the score prefix with the digit after it."""
+
+    MERGED = {1000: ":3"}
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.MERGED.get(i, chr(i)) for i in ids)
+
+    def encode(self, text):
+        out, i = [], 0
+        while i < len(text):
+            if text.startswith(":3", i):
+                out.append(1000)
+                i += 2
+            else:
+                out.append(ord(text[i]))
+                i += 1
+        return out
 
 
-def test_pd_scores_equal_transformers(scorer, builder, hf_model, sample):
-    (scores,) = ray.get(scorer.pd_scores.remote([sample], [ROLLOUTS]))
+def test_cut_keeps_the_rollouts_own_ids():
+    tok = CharTokenizer()
+    text = "[think]Score: maybe 2[/think][answer]Score:4.1[/answer]"
+    ids = tok.encode(text)
+    # The "Score:" inside the think does not count; the one in the answer does.
+    head, reencoded = ids_through_score_prefix(tok, tok.encode, ids)
+    assert head == ids[:text.rindex(":") + 1] and not reencoded
+    # ":3" is one token: the cut keeps every token before it and encodes only the ":".
+    merged = "[answer]Score:3.2[/answer]"
+    head, reencoded = ids_through_score_prefix(tok, tok.encode, tok.encode(merged))
+    assert reencoded and tok.decode(head) == "[answer]Score:"
+    assert head[:-1] == tok.encode("[answer]Score") and head[-1] == ord(":")
+    assert ids_through_score_prefix(tok, tok.encode, tok.encode(ROLLOUTS[2])) is None
+    assert ids_through_score_prefix(tok, tok.encode, tok.encode(ROLLOUTS[3])) is None
+
+
+def test_pd_scores_equal_transformers(scorer, builder, hf_model, sample, ids):
+    (scores,) = ray.get(scorer.pd_scores.remote([sample], [ids]))
     p = default_prompts()
     assert scores.gt == "3.7" and scores.sample_id == "coffee" and scores.weights_version == 0
     assert_probs_close(scores.z_ref, hf_digit_probs(
         hf_model, builder, sample, "no_think", p.no_think_prefix + p.score_spacing))
     for text, z in zip(ROLLOUTS[:2], scores.z_think[:2]):
         expected = hf_digit_probs(hf_model, builder, sample, "think",
-                                  cut_after_score_prefix(text) + p.score_spacing)
+                                  cut(text) + p.score_spacing)
         assert_probs_close(z, expected)
     assert scores.z_think[2] is None and scores.z_think[3] is None
     # The two think rollouts differ in their text, so their z differ (not a copy of z_ref).
     assert scores.z_think[0] != scores.z_think[1] != scores.z_ref
 
 
-def test_digit_distribution_equals_transformers(scorer, builder, hf_model, sample):
+def test_digit_distribution_equals_transformers(scorer, builder, hf_model, sample, ids):
     p = default_prompts()
     prefix = p.no_think_prefix + p.score_spacing
-    (dist,) = ray.get(scorer.digit_distribution.remote([sample], "no_think"))
+    (dist,) = ray.get(scorer.digit_distribution.remote([sample], "no_think")).probs
     probs, _ = hf_next_token_probs(hf_model, builder, sample, "no_think", prefix)
     digit_ids = [builder.encode(d)[0] for d in "0123456789"]
     assert_probs_close(dist, probs[-1, digit_ids].tolist())
@@ -131,22 +168,23 @@ def test_digit_distribution_equals_transformers(scorer, builder, hf_model, sampl
     assert 0 < sum(dist) < 1
     # The tenths position after "3." holds z_ref's second digit ("7" of "3.7").
     (tenths,) = ray.get(scorer.digit_distribution.remote([sample], "no_think",
-                                                         digits_before="3."))
+                                                         digits_before="3.")).probs
     (scores,) = ray.get(scorer.pd_scores.remote([sample], [[]]))
     assert tenths[7] == pytest.approx(scores.z_ref[1], rel=1e-6)
-    # Think mode reads each rollout's own text; no score prefix, no distribution.
+    # Think mode reads each rollout's own ids; no score prefix, no distribution.
     think = ray.get(scorer.digit_distribution.remote([sample, sample], "think",
-                                                     [ROLLOUTS[0], ROLLOUTS[2]]))
+                                                     [ids[0], ids[2]])).probs
     probs, _ = hf_next_token_probs(hf_model, builder, sample, "think",
-                                   cut_after_score_prefix(ROLLOUTS[0]) + p.score_spacing)
+                                   cut(ROLLOUTS[0]) + p.score_spacing)
     assert_probs_close(think[0], probs[-1, digit_ids].tolist())
     assert think[1] is None
 
 
-def test_z_ref_is_cached_per_image_and_weights_version(scorer, builder, hf_model, sample):
-    first = ray.get(scorer.pd_scores.remote([sample], [ROLLOUTS[:1]]))[0]
+def test_z_ref_is_cached_per_image_and_weights_version(scorer, builder, hf_model, sample,
+                                                       ids):
+    first = ray.get(scorer.pd_scores.remote([sample], [ids[:1]]))[0]
     info = ray.get(scorer.cache_info.remote())
-    again = ray.get(scorer.pd_scores.remote([sample], [ROLLOUTS[:1]]))[0]
+    again = ray.get(scorer.pd_scores.remote([sample], [ids[:1]]))[0]
     after = ray.get(scorer.cache_info.remote())
     assert after["hits"] == info["hits"] + 1 and after["misses"] == info["misses"]
     assert again.z_ref == first.z_ref
@@ -157,7 +195,7 @@ def test_z_ref_is_cached_per_image_and_weights_version(scorer, builder, hf_model
             param.add_(0.05 * torch.randn(param.shape, generator=gen))
     refs = [ray.put({n: t.detach().clone() for n, t in hf_model.state_dict().items()})]
     assert ray.get(scorer.update_weights.remote(1, refs))["version"] == 1
-    new = ray.get(scorer.pd_scores.remote([sample], [ROLLOUTS[:1]]))[0]
+    new = ray.get(scorer.pd_scores.remote([sample], [ids[:1]]))[0]
     final = ray.get(scorer.cache_info.remote())
     assert final["version"] == 1 and final["misses"] == after["misses"] + 1
     assert new.weights_version == 1 and new.z_ref != first.z_ref
@@ -166,11 +204,12 @@ def test_z_ref_is_cached_per_image_and_weights_version(scorer, builder, hf_model
         hf_model, builder, sample, "no_think", p.no_think_prefix + p.score_spacing))
 
 
-def test_bad_requests_are_refused(scorer, sample):
+def test_bad_requests_are_refused(scorer, sample, ids):
     with pytest.raises(ValueError, match="has no 'mos'"):
-        ray.get(scorer.pd_scores.remote([{**sample, "mos": None}], [ROLLOUTS]))
-    with pytest.raises(ValueError, match="one rollout text per sample"):
+        ray.get(scorer.pd_scores.remote([{**sample, "mos": None}], [ids]))
+    with pytest.raises(ValueError, match="one rollout"):
         ray.get(scorer.digit_distribution.remote([sample], "think"))
     with pytest.raises(ValueError, match="1 samples but 2 rollout lists"):
-        ray.get(scorer.pd_scores.remote([sample], [ROLLOUTS, ROLLOUTS]))
+        ray.get(scorer.pd_scores.remote([sample], [ids, ids]))
+    assert ray.get(scorer.cache_info.remote())["boundary_reencoded"] == 0
     assert math.isfinite(ray.get(scorer.pd_scores.remote([sample], [[]]))[0].z_ref[0])

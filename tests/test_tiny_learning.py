@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 
+from driver import metrics as M
 from tests.conftest import REPO, TEST_CACHE
 
 pytestmark = pytest.mark.slow
@@ -31,9 +32,9 @@ def test_tiny_stage2_reward_rises(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text()
                .splitlines()]
-    final = [r["reward/final_mean"] for r in records]
+    final = [r[M.SCORE.name("mean")] for r in records]
     assert len(final) == 30
     first, last = np.mean(final[:10]), np.mean(final[-10:])
     assert last > first + 0.15, (first, last, final)
-    fmt = [r["reward/format_mean"] for r in records]
+    fmt = [r[M.REWARD_FORMAT.name("mean")] for r in records]
     assert np.mean(fmt[-10:]) > np.mean(fmt[:10])

@@ -13,6 +13,9 @@ from PIL import Image
 
 from synth.distortions.registry import LEVELS, TYPES, DistortionType, type_stream_key
 
+# The smallest side of an accepted image. The operations run on any size (a region may be
+# tiny), but a whole image narrower than the widest context they read (JPEG 2000: 32 px)
+# is mostly border to them; the perception builder skips smaller photos by this bound.
 MIN_SIDE = 32
 
 

@@ -1,4 +1,4 @@
-"""Receiving weights: buckets from a transformers model into a running vLLM engine.
+"""weight_sync.receiver in a running vLLM engine: buckets from a transformers model in.
 
 The consistency test RL systems live by: after an update, the engine's logprobs of a fixed
 prompt + completion equal the transformers model's own (float32), and differ from before.
@@ -12,9 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from actors.engine_host import wait_ready
 from actors.prompting import PromptBuilder
-from actors.vllm_engine import start_rollout_engine, wait_ready
-from actors.weights import StaleWeightsError, WeightUpdateError, stage_buckets, weight_spec
+from actors.rollout_engine import start_rollout_engine
+from weight_sync.receiver import StaleWeightsError, WeightUpdateError, stage_buckets, weight_spec
+from weight_sync.transport import ObjectStoreTransport
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -34,16 +36,16 @@ def settings(tiny_engine_settings):
 
 
 @pytest.fixture(scope="module")
-def engines(settings):
+def engines(ray_cluster, settings):
     """An in-process engine (conf=tiny's mode) and a multiprocess one, started together."""
     from dataclasses import replace
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     handles = [start_rollout_engine(settings, 0, num_cpus=1),
                start_rollout_engine(replace(settings, multiprocessing=True), 1, num_cpus=1)]
     wait_ready(handles, 600)
     yield handles
-    ray.shutdown()
+    for handle in handles:
+        ray.kill(handle, no_restart=True)
 
 
 @pytest.fixture(scope="module")
@@ -213,17 +215,15 @@ def test_bad_push_leaves_the_engine_at_its_version(engine, case, model_dir, dama
 
 
 def test_repeated_tensor_and_empty_push_are_refused(model_dir, engine):
-    # ObjectStoreSource needs Ray (started by the engine fixture).
-    from actors.weights import ObjectStoreSource
-
+    # The object-store transport needs Ray (started by the engine fixture).
     spec = weight_spec(model_dir)
     state = load_hf(model_dir).state_dict()
     name = next(iter(state))
     refs = [ray.put(dict(state)), ray.put({name: state[name]})]
     with pytest.raises(WeightUpdateError, match=f"{name} was already sent"):
-        stage_buckets(refs, spec, ObjectStoreSource())
+        stage_buckets(refs, spec, ObjectStoreTransport())
     with pytest.raises(WeightUpdateError, match="at least one bucket"):
-        stage_buckets([], spec, ObjectStoreSource())
+        stage_buckets([], spec, ObjectStoreTransport())
 
 
 def test_multiprocess_engine_loads_weights(engines, builder, case, model_dir):

@@ -1,9 +1,10 @@
 """Draw a run's training curves to PNG from its metrics.jsonl, without wandb.
 
-    python -m evals.plot outputs/RUN_NAME            # writes outputs/RUN_NAME/plots/*.png
+    python -m driver.plots outputs/RUN_NAME           # writes outputs/RUN_NAME/plots/*.png
 
-One figure per group: rewards (final and each component), reward std, lengths (completion
-and think), the no-think answer accuracy (the paper's Fig. 5 right) and the policy loss.
+One figure per panel of driver.metrics.PANELS: rewards (final and each component), reward
+std, lengths (completion and think), the think and no-think answer accuracy (the paper's
+Fig. 5 right) and the policy loss.
 """
 
 from __future__ import annotations
@@ -13,15 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-PANELS = {
-    "rewards": ["reward/final_mean", "reward/format_mean", "reward/answer_mean",
-                "reward/pd_mean", "reward/choice_mean", "reward/iou_mean"],
-    "reward_std": ["reward/final_std", "reward/group_all_tied_frac",
-                   "reward/group_none_qualified_frac"],
-    "lengths": ["response_length/mean", "think_length/mean", "response_length/clip_ratio"],
-    "accuracy": ["eval/no_think_answer_acc", "eval/think_answer_acc"],
-    "loss": ["actor/pg_loss", "actor/pg_clipfrac", "actor/grad_norm"],
-}
+from driver.metrics import PANELS, STEP
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -53,8 +46,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     for panel, keys in PANELS.items():
         series = {}
         for key in keys:
-            points = [(r["step"], r[key]) for r in records
-                      if isinstance(r.get(key), (int, float)) and "step" in r]
+            points = [(r[STEP], r[key]) for r in records
+                      if isinstance(r.get(key), (int, float)) and STEP in r]
             if points:
                 series[key] = points
         if not series:

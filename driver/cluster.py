@@ -43,26 +43,43 @@ def connect(cfg: Any, log_to_driver: bool = True) -> dict:
     return dict(ray.cluster_resources())
 
 
-def requested(cfg: Any) -> dict[str, float]:
-    """CPU and GPU that the actor groups of this config ask Ray for."""
+def _with_scorer(cfg: Any, scorer: bool | None) -> bool:
+    # Training starts the scoring actor in Stage-2 only (Stage-1 has no PD reward).
+    return int(cfg.stage) == 2 if scorer is None else bool(scorer)
+
+
+def requested(cfg: Any, engines: bool = True, scorer: bool | None = None,
+              learners: bool = True) -> dict[str, float]:
+    """CPU and GPU that the named actor groups ask Ray for (scorer None: as training)."""
     r, s, learner = cfg.rollout, cfg.scoring, cfg.learner
-    scoring = int(cfg.stage) == 2   # Stage-1 has no PD reward, so no scoring actor
-    cpu = r.num_engines * r.num_cpus_per_engine + learner.num_learners * learner.num_cpus
-    gpu = r.num_engines * r.num_gpus_per_engine + learner.num_learners * learner.num_gpus
-    if scoring:
+    cpu = gpu = 0.0
+    if engines:
+        cpu += r.num_engines * r.num_cpus_per_engine
+        gpu += r.num_engines * r.num_gpus_per_engine
+    if learners:
+        cpu += learner.num_learners * learner.num_cpus
+        gpu += learner.num_learners * learner.num_gpus
+    if _with_scorer(cfg, scorer):
         cpu, gpu = cpu + s.num_cpus, gpu + s.num_gpus
     return {"CPU": float(cpu), "GPU": float(gpu)}
 
 
-def check_resources(cfg: Any, available: dict) -> None:
-    """Raise ResourceError when the actor groups cannot all be placed."""
-    need = requested(cfg)
+def check_resources(cfg: Any, available: dict, engines: bool = True,
+                    scorer: bool | None = None, learners: bool = True) -> None:
+    """Raise ResourceError, naming the conf keys to change, when the named actor groups
+    cannot all be placed (Ray would wait for them forever)."""
+    need = requested(cfg, engines, scorer, learners)
     for kind, amount in need.items():
         have = float(available.get(kind, 0.0))
-        if amount > have + 1e-9:
-            raise ResourceError(
-                f"the actors ask for {amount:g} {kind} (rollout.num_engines x "
-                f"rollout.num_{kind.lower()}s_per_engine + learner.num_learners x "
-                f"learner.num_{kind.lower()}s + scoring.num_{kind.lower()}s) but the Ray "
-                f"cluster has {have:g}: lower those values, or start the cluster with more "
-                f"(ray start --num-{kind.lower()}s N, or ray.num_cpus=N for a local one)")
+        if amount <= have + 1e-9:
+            continue
+        k = kind.lower()
+        parts = [f"rollout.num_engines x rollout.num_{k}s_per_engine"] if engines else []
+        parts += [f"learner.num_learners x learner.num_{k}s"] if learners else []
+        parts += [f"scoring.num_{k}s"] if _with_scorer(cfg, scorer) else []
+        hint = (" (on a CPU-only machine use conf tiny, or set those num_gpus keys to 0)"
+                if kind == "GPU" else "")
+        raise ResourceError(
+            f"the actors ask for {amount:g} {kind} ({' + '.join(parts)}) but the Ray cluster "
+            f"has {have:g}: lower those values, or start the cluster with more (ray start "
+            f"--num-{k}s N, or ray.num_cpus=N for a local one){hint}")

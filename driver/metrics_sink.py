@@ -1,11 +1,11 @@
-"""Where the driver's step metrics go: metrics.jsonl (always), wandb (when enabled), Ray.
+"""Where the step metrics go: metrics.jsonl (always), wandb (when enabled), Ray gauges.
 
-The metric names are declared once, here (`STEP_METRICS`), with the names users know from
-verl / TRL where one exists; tests and plots read them from this module. Every step writes
-one JSON line to `<run dir>/metrics.jsonl`; on resume the lines of steps after the
-checkpoint are dropped first, so each step appears once. The same numbers go to wandb
+Names come from the catalogue (driver/metrics.py); a name not declared there is refused.
+Every step writes one JSON line to `<run dir>/metrics.jsonl`; on resume the lines of steps
+after the checkpoint are dropped first (written to a temporary file and renamed, so a crash
+there loses nothing), so each step appears once. The same numbers go to wandb
 (`logging.wandb=true`; `WANDB_MODE=offline` works) and to Ray custom metrics (gauges named
-`refine_iqa_<key>`, shown by the Ray dashboard's metrics view when Prometheus is set up).
+`refine_iqa_<name>`, shown by the Ray dashboard's metrics view when Prometheus is set up).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -20,51 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from driver.metrics import STEP, describe
+
 log = logging.getLogger("refine_iqa")
-
-# key -> meaning. Stage-specific keys are absent from the other stage's steps.
-STEP_METRICS: dict[str, str] = {
-    "step": "training step (1-based)",
-    "epoch": "epoch of the batch",
-    "weights/version": "weights version the rollouts were generated with",
-    "reward/final_mean": "mean final reward (Eq. 5 in Stage-2, format + task in Stage-1)",
-    "reward/final_std": "std of the final reward over all rollouts",
-    "reward/format_mean": "format reward", "reward/format_std": "",
-    "reward/group_none_qualified_frac": "groups where no rollout is qualified (ans == fmt == 1)",
-    "reward/group_all_tied_frac": "groups whose rewards all tie (zero-signal groups)",
-    "adv/mean": "mean advantage", "adv/max": "max advantage",
-    "response_length/mean": "completion tokens", "response_length/max": "",
-    "response_length/clip_ratio": "completions cut at max_new_tokens",
-    "actor/pg_loss": "policy loss", "actor/pg_clipfrac": "clip fraction",
-    "actor/ppo_kl": "approximate KL old -> new", "actor/grad_norm": "gradient norm",
-    "actor/lr": "learning rate",
-    "timing/generate": "s", "timing/score": "s (PD teacher forcing)", "timing/reward": "s",
-    "timing/update": "s", "timing/weight_push": "s", "timing/step": "s",
-    "perf/tokens_per_sec": "completion tokens per second of the whole step",
-    "events/engine_restarts": "rollout engines restarted so far",
-    "data/skipped_samples": "samples skipped so far (unreadable image, bad record)",
-}
-STAGE2_METRICS: dict[str, str] = {
-    "reward/answer_mean": "answer reward (Eq. 1)", "reward/answer_std": "",
-    "reward/pd_mean": "PD reward of qualified rollouts (Eqs. 2-4)", "reward/pd_std": "",
-    "think_length/mean": "think tokens (characters / 4 when untokenised)",
-    "think_length/max": "",
-}
-STAGE1_METRICS: dict[str, str] = {
-    "reward/choice_mean": "multi-choice reward of the choice samples",
-    "reward/iou_mean": "grounding IoU reward of the grounding samples",
-}
-# Logged every eval.nothink_acc_every steps (the paper's Fig. 5, right).
-PERIODIC_METRICS: dict[str, str] = {
-    "eval/no_think_answer_acc": "answer accuracy of greedy no-think answers on the batch",
-    "eval/think_answer_acc": "answer accuracy of the think rollouts of the same batch",
-}
-
-
-def required_keys(stage: int) -> list[str]:
-    """The keys every step of a stage writes."""
-    extra = STAGE2_METRICS if stage == 2 else STAGE1_METRICS
-    return list(STEP_METRICS) + list(extra)
 
 
 def _finite(value: Any) -> Any:
@@ -94,11 +53,16 @@ class MetricsLogger:
         kept = []
         for line in self.path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
+                if json.loads(line).get(STEP, 0) <= step:
                     kept.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash mid-write
-        self.path.write_text("".join(k + "\n" for k in kept))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w") as handle:
+            handle.write("".join(k + "\n" for k in kept))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
 
     @staticmethod
     def _start_wandb(run_dir: Path, config: Mapping[str, Any], project: str):
@@ -116,12 +80,14 @@ class MetricsLogger:
             from ray.util.metrics import Gauge
 
             name = "refine_iqa_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
-            self._gauges[key] = Gauge(name, description=STEP_METRICS.get(key, key))
+            self._gauges[key] = Gauge(name, description=describe(key))
         return self._gauges[key]
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
-        """Record one step's metrics everywhere."""
-        record = {"step": step, "time": time.time(),
+        """Record one step's metrics everywhere; KeyError for an undeclared name."""
+        for key in metrics:
+            describe(key)
+        record = {STEP: step, "time": time.time(),
                   **{k: _finite(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

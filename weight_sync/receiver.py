@@ -1,10 +1,10 @@
-"""The receiving side of weight updates: buckets in, validated, loaded, versioned.
+"""The receiving end of a weight update: buckets in, validated, loaded, versioned.
 
-The learner (learner/weight_push.py) calls `update_weights(version, bucket_handles)` on
-every rollout engine and on the scoring actor. With the Ray object store transport each
-handle is an ObjectRef resolving to dict[str, torch.Tensor] of CPU tensors named as in a
-transformers state dict (model.visual.*, model.language_model.*, lm_head.*). Another
-transport (NCCL, CUDA IPC) plugs in as another `BucketSource`; the engines do not change.
+WeightSync (weight_sync/sync.py) calls `update_weights(version, bucket_handles)` on every
+rollout engine and on the scoring actor; each of them holds one `WeightReceiver`, which
+turns the handles into tensors through the transport's `fetch` (weight_sync/transport.py).
+Tensors are named as in a transformers state dict (model.visual.*, model.language_model.*,
+lm_head.*).
 
 An update is all or nothing:
 1. the version must be above the current one (a stale or repeated push is refused);
@@ -25,9 +25,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+
+from weight_sync.transport import ObjectStoreTransport, Transport
 
 MAX_LISTED = 5  # names quoted in an error message
 
@@ -89,21 +91,6 @@ def weight_spec(model_path: str, trust_remote_code: bool = False) -> WeightSpec:
                       optional=frozenset(set(state) - owned))
 
 
-class BucketSource(Protocol):
-    """Turns one bucket handle into its tensors (the transport's receiving end)."""
-
-    def fetch(self, handle: Any) -> Mapping[str, torch.Tensor]: ...
-
-
-class ObjectStoreSource:
-    """Buckets as Ray ObjectRefs (learner.weight_push.ObjectStoreTransport)."""
-
-    def fetch(self, handle: Any) -> Mapping[str, torch.Tensor]:
-        import ray
-
-        return ray.get(handle)
-
-
 @dataclass
 class StagedWeights:
     """Validated tensors of one push, in arrival order."""
@@ -151,7 +138,7 @@ def check_bucket(bucket: Any, index: int, spec: WeightSpec, seen: set[str]) -> i
 
 
 def stage_buckets(handles: Sequence[Any], spec: WeightSpec,
-                  source: BucketSource) -> StagedWeights:
+                  source: Transport) -> StagedWeights:
     """Fetch and check every bucket; raise WeightUpdateError before anything is loaded."""
     if not handles:
         raise WeightUpdateError("a weight push needs at least one bucket")
@@ -182,11 +169,11 @@ class WeightReceiver:
     """
 
     def __init__(self, spec: WeightSpec, load: Loader, load_initial: Callable[[], None],
-                 source: BucketSource | None = None):
+                 source: Transport | None = None):
         self.spec = spec
         self._load = load
         self._load_initial = load_initial
-        self.source = source or ObjectStoreSource()
+        self.source = source or ObjectStoreTransport()
         self.version = 0
         self.broken: str | None = None
         self._last_good: list[Any] = []   # handles of the loaded version (empty: files)

@@ -139,17 +139,14 @@ def _max_pixels(model_dir: Path) -> int:
 def cold_start(base_dir: str | Path, manifests: list[str | Path], cache_dir: str | Path,
                settings: ColdStartSettings | None = None) -> Path:
     """A copy of `base_dir` warmed up on the manifests' samples (cached); returns its path."""
-    from synth.manifest import read_manifest, resolve_images
+    from synth.manifest import load_samples
 
     settings = settings or ColdStartSettings()
     base_dir, manifests = Path(base_dir), [Path(m) for m in manifests]
     final = Path(cache_dir) / f"{base_dir.name}-cold-{_key(base_dir, manifests, settings)}"
     if (final / "COMPLETE").is_file():
         return final
-    samples = []
-    for manifest in manifests:
-        for sample in read_manifest(manifest):
-            samples.append({**sample, "images": [str(p) for p in resolve_images(sample, manifest)]})
+    samples = [s for manifest in manifests for s in load_samples(manifest)]
     if not samples:
         raise ValueError(f"no samples in {manifests} to warm up on")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -189,8 +186,3 @@ def embedded_model(cache_dir: str | Path) -> Path:
     mini = build_mini_dataset(Path(cache_dir) / "mini")
     base = build_tiny_model(cache_dir)
     return cold_start(base, [mini["stage2_train"], mini["stage1_train"]], cache_dir)
-
-
-def resolve_model_path(path: str, cache_dir: str | Path) -> str:
-    """conf `model.path`: "tiny" is the embedded model (built or reused); else as given."""
-    return str(embedded_model(cache_dir)) if str(path) == "tiny" else str(path)

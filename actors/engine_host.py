@@ -1,0 +1,172 @@
+"""EngineHost: one vLLM engine inside a Ray actor, with its prompt builder and weights.
+
+`EngineHost` holds what every vLLM-backed actor needs (the engine, the prompt builder, the
+weight receiver, CPU thread binding); `RolloutEngine` (actors/rollout_engine.py) adds
+generation and `ScoringActor` (actors/scoring_actor.py) teacher forcing. Everything
+vLLM-specific happens inside the actor process: environment variables are set before
+vLLM is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from actors.engine_settings import EngineSettings, cpu_cores_for, engine_env
+from actors.prompting import PromptBuilder
+from weight_sync.receiver import WeightReceiver, weight_spec
+from weight_sync.transport import make_transport
+
+
+class EngineHost:
+    """A vLLM engine with its prompt builder and weight receiver (one per actor process)."""
+
+    role = "engine"
+
+    def __init__(self, settings: EngineSettings):
+        self.settings = settings
+        self.cores = self._bind_cpu() if not settings.use_gpu else None
+        os.environ.update(engine_env(settings, self.cores))
+        from vllm import LLM
+
+        self.builder = PromptBuilder(settings.model_path, settings.min_pixels,
+                                     settings.max_pixels, settings.prompts,
+                                     settings.trust_remote_code)
+        kwargs: dict[str, Any] = {}
+        if settings.use_gpu:
+            kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        self.llm = LLM(
+            model=settings.model_path, dtype=settings.dtype,
+            max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
+            tensor_parallel_size=settings.tensor_parallel_size, seed=settings.seed,
+            trust_remote_code=settings.trust_remote_code, enable_prefix_caching=True,
+            worker_extension_cls="actors.worker_extension.WeightLoadExtension",
+            limit_mm_per_prompt={"image": settings.max_images_per_prompt},
+            mm_processor_kwargs={"min_pixels": settings.min_pixels,
+                                 "max_pixels": settings.max_pixels},
+            **kwargs)
+        self.receiver = WeightReceiver(
+            weight_spec(settings.model_path, settings.trust_remote_code),
+            load=self._load_weights, load_initial=self._load_initial_weights,
+            source=make_transport(settings.weights_transport))
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throw-away image request before any real one.
+
+        Seen on the CPU build: the first batch of a fresh engine can return logprobs up to
+        ~0.07 off for one of its sequences, later batches agree with transformers to 1e-6.
+        Rollout logprobs are the learner's old logprobs, so the first real batch must not
+        be that one (tests/test_learner_vllm.py checks a fresh engine's first batch).
+        """
+        import numpy as np
+        from PIL import Image
+        from vllm import SamplingParams
+
+        pixels = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+        sample = {"id": "warm-up", "task": "score", "images": [Image.fromarray(pixels)]}
+        self.llm.generate([self.builder.prepare(sample, "no_think").engine_input()],
+                          SamplingParams(n=2, max_tokens=4, logprobs=0), use_tqdm=False)
+        self._reset_caches()
+
+    def _bind_cpu(self) -> list[int] | None:
+        """Pin this process (and the OpenMP threads it starts) to its slot's cores."""
+        import torch
+
+        if self.settings.cpu_slot is None:
+            return None
+        cores = cpu_cores_for(self.settings.cpu_slot, self.settings.num_threads,
+                              sorted(os.sched_getaffinity(0)))
+        os.sched_setaffinity(0, cores)
+        # In-process mode vLLM binds nothing itself; set the pool size before vLLM's CPU
+        # worker disables torch.set_num_threads.
+        torch.set_num_threads(len(cores))
+        return cores
+
+    # --- weights -------------------------------------------------------------------
+    def _reset_caches(self) -> None:
+        # Without the encoder-cache reset the engine dies with "Encoder cache miss".
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset its prefix cache (requests in flight?)")
+
+    def _load_weights(self, tensors: list[tuple[str, Any]]) -> None:
+        if self.settings.multiprocessing:
+            # Tensors cannot cross into vLLM's worker process as RPC arguments; bytes can.
+            from safetensors.torch import save as save_blob
+
+            parts: list[Any] = [save_blob({n: t.detach().contiguous().clone() for n, t in
+                                           tensors})]
+        else:
+            parts = [tensors]
+        self.llm.collective_rpc("load_weight_parts", args=(parts,))
+        self._reset_caches()
+
+    def _load_initial_weights(self) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"is_checkpoint_format": True})
+        self._reset_caches()
+
+    def update_weights(self, version: int, bucket_refs: list[Any]) -> dict:
+        """Load a weight push (weight_sync/receiver.py: all or nothing, versions increase)."""
+        return self.receiver.update(version, bucket_refs)
+
+    def weights_version(self) -> int:
+        """The version of the loaded weights (0 = the model's files)."""
+        return self.receiver.version
+
+    def ready(self) -> dict:
+        """Liveness and identity: role, pid, bound cores, weights version."""
+        return {"role": self.role, "pid": os.getpid(), "cores": self.cores,
+                "version": self.receiver.version}
+
+    # --- engine calls ----------------------------------------------------------------
+    def _run(self, prompts: list[dict], params: Any) -> list[Any]:
+        self.receiver.assert_usable()
+        return self.llm.generate(prompts, params, use_tqdm=False)
+
+    def completion_logprobs(self, samples: list[dict], mode: str,
+                            completions: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced logprob of every token of each completion after its prompt."""
+        from vllm import SamplingParams
+
+        if len(samples) != len(completions):
+            raise ValueError(f"{len(samples)} samples but {len(completions)} completions")
+        prompts = [self.builder.prepare(s, mode).engine_input(c)
+                   for s, c in zip(samples, completions)]
+        outs = self._run(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0))
+        result = []
+        for out, completion in zip(outs, completions):
+            tail = out.prompt_logprobs[len(out.prompt_logprobs) - len(completion):]
+            result.append([entry[tok].logprob for entry, tok in zip(tail, completion)])
+        return result
+
+
+def start_engine_actor(cls: type, settings: EngineSettings, name: str, num_cpus: float,
+                       num_gpus: float = 0.0, max_restarts: int = 4, **kwargs: Any) -> Any:
+    """Start `cls` (an EngineHost subclass) as a named Ray actor; returns its handle.
+
+    `max_restarts` lets Ray bring a dead engine back (WeightSync replays its weights, the
+    caller redoes its work); task retries stay off so that no call reaches a restarted
+    engine before its weights are.
+    """
+    import ray
+
+    return ray.remote(cls).options(
+        name=name, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+        max_task_retries=0, max_concurrency=1).remote(settings, **kwargs)
+
+
+def wait_ready(handles: list[Any], timeout_s: float) -> list[dict]:
+    """ready() of every handle, or a clear error when Ray cannot place them in time."""
+    import ray
+
+    start = time.perf_counter()
+    try:
+        return ray.get([h.ready.remote() for h in handles], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"{len(handles)} engine actor(s) not ready after {time.perf_counter() - start:.0f}s."
+            " Ray may lack the CPUs/GPUs they ask for (check `ray status`; on a small "
+            "machine use fractional num_cpus or start Ray with more logical CPUs)") from None

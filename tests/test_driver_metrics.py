@@ -1,0 +1,101 @@
+"""driver.metrics (the one catalogue of names) and driver.metrics_sink (metrics.jsonl,
+real wandb in offline mode, the think-collapse watch)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from driver import metrics as M
+from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
+from tests.conftest import REPO
+
+
+def test_logger_writes_jsonl_and_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    mean = M.SCORE.name("mean")
+    logger = MetricsLogger(tmp_path, {"a": 1}, use_wandb=True, project="refine-iqa-test")
+    for step in (1, 2, 3):
+        logger.log(step, {mean: step / 10, M.GRAD_NORM: float("nan")})
+    summary = dict(logger.wandb_run.summary)
+    logger.close()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r[M.STEP] for r in records] == [1, 2, 3]
+    assert records[-1][M.GRAD_NORM] is None               # NaN is "not measured"
+    assert summary[mean] == pytest.approx(0.3)            # wandb got the same keys
+    # A resumed run (checkpoint at step 2) drops the lines it will redo, and no temporary
+    # file is left behind by the atomic rewrite.
+    again = MetricsLogger(tmp_path, {}, use_wandb=False, project="x", resume_from_step=2)
+    again.log(3, {mean: 0.5})
+    again.close()
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r[M.STEP] for r in records] == [1, 2, 3] and records[-1][mean] == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
+
+
+def test_logger_refuses_an_undeclared_name(tmp_path):
+    logger = MetricsLogger(tmp_path, {}, use_wandb=False, project="x")
+    with pytest.raises(KeyError, match="not declared in driver/metrics.py"):
+        logger.log(1, {"reward/final_mean": 1.0})   # the name before the catalogue
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_family_statistics_on_hand_values():
+    # [1, 2, 4]: mean 7/3, population std sqrt(((4/3)^2 + (1/3)^2 + (5/3)^2) / 3).
+    out = M.SCORE([1.0, 2.0, 4.0])
+    assert out == pytest.approx({"critic/score/mean": 7 / 3, "critic/score/max": 4.0,
+                                 "critic/score/min": 1.0,
+                                 "critic/score/std": (42 / 27) ** 0.5})
+    with pytest.raises(ValueError, match="no values"):
+        M.ADVANTAGES([])
+    with pytest.raises(KeyError, match="has no 'std'"):
+        M.ADVANTAGES.name("std")
+
+
+def test_throughput_is_verls_definition():
+    # verl: perf/throughput = total tokens / (step seconds x GPUs); 1 on a CPU-only run.
+    assert M.throughput(1200, 2.0, 4)[M.THROUGHPUT] == 150.0
+    assert M.throughput(1200, 2.0, 0)[M.THROUGHPUT] == 600.0
+
+
+def test_stage_keys_follow_when_each_is_written():
+    one, two = set(M.required_keys(1)), set(M.required_keys(2))
+    stage_only = {m.name for m in M.CATALOGUE.values() if m.when in ("stage1", "stage2")}
+    periodic = {m.name for m in M.CATALOGUE.values() if m.when == "periodic"}
+    assert one & two == set(M.CATALOGUE) - stage_only - periodic
+    assert not (one | two) & periodic
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
+def test_no_module_spells_a_metric_name_out():
+    # Names with a "/" are unmistakable; the producers must import them from the catalogue
+    # so that a rename cannot leave a stale copy behind. Tests and the catalogue itself
+    # are exempt. Prefixes of families count too (e.g. "critic/score").
+    names = {n for n in M.CATALOGUE if "/" in n}
+    names |= {n.rsplit("/", 1)[0] for n in names if n.count("/") == 2}
+    offenders = []
+    for path in sorted(REPO.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if rel.parts[0] in (".venv", "tests", ".cache", "outputs") or rel == Path(
+                "driver/metrics.py"):
+            continue
+        offenders += [f"{rel}:{line}: {value!r}" for line, value in _string_constants(path)
+                      if value in names]
+    assert offenders == []
+
+
+def test_think_collapse_watch_fires_once():
+    watch = ThinkCollapseWatch(fraction=0.5, warmup=3)
+    assert [watch.update(x) for x in (100, 110, 90)] == [None, None, None]  # early mean 100
+    assert watch.update(60) is None
+    assert "think collapse" in watch.update(40)
+    assert watch.update(10) is None

@@ -1,0 +1,132 @@
+"""WeightSync on a real Ray cluster, with light receivers (no vLLM: the engines' own
+receiving end is tests/test_weight_sync_receiver.py, the full path with vLLM engines
+tests/test_rollout_engine.py and tests/test_learner_vllm.py).
+
+A receiver here is a Ray actor that keeps the version and the sum of the tensors it was
+sent, and answers `measure()` with that sum tagged with its weights version: enough to
+tell a stale answer from a current one. Ray restarts it with version 0, as it does a
+vLLM engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from weight_sync.sync import StaleResultError, WeightSync, result_versions
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+# The workers cannot import this test module: ship its classes by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@dataclass
+class Measured:
+    total: float
+    weights_version: int
+
+
+class Receiver:
+    def __init__(self):
+        self.version, self.total = 0, 0.0
+
+    def update_weights(self, version, handles):
+        if version <= self.version:
+            raise ValueError(f"stale push {version} <= {self.version}")
+        self.total = float(sum(t.sum() for h in handles for t in ray.get(h).values()))
+        self.version = version
+        return {"version": version}
+
+    def ready(self):
+        return {"version": self.version, "pid": os.getpid()}
+
+    def measure(self):
+        return Measured(self.total, self.version)
+
+    def measure_list(self):
+        return [Measured(self.total, self.version)] * 2
+
+
+class Learners:
+    """Publishes one bucket holding a tensor of `value`s, as LearnerGroup.publish_weights."""
+
+    def __init__(self):
+        self.value = 0.0
+
+    def publish_weights(self):
+        self.value += 1.0
+        return [ray.put({"w": torch.full((4,), self.value)})], {"bytes": 16.0}
+
+
+@pytest.fixture(scope="module")
+def actors(ray_cluster):
+    remote = ray.remote(Receiver).options(num_cpus=0.1, max_restarts=2, max_task_retries=0)
+    handles = {name: remote.remote() for name in ("engine-a", "engine-b", "scorer")}
+    ray.get([h.ready.remote() for h in handles.values()])
+    yield handles
+    for h in handles.values():
+        ray.kill(h, no_restart=True)
+
+
+def test_result_versions_reads_objects_and_lists():
+    assert result_versions(Measured(1.0, 3)) == [3]
+    assert result_versions([Measured(1.0, 3), Measured(2.0, 4)]) == [3, 4]
+    with pytest.raises(TypeError, match="carries no weights_version"):
+        result_versions({"x": 1})
+
+
+def test_publish_versions_and_delivers_to_every_receiver(actors):
+    sync, learners = WeightSync(ready_timeout_s=60), Learners()
+    for name, handle in actors.items():
+        sync.register(name, handle)
+    report = sync.publish(learners)
+    assert sync.version == 1 and report["buckets"] == 1 and report["bytes"] == 16.0
+    assert [ray.get(h.measure.remote()) for h in actors.values()] == [Measured(4.0, 1)] * 3
+    sync.publish(learners)
+    assert sync.version == 2
+    assert sync.call("scorer", "measure") == Measured(8.0, 2)
+    assert sync.call("scorer", "measure_list") == [Measured(8.0, 2)] * 2
+    assert sync.state() == {"version": 2}
+
+
+def test_a_restarted_receiver_is_replayed_and_its_stale_answer_redone(actors):
+    sync, learners = WeightSync(ready_timeout_s=60), Learners()
+    for name, handle in actors.items():
+        sync.register(name, handle)
+    sync.restore(learners, 5)   # receivers may hold older versions from another test
+    assert sync.version == 5
+    pid = ray.get(actors["scorer"].ready.remote())["pid"]
+    ray.kill(actors["scorer"], no_restart=False)   # Ray restarts it with version 0
+    # The call reaches either the dead actor or the restarted one (version 0): both are
+    # brought to version 5 from the driver's handles and the call redone.
+    assert sync.call("scorer", "measure") == Measured(4.0, 5)
+    assert ray.get(actors["scorer"].ready.remote())["pid"] != pid
+    assert sync.counts["replays"] == 1 and sync.counts["redos"] == 1
+
+
+def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
+    sync, learners = WeightSync(ready_timeout_s=60), Learners()
+    for name, handle in actors.items():
+        sync.register(name, handle)
+    sync.restore(learners, 10)
+    ray.kill(actors["engine-b"], no_restart=False)
+    report = sync.publish(learners)              # version 11; engine-b is restarting
+    assert sync.version == 11
+    if report["unreachable"]:                    # the push met the actor while it was down
+        assert sync.counts["unreachable"] == 1
+    info = sync.bring_current("engine-b", StaleResultError("checked by the test"))
+    assert ray.get(actors["engine-b"].measure.remote()) == Measured(8.0, 11)
+    assert info["version"] in (0, 11)
+
+
+def test_restore_refuses_to_go_back(actors):
+    sync, learners = WeightSync(ready_timeout_s=60), Learners()
+    sync.register("engine-a", actors["engine-a"])
+    sync.restore(learners, 20)
+    with pytest.raises(ValueError, match="version 20 is already out"):
+        sync.restore(learners, 19)

@@ -1,0 +1,51 @@
+"""weight_sync.buckets and weight_sync.transport: the sending end's pure parts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from weight_sync.buckets import iter_gathered_buckets, plan_buckets, state_tensors
+from weight_sync.transport import TRANSPORTS, make_transport
+
+
+def test_plan_buckets_never_splits_a_tensor():
+    sizes = [("a", 4), ("b", 4), ("c", 10), ("d", 1), ("e", 2)]
+    assert plan_buckets(sizes, 8) == [["a", "b"], ["c"], ["d", "e"]]
+    with pytest.raises(ValueError, match="positive"):
+        plan_buckets(sizes, 0)
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.embed.weight  # tied, as some LMs tie lm_head
+        self.norm = torch.nn.LayerNorm(3)
+        self.register_buffer("scale", torch.ones(3))
+
+
+def test_buckets_cover_every_state_dict_key_including_tied_and_buffers():
+    module = _Tied()
+    names = [n for n, _ in state_tensors(module)]
+    assert names == list(module.state_dict())
+    buckets = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=True))
+    merged = {k: v for b in buckets for k, v in b.items()}
+    assert merged.keys() == module.state_dict().keys()
+    assert len(buckets) > 1 and all(len(b) >= 1 for b in buckets)
+    torch.testing.assert_close(merged["head.weight"], module.embed.weight.detach())
+    others = list(iter_gathered_buckets(module, bucket_bytes=40, zero3=False, keep=False))
+    assert len(others) == len(buckets) and all(b == {} for b in others)
+
+
+def test_transport_choice_is_the_registry():
+    assert type(make_transport("object_store")).__name__ == "ObjectStoreTransport"
+    with pytest.raises(ValueError, match=r"choose one of \['object_store'\]"):
+        make_transport("carrier_pigeon")
+    # The conf loader offers exactly the registry's names.
+    from conf import ConfigError, load_config
+
+    assert list(TRANSPORTS) == ["object_store"]
+    with pytest.raises(ConfigError, match="weights.transport"):
+        load_config("tiny", ["weights.transport=nccl"])

@@ -1,0 +1,159 @@
+"""WeightSync: the one owner of weights versions, on the driver.
+
+    sync = WeightSync()
+    engines = EngineGroup(settings, 2, sync=sync)    # each engine registers as a receiver
+    sync.register("scoring-actor", scorer)
+    sync.publish(learners)                           # the next version, delivered to all
+    engines.generate(...)                            # every rollout's version is checked
+    sync.call("scoring-actor", "pd_scores", ...)     # checked too; a stale result is redone
+
+It takes the buckets from learner rank 0 (`LearnerGroup.publish_weights`), assigns the
+version, delivers it to every receiver, keeps the newest bucket handles, and replays them
+to a receiver that restarted (Ray brings a dead actor back with the model's initial
+weights: version 0). Every result a receiver returns carries the `weights_version` it was
+computed with; a result older than the current version comes from such a restarted
+receiver, so the receiver is brought up to date and the call redone: a stale result is
+never used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class StaleResultError(RuntimeError):
+    """A receiver answered with weights older than the current version."""
+
+
+def result_versions(result: Any) -> list[int]:
+    """The weights versions a receiver's result carries (one object or a list of them)."""
+    items = result if isinstance(result, list) else [result]
+    versions = []
+    for item in items:
+        version = getattr(item, "weights_version", None)
+        if version is None:
+            raise TypeError(f"a {type(item).__name__} carries no weights_version; only "
+                            "results of versioned receiver methods can be checked")
+        versions.append(int(version))
+    return versions
+
+
+class WeightSync:
+    """Versions, newest buckets and receivers (module docstring)."""
+
+    def __init__(self, ready_timeout_s: float = 900.0, max_redos: int = 2) -> None:
+        self.version = 0
+        self.receivers: dict[str, Any] = {}
+        self.ready_timeout_s = ready_timeout_s
+        self.max_redos = max_redos
+        self.counts = {"replays": 0, "redos": 0, "restarts": 0, "unreachable": 0}
+        self._handles: list[Any] = []
+
+    def register(self, name: str, handle: Any) -> None:
+        """Add a receiver (a Ray actor with update_weights / ready); it gets every version."""
+        self.receivers[name] = handle
+
+    # -- versions in ----------------------------------------------------------------
+    def publish(self, learners: Any) -> dict[str, float]:
+        """The learners' current weights become the next version, delivered to every
+        receiver. Returns gather_s, deliver_s, bytes, buckets, unreachable."""
+        return self._install(learners, self.version + 1)
+
+    def restore(self, learners: Any, version: int) -> dict[str, float]:
+        """After a resume: deliver the restored weights under the version they were saved
+        with (the receivers start from the model's files, version 0)."""
+        if int(version) < self.version:
+            raise ValueError(f"cannot restore version {version}: version {self.version} is "
+                             "already out")
+        return self._install(learners, int(version))
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint stores."""
+        return {"version": self.version}
+
+    def _install(self, learners: Any, version: int) -> dict[str, float]:
+        start = time.perf_counter()
+        handles, info = learners.publish_weights()
+        gathered = time.perf_counter()
+        self.version, self._handles = version, list(handles)
+        unreachable = self._deliver(list(self.receivers))
+        return {"gather_s": gathered - start, "deliver_s": time.perf_counter() - gathered,
+                "bytes": float(info.get("bytes", 0.0)), "buckets": float(len(handles)),
+                "unreachable": float(len(unreachable))}
+
+    def _deliver(self, names: list[str]) -> list[str]:
+        import ray
+
+        calls = {name: self.receivers[name].update_weights.remote(self.version, self._handles)
+                 for name in names}
+        unreachable = []
+        for name, call in calls.items():
+            try:
+                ray.get(call)
+            except ray.exceptions.RayActorError:
+                # Dead or restarting: it is brought up to date when it is next used
+                # (bring_current). A refused or failed load raises instead.
+                unreachable.append(name)
+        if calls and len(unreachable) == len(calls):
+            raise RuntimeError(f"no receiver took weights version {self.version}: "
+                               f"{', '.join(unreachable)} are all unreachable")
+        self.counts["unreachable"] += len(unreachable)
+        return unreachable
+
+    # -- versions out ---------------------------------------------------------------
+    def is_current(self, version: int) -> bool:
+        """Whether a result computed with `version` may be used."""
+        return int(version) == self.version
+
+    def bring_current(self, name: str, cause: BaseException) -> dict:
+        """Wait until receiver `name` answers again (Ray restarts a dead actor) and replay
+        the newest weights to it when it is behind; returns its ready() info."""
+        import ray
+
+        handle = self.receivers[name]
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            try:
+                info = ray.get(handle.ready.remote(),
+                               timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ray.exceptions.ActorUnavailableError:
+                time.sleep(1.0)   # restarting: calls are refused for a moment
+            except ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"{name} did not come back within "
+                                   f"{self.ready_timeout_s:.0f} s after: {cause}") from cause
+            except ray.exceptions.RayActorError as dead:
+                raise RuntimeError(f"{name} died and Ray did not restart it (max_restarts "
+                                   f"used up?): {dead}") from cause
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not come back: {cause}") from cause
+        behind = int(info["version"]) < self.version   # versions only rise: a restart
+        if behind or isinstance(cause, ray.exceptions.RayActorError):
+            self.counts["restarts"] += 1
+        if behind:
+            ray.get(handle.update_weights.remote(self.version, self._handles))
+            self.counts["replays"] += 1
+        return info
+
+    def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`ray.get` of a versioned method of receiver `name`; redone (at most max_redos
+        times) after an actor death or a stale version, once the receiver is current."""
+        import ray
+
+        last: BaseException | None = None
+        for _ in range(self.max_redos + 1):
+            try:
+                result = ray.get(getattr(self.receivers[name], method).remote(*args, **kwargs))
+            except ray.exceptions.RayActorError as err:
+                last = err
+            else:
+                stale = [v for v in result_versions(result) if not self.is_current(v)]
+                if not stale:
+                    return result
+                last = StaleResultError(f"{name}.{method} answered with weights version "
+                                        f"{stale[0]}, the current one is {self.version}")
+            self.bring_current(name, last)
+            self.counts["redos"] += 1
+        raise RuntimeError(f"{name}.{method} failed {self.max_redos + 1} times; giving up "
+                           f"(last: {last})") from last
