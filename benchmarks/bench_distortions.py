@@ -1,9 +1,9 @@
 """CPU time of the distortion library: all 36 types x 5 levels on one photo.
 
-The issue's budget: the whole sweep on one 512x512 photo (skimage's astronaut) in under 4 s
+The budget: the whole sweep on one 512x512 photo (skimage's astronaut) in under 4 s
 of CPU time (time.process_time, which counts every thread of the process, OpenCV's
 included). The DepictQA-V2 reference implementation needs about 11.5 s for the same sweep
-on this machine (the issue's figure, most of it skimage's multi-Otsu with 15 classes). One
+on this machine (a figure measured when the budget was set, most of it skimage's multi-Otsu with 15 classes). One
 untimed warm-up call per type on a small image first, so that one-off costs (codec
 plug-ins, OpenCV's first-call set-up) are not charged to whichever type runs first.
 

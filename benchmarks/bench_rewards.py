@@ -1,6 +1,6 @@
 """What scoring one training step's rewards costs, next to the step itself.
 
-The issue's budget: rewards for a Stage-2 step (B = 64 images x G = 8 rollouts of about 300
+The budget: rewards for a Stage-2 step (B = 64 images x G = 8 rollouts of about 300
 tokens) must cost well under 1% of a training step. This times everything rewards/ does in a
 step, the way the loop calls it (rewards/batch.py), on synthetic rollouts with a realistic mix
 of well-formed and broken outputs, and prints each part's median time and the total as a

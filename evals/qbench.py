@@ -243,15 +243,15 @@ def build_selfmade_set(stage2_manifest: str | Path, out_dir: str | Path, seed: i
     import random
 
     from conf.prompts import default_prompts
-    from synth.manifest import read_manifest, resolve_images
+    from synth.manifest import load_samples
 
     rng = random.Random(seed)
     words = list(default_prompts().class_words)
     items = []
-    for s in read_manifest(stage2_manifest):
+    for s in load_samples(stage2_manifest):
         if s["task"] != "score":
             continue
-        image = str(resolve_images(s, stage2_manifest)[-1])
+        image = s["images"][-1]
         level = int(s["meta"].get("level") or 0)
         cls = s["meta"].get("class") if level > 0 else "none"
         distractors = rng.sample([w for w in words if w != cls], 3 if cls == "none" else 2)
