@@ -65,22 +65,17 @@ def prepare_model(cfg) -> str:
         raise ConfigError(f"model.path: {exc}") from None
 
 
-def resolve_manifests(cfg) -> tuple[Path, Path | None]:
-    """(train, test) manifests: the configured ones, or the embedded mini dataset's."""
-    from conf import ConfigError
-
+def manifests(cfg) -> tuple[object, object]:
+    """(train, test) manifests as configured, or the embedded mini dataset's of this stage
+    when `data.train_manifest` is null."""
     train_m, test_m = cfg.data.train_manifest, cfg.data.test_manifest
     if train_m is None:
         from synth.mini_dataset import build_mini_dataset
 
         mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
-        train_m = mini[f"stage{cfg.stage}_train"]
-        test_m = test_m or mini[f"stage{cfg.stage}_test"]
-    for key, path in (("data.train_manifest", train_m), ("data.test_manifest", test_m)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{key}={path} does not exist: build one with synth.perception "
-                              "or synth.iqa_datasets (README), or leave it null for the mini set")
-    return Path(train_m), Path(test_m) if test_m else None
+        train_m = str(mini[f"stage{cfg.stage}_train"])
+        test_m = test_m or str(mini[f"stage{cfg.stage}_test"])
+    return train_m, test_m
 
 
 def total_steps(cfg, steps_per_epoch: int) -> int:
@@ -90,44 +85,84 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
     return int(cfg.train.epochs) * steps_per_epoch
 
 
+def best_metric(cfg) -> str | None:
+    """The val/* name conf `checkpoint.best_metric` selects (None: no best/ export)."""
+    from conf import ConfigError
+    from driver import metrics as M
+
+    name = str(cfg.checkpoint.best_metric)
+    if name == "none":
+        return None
+    if name == "auto":
+        return M.BEST_DEFAULT[int(cfg.stage)]
+    if not name.startswith("val/") or name not in M.CATALOGUE:
+        valid = sorted(n for n in M.CATALOGUE if n.startswith("val/"))
+        raise ConfigError(f"checkpoint.best_metric={name} is not a validation metric; "
+                          f"choose auto, none or one of {valid}")
+    return name
+
+
+def check_resumable(cfg, out: Path, data_id: dict) -> None:
+    """Refuse to resume a run whose data order changed (unless run.resume=force): the
+    newest checkpoint's data fingerprint must be this run's."""
+    from conf import ConfigError
+    from driver.training_data import fingerprint_changes
+    from learner.checkpoint import checkpoint_root, newest_complete, read_trainer_state
+
+    newest = newest_complete(checkpoint_root(out)) if cfg.run.resume else None
+    if newest is None or cfg.run.resume == "force":
+        return
+    changes = fingerprint_changes(read_trainer_state(newest).get("data_fingerprint", {}),
+                                  data_id)
+    if changes:
+        raise ConfigError(f"the data order differs from {newest}'s ({'; '.join(changes)}): "
+                          "resuming would repeat or skip samples. Use another run.name, or "
+                          "run.resume=force to continue anyway")
+
+
 def train(cfg, model_path: str, out: Path) -> None:
-    """The stage loop of DESIGN.md: generate, reward, update, publish weights, log, save."""
+    """The stage loop of DESIGN.md: generate, reward, update, publish weights, validate,
+    log, save."""
     import time
 
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from actors.launcher import start_vllm_actors
-    from conf import ConfigError
     from driver import metrics as M
     from driver.cluster import check_resources, connect, requested
     from driver.data_stream import DataStream
     from driver.experience_maker import ExperienceMaker
     from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
     from driver.plots import plot_run
+    from driver.rollout_log import RolloutLog
+    from driver.training_data import fingerprint, load_training_data
+    from driver.validation import BestCheckpoint, Validator
     from learner.checkpoint import should_save
     from learner.group import LearnerGroup
-    from synth.manifest import load_samples
     from weight_sync.sync import WeightSync
 
     stage2 = int(cfg.stage) == 2
-    train_manifest, _ = resolve_manifests(cfg)
-    try:
-        samples = load_samples(train_manifest)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    data = load_training_data(*manifests(cfg), bool(cfg.data.drop_test_split),
+                              ("score",) if stage2 else ("choice", "grounding"))
     # One optimizer step over batch_size x grad_accum images: the learner weighs every
     # token of them in one update, which is what accumulation over rounds would give.
     per_step = int(cfg.train.batch_size) * int(cfg.train.grad_accum)
-    stream = DataStream(samples, per_step, int(cfg.run.seed), bool(cfg.data.shuffle))
+    stream = DataStream(data.train, per_step, int(cfg.run.seed), bool(cfg.data.shuffle))
     steps = total_steps(cfg, stream.steps_per_epoch)
+    data_id = fingerprint(data.manifests, per_step, bool(cfg.data.shuffle), int(cfg.run.seed),
+                          bool(cfg.data.drop_test_split))
+    metric = best_metric(cfg)
+    best = BestCheckpoint(out, metric) if metric else None
+    check_resumable(cfg, out, data_id)   # before any actor starts
     check_resources(cfg, connect(cfg))
     sync = WeightSync()   # the one owner of weights versions
-    engines, _ = start_vllm_actors(cfg, model_path, sync, scorer=stage2)
+    engines, scorer = start_vllm_actors(cfg, model_path, sync, scorer=stage2)
     learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path,
                                               trust_remote_code=cfg.model.trust_remote_code)
     maker = ExperienceMaker(cfg, engines, sync, tokenizer)
+    validator = Validator(cfg, engines, scorer, sync, data.test)
     watch = ThinkCollapseWatch(float(cfg.logging.think_collapse_fraction))
     devices = requested(cfg)["GPU"]
 
@@ -139,8 +174,15 @@ def train(cfg, model_path: str, out: Path) -> None:
         watch.early = list(state.get("think_early", []))
         sync.restore(learners, int(state["weights_version"]))  # engines start from model_path
         print(f"# resumed from step {step} ({learners.last_loaded})")
+    kept = step if state else -1   # lines of later steps (a fresh start: all) are redone
     logger = MetricsLogger(out, cfg_dict(cfg), bool(cfg.logging.wandb),
-                           str(cfg.logging.wandb_project), resume_from_step=step)
+                           str(cfg.logging.wandb_project), resume_from_step=kept)
+    rollout_log = RolloutLog(out, int(cfg.logging.rollouts_per_step), logger.wandb_run, kept)
+    if step == 0 and validator.due(0, steps):   # the starting point
+        before = validator.run()
+        logger.log(0, before)
+        if best:
+            best.update(0, before, learners)
     nothink_every = int(cfg.eval.nothink_acc_every)
     bar = tqdm(total=steps, initial=step, desc=f"stage {cfg.stage}", unit="step")
     while step < steps:
@@ -162,25 +204,32 @@ def train(cfg, model_path: str, out: Path) -> None:
             metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
         metrics[M.TIMING_STEP] = time.perf_counter() - t_step
         metrics.update(M.throughput(metrics[M.TOTAL_TOKENS], metrics[M.TIMING_STEP], devices))
+        if validator.due(step, steps):   # timed apart from the step (timing_s/testing)
+            metrics.update(validator.run())
         if stage2:
             warning = watch.update(metrics[M.THINK_LENGTH.name("mean")])
             if warning:
                 logger.alert("think collapse", warning)
         # Logged before the checkpoint: a crash in between redoes the step after a resume
-        # (its line is dropped then), rather than leaving a checkpointed step unlogged.
+        # (its lines are dropped then), rather than leaving a checkpointed step unlogged.
+        rollout_log.log(step, maker.mode, batch, exp)
         logger.log(step, metrics)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics[M.SCORE.name('mean')]:.3f}")
+        if best:
+            best.update(step, metrics, learners)
         if should_save(step, int(cfg.checkpoint.every), step == steps):
             learners.save_checkpoint(out, step, {
                 "step": step, "weights_version": sync.version, "data": stream.state(),
-                "think_early": watch.early})
+                "data_fingerprint": data_id, "think_early": watch.early})
     bar.close()
     export = learners.export_hf(out / "export")
     logger.close()
     plots = plot_run(out)
-    print(f"# done: {steps} steps. metrics: {out / 'metrics.jsonl'}, export: {export}, "
-          f"plots: {', '.join(str(p) for p in plots)}")
+    chosen = f", best: {best.dir} (step {best.step}, {best.metric} {best.value:.4f})" \
+        if best and best.step is not None else ""
+    print(f"# done: {steps} steps. metrics: {out / 'metrics.jsonl'}, export: {export}"
+          f"{chosen}, plots: {', '.join(str(p) for p in plots)}")
 
 
 def cfg_dict(cfg) -> dict:
@@ -193,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from conf import ConfigError, available_configs, load_config, save_config
     from driver.cluster import ResourceError
+    from driver.training_data import DataError
 
     if any(a in ("-h", "--help", "help") for a in argv):
         print(HELP.format(configs=", ".join(available_configs())))
@@ -213,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path = prepare_model(cfg)
         print(f"# model: {model_path}")
         train(cfg, model_path, out)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ResourceError as exc:

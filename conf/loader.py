@@ -18,6 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 CONF_DIR = Path(__file__).resolve().parent
 BASE_NAME = "base"
 STAGES = (1, 2)   # 1 = Refine-Perception (no-think), 2 = scoring (think + PD)
+# Keys whose value is one of a few of mixed types (the default's type alone cannot say).
+UNIONS = {"run.resume": (True, False, "force")}
 
 
 class ConfigError(ValueError):
@@ -110,6 +112,11 @@ def _typed(schema: DictConfig, update: DictConfig, source: str, prefix: str = ""
         default = OmegaConf.to_container(sub_schema) if isinstance(sub_schema, ListConfig) else schema[key]
         raw = update[key]
         raw = OmegaConf.to_container(raw) if isinstance(raw, ListConfig) else raw
+        if full in UNIONS:
+            if not any(raw == v and type(raw) is type(v) for v in UNIONS[full]):
+                raise ConfigError(f"'{full}' in {source} must be one of "
+                                  f"{list(UNIONS[full])}, got {raw!r}")
+            continue
         update[key] = _coerce(full, default, raw, source)
 
 

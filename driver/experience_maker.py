@@ -20,7 +20,7 @@ each learner rank builds the image inputs it trains on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,10 +35,14 @@ from learner.experience import Completion, PromptGroup
 
 @dataclass
 class StepExperience:
-    """What a step hands to the learner, and what it logs."""
+    """What a step hands to the learner, and what it logs: the metrics, and per rollout
+    its text and, in `per_rollout`, [B, G] arrays of its reward components (format,
+    answer / task, pd, final), advantage and lengths (the rollout log reads them)."""
 
     groups: list[PromptGroup]
     metrics: dict[str, float]
+    texts: list[list[str]] = field(default_factory=list)
+    per_rollout: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def group_stats(final: np.ndarray, qualified: np.ndarray | None) -> dict[str, float]:
@@ -81,9 +85,9 @@ class ExperienceMaker:
         metrics: dict[str, float] = {M.TIMING_GEN: time.perf_counter() - t0}
         texts = [[r.text for r in pr.rollouts] for pr in rollouts]
         if self.stage == 2:
-            final, qualified = self._stage2_rewards(samples, rollouts, texts, metrics)
+            final, qualified, parts = self._stage2_rewards(samples, rollouts, texts, metrics)
         else:
-            final, qualified = self._stage1_rewards(samples, rollouts, texts, metrics)
+            final, qualified, parts = self._stage1_rewards(samples, rollouts, texts, metrics)
         t1 = time.perf_counter()
         r = self.cfg.reward
         adv = R.batch_advantages(final, qualified, mode=str(r.advantage),
@@ -100,7 +104,9 @@ class ExperienceMaker:
         metrics.update(M.ADVANTAGES(adv))
         metrics.update(self._length_stats(rollouts))
         metrics[M.WEIGHTS_VERSION] = float(rollouts[0].weights_version)
-        return StepExperience(groups=groups, metrics=metrics)
+        parts.update(final=final, advantage=adv, response_tokens=np.array(
+            [[len(x.token_ids) for x in pr.rollouts] for pr in rollouts], float))
+        return StepExperience(groups=groups, metrics=metrics, texts=texts, per_rollout=parts)
 
     # -- rewards ------------------------------------------------------------------------
     def _stage2_rewards(self, samples, rollouts, texts, metrics):
@@ -126,11 +132,12 @@ class ExperienceMaker:
         metrics.update(M.REWARD_PD(scored) if scored.size else
                        {M.REWARD_PD.name("mean"): 0.0, M.REWARD_PD.name("std"): 0.0})
         metrics[M.PD_SCORED_FRAC] = float(full.qualified.mean())
-        metrics.update(M.THINK_LENGTH([
-            think_tokens(self.tokenizer, x.token_ids, x.text, self.prompts)
-            for pr in rollouts for x in pr.rollouts]))
+        think = np.array([[think_tokens(self.tokenizer, x.token_ids, x.text, self.prompts)
+                           for x in pr.rollouts] for pr in rollouts], float)
+        metrics.update(M.THINK_LENGTH(think))
         metrics[M.TIMING_REWARD] += time.perf_counter() - t
-        return final, full.qualified
+        return final, full.qualified, {"format": full.fmt, "answer": full.ans, "pd": full.pd,
+                                       "score": full.score, "think_tokens": think}
 
     def _pd_probabilities(self, samples, rollouts, qualified):
         """z_think [B, G, M] (NaN where not scored) and z_ref [B, M] (NaN for images with
@@ -173,7 +180,7 @@ class ExperienceMaker:
         # "Qualified" as in Eq. 6: well formed and wholly right (every choice part, or a
         # perfect box); used only if a Stage-1 run asks for the clipped-positive mode.
         qualified = (out["fmt"] == 1.0) & (out["task"] == 1.0)
-        return out["final"], qualified
+        return out["final"], qualified, {"format": out["fmt"], "task": out["task"]}
 
     # -- lengths ------------------------------------------------------------------------
     def _length_stats(self, rollouts) -> dict[str, float]:

@@ -133,6 +133,31 @@ TOTAL_TOKENS = _declare("perf/total_num_tokens", "prompt + response tokens of al
 TIME_PER_STEP = _declare("perf/time_per_step", "seconds of the step (verl's name)")
 THROUGHPUT = _declare("perf/throughput", "total_num_tokens / (time_per_step x devices)")
 
+# -- held-out validation (driver/validation.py), every eval.every steps ----------------
+TIMING_TESTING = _declare("timing_s/testing", "validation on the held-out data", "periodic")
+VAL_SAMPLES = _declare("val/samples", "held-out samples validated on", "periodic")
+_VAL_SCORING = {"srcc": "SRCC of the numeric answers", "plcc": "PLCC (logistic4) of the "
+                "numeric answers", "eq8_srcc": "SRCC of Eq. 8's expected score",
+                "eq8_plcc": "PLCC (logistic4) of Eq. 8's expected score",
+                "answer_acc": "share of answers within reward.eps of the MOS (unread: wrong)",
+                "parse_fail": "share of answers without a readable score"}
+# (mode, quantity) -> name; the think mode (the one trained) has the short names.
+VAL_SCORING = {(mode, q): _declare(f"val/{'' if mode == 'think' else 'no_think/'}{q}",
+                                   f"{meaning}, {mode} mode", "periodic")
+               for mode in ("think", "no_think") for q, meaning in _VAL_SCORING.items()}
+_VAL_PARTS = {"object": "object named right", "class": "distortion class named right",
+              "severity": "severity named right", "all": "all three right",
+              "iou": "mean grounding IoU"}
+# (reference variant, quantity) -> name; "all" variants have the short names.
+VAL_PERCEPTION = {(v, q): _declare(f"val/{'' if v == 'all' else v + '/'}"
+                                   f"{q if q == 'iou' else q + '_acc'}",
+                                   f"{meaning}, {v} prompts", "periodic")
+                  for v in ("all", "fr", "nr") for q, meaning in _VAL_PARTS.items()}
+VAL_ACC_MEAN = _declare("val/acc_mean", "mean of the object, class and severity accuracies",
+                        "periodic")
+# checkpoint.best_metric=auto: the headline of each stage.
+BEST_DEFAULT = {1: VAL_ACC_MEAN, 2: VAL_SCORING[("think", "srcc")]}
+
 # -- robustness ---------------------------------------------------------------------------
 RESENDS = _declare("events/engine_resends", "rollout chunks redone (engine died or stale)")
 RESTARTS = _declare("events/receiver_restarts", "receivers found restarted by Ray so far")
@@ -179,5 +204,8 @@ PANELS = {
     "reward_std": [SCORE.name("std"), GROUP_ALL_TIED, GROUP_NONE_QUALIFIED],
     "lengths": [RESPONSE_LENGTH.name("mean"), THINK_LENGTH.name("mean"), RESPONSE_CLIP],
     "accuracy": [NO_THINK_ACC, REWARD_ANSWER.name("mean")],
+    "validation": [VAL_SCORING[("think", "srcc")], VAL_SCORING[("no_think", "srcc")],
+                   VAL_SCORING[("think", "answer_acc")], VAL_ACC_MEAN,
+                   VAL_PERCEPTION[("all", "iou")]],
     "loss": [PG_LOSS, PG_CLIPFRAC, GRAD_NORM],
 }

@@ -26,6 +26,27 @@ from driver.metrics import STEP, describe
 log = logging.getLogger("refine_iqa")
 
 
+def cut_jsonl(path: Path, through_step: int) -> None:
+    """Keep the lines of a step log (metrics.jsonl, rollouts.jsonl) up to `through_step`:
+    a resumed run redoes the later steps. A line cut by a crash is dropped. The file is
+    rewritten under a temporary name and renamed, so a crash here loses nothing."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get(STEP, 0) <= through_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as handle:
+        handle.write("".join(k + "\n" for k in kept))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; None says "not measured this step"
@@ -39,30 +60,12 @@ class MetricsLogger:
                  project: str, resume_from_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate_after(resume_from_step)
+        cut_jsonl(self.path, resume_from_step)
         self._file = self.path.open("a")
         self._gauges: dict[str, Any] = {}
         self.wandb_run = None
         if use_wandb:
             self.wandb_run = self._start_wandb(Path(run_dir), config, project)
-
-    def _truncate_after(self, step: int) -> None:
-        """Drop lines of steps > step: a resumed run redoes them."""
-        if not self.path.exists():
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                if json.loads(line).get(STEP, 0) <= step:
-                    kept.append(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash mid-write
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w") as handle:
-            handle.write("".join(k + "\n" for k in kept))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
 
     @staticmethod
     def _start_wandb(run_dir: Path, config: Mapping[str, Any], project: str):

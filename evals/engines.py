@@ -36,6 +36,8 @@ class Generation:
     text: str
     finish_reason: str
     token_ids: list[int]   # the answer as sampled: think Eq. 8 teacher-forces from these
+    original_size: tuple[int, int] = (0, 0)   # the judged image as loaded ...
+    input_size: tuple[int, int] = (0, 0)      # ... and as the model read it (boxes)
 
 
 class EvalEngines:
@@ -51,13 +53,14 @@ class EvalEngines:
 
     def __init__(self, group: Any, scorer: Any = None, *, sampling: dict,
                  batch_size: int = 16, sync: WeightSync | None = None,
-                 owned: bool = False) -> None:
+                 owned: bool = False, progress: bool = True) -> None:
         self.group = group
         self.scorer = scorer
         self.sampling = dict(sampling)
         self.batch_size = max(1, int(batch_size))
         self.sync = sync
         self.owned = owned
+        self.progress = progress   # training's validation keeps the step bar alone
 
     @classmethod
     def start(cls, cfg: Any, model_path: str, engines: bool = True, scorer: bool = False,
@@ -91,7 +94,7 @@ class EvalEngines:
                    owned=True)
 
     def _batches(self, n: int, desc: str) -> Iterator[tuple[int, int]]:
-        bar = tqdm(total=n, desc=desc, unit="img", leave=False)
+        bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=not self.progress)
         for start in range(0, n, self.batch_size):
             end = min(n, start + self.batch_size)
             yield start, end
@@ -107,7 +110,8 @@ class EvalEngines:
         for start, end in self._batches(len(samples), desc):
             for pr in self.group.generate(samples[start:end], mode, 1, self.sampling):
                 r = pr.rollouts[0]
-                out.append(Generation(r.text, r.finish_reason, list(r.token_ids)))
+                out.append(Generation(r.text, r.finish_reason, list(r.token_ids),
+                                      pr.original_size, pr.input_size))
         return out
 
     def digit_probs(self, samples: list[dict], mode: str,

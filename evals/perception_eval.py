@@ -32,7 +32,7 @@ from typing import Any
 from evals.metrics import group_accuracy
 from evals.report import fmt, markdown_table, write_json, write_jsonl, write_markdown
 from evals.runner import EvalCommand, Prepared, print_reports, run
-from synth.manifest import load_samples
+from synth.manifest import SPLIT_CHOICES, load_samples, select_split
 
 # The paper's split (Experiments, "Performance on Image Quality Perception") and the column
 # order of Tables 1 and 2; the words are conf's class_words.
@@ -40,6 +40,7 @@ EASY_CLASSES = ("blur", "noise", "compression", "overexposure", "underexposure")
 TABLE_ORDER = EASY_CLASSES + ("oversaturate", "desaturate", "oversharpen", "high contrast",
                               "low contrast", "pixelate", "quantization")
 VARIANTS = ("all", "fr", "nr")
+PARTS = ("object", "class", "severity")   # the three questions of a choice sample, in order
 TASKS = ("choice", "grounding")
 
 
@@ -125,17 +126,19 @@ def tables_markdown(tables: dict[str, Any], prompts: Any | None = None) -> list[
 
 def score_answer(sample: dict, text: str, gt_box_model: Sequence[float] | None = None,
                  prompts: Any | None = None) -> dict[str, Any]:
-    """One sample's record: value (1/0 or IoU), parsed, and the per-part fraction."""
-    from rewards import answer_content, choice_reward, grounding_reward, parse_box
+    """One sample's record: value (1/0 or IoU), parsed; for choice samples also which of
+    object / class / severity are right (`parts`, all False when unreadable) and their
+    fraction."""
+    from rewards import choice_parts, grounding_reward, parse_box
 
     record = {"id": sample["id"], "task": sample["task"], "class": gold_class(sample, prompts),
               "reference": reference_variant(sample), "text": text}
     if sample["task"] == "choice":
-        content = answer_content(text, prompts)
-        sep = _separator(prompts)
-        record["parsed"] = content is not None and len(content.split(sep)) == 3
-        record["value"] = choice_reward(text, sample["answer"], "all", prompts)
-        record["parts_right"] = choice_reward(text, sample["answer"], "mean", prompts)
+        parts = choice_parts(text, sample["answer"], prompts)
+        record["parsed"] = parts is not None
+        record["parts"] = parts or [False] * len(PARTS)
+        record["value"] = float(all(record["parts"]))
+        record["parts_right"] = sum(record["parts"]) / len(record["parts"])
     else:
         if gt_box_model is None:
             raise ValueError(f"sample {sample['id']}: grounding needs its box in model pixels")
@@ -145,62 +148,83 @@ def score_answer(sample: dict, text: str, gt_box_model: Sequence[float] | None =
     return record
 
 
-def _separator(prompts: Any | None) -> str:
-    from conf.prompts import tags
+def perception_records(engines: Any, samples: list[dict],
+                       prompts: Any | None = None) -> list[dict[str, Any]]:
+    """Greedy no-think answers to Stage-1 samples, each scored by `score_answer`. The
+    ground-truth box is converted to the pixels the model read with the sizes the engine
+    reports (actors.prompting.box_to_model), as training's reward does."""
+    from actors.prompting import box_to_model
 
-    return tags(prompts).choice_separator
+    gens = engines.generate(samples, "no_think", desc="perception")
+    return [score_answer(sample, gen.text,
+                         box_to_model(sample["bbox"], gen.original_size, gen.input_size)
+                         if sample["task"] == "grounding" else None, prompts)
+            for sample, gen in zip(samples, gens)]
+
+
+def part_accuracy(records: Sequence[dict]) -> dict[str, dict[str, float | None]]:
+    """{variant: {part: accuracy}} over the choice records, for each of PARTS and for the
+    three together ("all"), variants "all", "fr", "nr"; None where a variant has none."""
+    out: dict[str, dict[str, float | None]] = {}
+    for variant in VARIANTS:
+        rows = [r for r in records if r["task"] == "choice"
+                and (variant == "all" or r["reference"] == variant)]
+        out[variant] = {part: (sum(r["parts"][k] for r in rows) / len(rows) if rows else None)
+                        for k, part in enumerate(PARTS)}
+        out[variant]["all"] = sum(r["value"] for r in rows) / len(rows) if rows else None
+    return out
 
 
 def evaluate_perception(engines: Any, manifest: str | Path, out_dir: str | Path,
-                        builder: Any, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the evaluation on running engines; write the reports; return the JSON.
-
-    `builder` is an actors.prompting.PromptBuilder of the same model and pixel limits as
-    the engines: it converts ground-truth boxes to the model-input pixels.
-    """
+                        prompts: Any | None = None, split: str = "test",
+                        meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the evaluation on running engines over the `split` samples of `manifest`
+    (synth.manifest.select_split); write the reports; return the JSON."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    samples = load_samples(manifest, TASKS)
-    gens = engines.generate(samples, "no_think", desc="perception")
-    records = []
-    for sample, gen in zip(samples, gens):
-        box = builder.gt_box_for_model(sample) if sample["task"] == "grounding" else None
-        records.append(score_answer(sample, gen.text, box, builder.prompts))
-    tables = aggregate(records, builder.prompts)
+    samples = select_split(load_samples(manifest, TASKS), split)
+    if not samples:
+        raise ValueError(f"{manifest}: no {split} samples (--split all scores every one)")
+    records = perception_records(engines, samples, prompts)
+    tables = aggregate(records, prompts)
     payload = {"evaluation": "perception", **(meta or {}), "manifest": str(manifest),
-               "mode": "no_think", "tables": tables, "seconds": time.perf_counter() - started,
+               "split": split, "mode": "no_think", "tables": tables,
+               "parts": part_accuracy(records), "seconds": time.perf_counter() - started,
                "images": len(samples)}
     write_json(out_dir / "results.json", payload)
     write_jsonl(out_dir / "predictions.jsonl", records)
-    notes = ["Description: object, class and severity all right (choice_reward mode 'all').",
+    notes = [f"Scored: the {split} split of {manifest} ({len(samples)} samples).",
+             "Description: object, class and severity all right (choice_reward mode 'all').",
              "Easy = blur, noise, compression, overexposure, underexposure; Hard = the rest.",
              "Easy / Hard / Overall are means over samples; unread answers count as wrong."]
     write_markdown(out_dir / "results.md", f"Perception evaluation: {payload.get('model', '')}",
-                   tables_markdown(tables, builder.prompts), notes)
+                   tables_markdown(tables, prompts), notes)
     return payload
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--manifest", required=True, help="a Stage-1 test manifest")
+    parser.add_argument("--manifest", required=True, help="a Stage-1 manifest")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                        help="which samples to score (default test; unmarked samples count "
+                             "as either split)")
     parser.add_argument("--out", default="outputs/eval/perception", help="report folder")
 
 
 def _read_input(args: argparse.Namespace) -> None:
-    load_samples(args.manifest, TASKS)
+    if not select_split(load_samples(args.manifest, TASKS), args.split):
+        raise ValueError(f"{args.manifest}: no {args.split} samples (--split all scores "
+                         "every one)")
 
 
 def _evaluate(engines: Any, prepared: Prepared) -> dict[str, Any]:
-    from actors.prompting import PromptBuilder
-
-    cfg = prepared.cfg
-    builder = PromptBuilder(prepared.model, cfg.model.min_pixels, cfg.model.max_pixels,
-                            cfg.prompts, cfg.model.trust_remote_code)
-    return evaluate_perception(engines, prepared.args.manifest, prepared.args.out, builder,
-                               meta=prepared.meta)
+    args = prepared.args
+    return evaluate_perception(engines, args.manifest, args.out, prepared.cfg.prompts,
+                               args.split, meta=prepared.meta)
 
 
 def _show(args: argparse.Namespace, payload: dict[str, Any]) -> None:
-    print_reports(args.out, f"{payload['images']} samples, {payload['seconds']:.1f} s")
+    print_reports(args.out, f"{payload['images']} {payload['split']} samples, "
+                            f"{payload['seconds']:.1f} s")
 
 
 COMMAND = EvalCommand(prog="python -m evals.perception_eval", doc=__doc__,

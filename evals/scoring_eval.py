@@ -40,7 +40,7 @@ from evals.report import (
     write_markdown,
 )
 from evals.runner import Actors, EvalCommand, Prepared, print_reports, run
-from synth.manifest import load_samples
+from synth.manifest import SPLIT_CHOICES, load_samples, select_split
 
 INFERENCES = ("numeric", "prob")
 INFERENCE_CHOICES = {"numeric": ("numeric",), "prob": ("prob",), "both": INFERENCES}
@@ -102,10 +102,12 @@ def summarize(preds: list[float | None], mos: list[float]) -> dict[str, Any]:
     return out
 
 
-def _evaluate_dataset(engines: EvalEngines, samples: list[dict], name: str,
+def evaluate_samples(engines: EvalEngines, samples: list[dict], name: str,
                       modes: tuple[str, ...], inferences: tuple[str, ...]
                       ) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, Any]]:
-    """results[mode][inference], per-sample records, preds[(mode, inference)]."""
+    """One dataset's answers and their summaries: results[mode][inference] (summarize,
+    plus format_rate), per-sample records, preds[(mode, inference)]. Training's
+    validation calls it too, on the running engines."""
     from rewards import format_reward
 
     mos = [float(s["mos"]) for s in samples]
@@ -166,9 +168,10 @@ def _markdown(datasets: dict[str, Any], modes: tuple[str, ...],
 
 def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir: str | Path,
                      modes: tuple[str, ...] = ("no_think", "think"),
-                     inferences: tuple[str, ...] = INFERENCES,
+                     inferences: tuple[str, ...] = INFERENCES, split: str = "test",
                      meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the scoring evaluation on running engines; write the reports; return the JSON.
+    """Run the scoring evaluation on running engines over the `split` samples of each
+    manifest (synth.manifest.select_split); write the reports; return the JSON.
 
     `engines` needs a scoring actor when "prob" is among `inferences`.
     """
@@ -179,7 +182,7 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
                          f"{INFERENCES}; got {modes} and {inferences}")
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    loaded = [(m, load_samples(m, ("score",))) for m in manifests]
+    loaded = [(m, _split_samples(m, split)) for m in manifests]
     datasets: dict[str, Any] = {}
     all_records: list[dict] = []
     scatters = []
@@ -187,7 +190,7 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
         name = dataset_name(manifest, samples)
         if name in datasets:
             name = f"{name}-{Path(manifest).stem}"
-        results, records, preds = _evaluate_dataset(engines, samples, name, modes, inferences)
+        results, records, preds = evaluate_samples(engines, samples, name, modes, inferences)
         datasets[name] = {"manifest": str(manifest), "n": len(samples), "results": results}
         all_records += records
         mos = [float(s["mos"]) for s in samples]
@@ -207,13 +210,14 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
                      f"{r['n_failed']} unread")
             path = out_dir / f"scatter_{safe_name(name)}_{mode}_{inference}.png"
             scatters.append(str(scatter_png(path, xs, ys, title, curve=curve)))
-    payload = {"evaluation": "scoring", **(meta or {}), "modes": list(modes),
+    payload = {"evaluation": "scoring", **(meta or {}), "split": split, "modes": list(modes),
                "inferences": list(inferences), "datasets": datasets, "plots": scatters,
                "seconds": time.perf_counter() - started,
                "images": sum(len(s) for _, s in loaded)}
     write_json(out_dir / "results.json", payload)
     write_jsonl(out_dir / "predictions.jsonl", all_records)
-    notes = ["PLCC (logistic): Pearson after the 4-parameter logistic fit (evals.metrics).",
+    notes = [f"Scored: the {split} split of each manifest (unmarked samples included).",
+             "PLCC (logistic): Pearson after the 4-parameter logistic fit (evals.metrics).",
              "Parse failures are left out of SRCC/PLCC and counted; no score is made up.",
              "With few images the 4-parameter fit can overfit (down to a step): compare "
              "with plain PLCC.",
@@ -223,9 +227,19 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
     return payload
 
 
+def _split_samples(manifest: str | Path, split: str) -> list[dict]:
+    samples = select_split(load_samples(manifest, ("score",)), split)
+    if not samples:
+        raise ValueError(f"{manifest}: no {split} samples (--split all scores every one)")
+    return samples
+
+
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", nargs="+", required=True,
                         help="IQA manifests (task 'score'), one per dataset")
+    parser.add_argument("--split", choices=SPLIT_CHOICES, default="test",
+                        help="which samples to score (default test; unmarked samples count "
+                             "as either split)")
     parser.add_argument("--mode", choices=sorted(MODE_CHOICES), default="both")
     parser.add_argument("--inference", choices=sorted(INFERENCE_CHOICES), default="both")
     parser.add_argument("--out", default="outputs/eval/scoring", help="report folder")
@@ -239,7 +253,7 @@ def _read_input(args: argparse.Namespace) -> list[str]:
     if not args.manifest:
         raise ValueError("--manifest needs at least one manifest file")
     for manifest in args.manifest:
-        load_samples(manifest, ("score",))
+        _split_samples(manifest, args.split)
     return args.manifest
 
 
@@ -254,11 +268,12 @@ def _actors(args: argparse.Namespace) -> Actors:
 def _evaluate(engines: EvalEngines, prepared: Prepared) -> dict[str, Any]:
     args = prepared.args
     return evaluate_scoring(engines, prepared.data, args.out, MODE_CHOICES[args.mode],
-                            INFERENCE_CHOICES[args.inference], meta=prepared.meta)
+                            INFERENCE_CHOICES[args.inference], args.split, meta=prepared.meta)
 
 
 def _show(args: argparse.Namespace, payload: dict[str, Any]) -> None:
-    print_reports(args.out, f"{payload['images']} images, {payload['seconds']:.1f} s")
+    print_reports(args.out, f"{payload['images']} {payload['split']} images, "
+                            f"{payload['seconds']:.1f} s")
 
 
 COMMAND = EvalCommand(prog="python -m evals.scoring_eval", doc=__doc__,

@@ -224,8 +224,9 @@ class LearnerGroup:
         self.last_loaded = Path(path)
         return trainer_state
 
-    def export_hf(self, out_dir: str | Path) -> Path:
-        """A Hugging Face model directory of the current weights, written atomically."""
+    def export_hf(self, out_dir: str | Path, meta: dict | None = None) -> Path:
+        """A Hugging Face model directory of the current weights, written atomically;
+        `meta` goes into its COMPLETE marker (JSON)."""
         import ray
 
         out_dir = Path(out_dir)
@@ -233,7 +234,7 @@ class LearnerGroup:
         ray.get(self.actors[0].clear_dir.remote(str(tmp)))  # leftovers of a crashed export
         ray.get([a.export_hf.remote(str(tmp)) for a in self.actors])
         return Path(ray.get(self.actors[0].publish_dir.remote(str(tmp), str(out_dir),
-                                                              {"export": True})))
+                                                              {"export": True, **(meta or {})})))
 
     def shutdown(self) -> None:
         """Kill the learner actors (frees their names and resources)."""

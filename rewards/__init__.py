@@ -24,6 +24,7 @@ from rewards.parsing import (
 )
 from rewards.perception import (
     CHOICE_MODES,
+    choice_parts,
     choice_reward,
     grounding_reward,
     iou,
@@ -54,6 +55,7 @@ __all__ = [
     "answer_rewards",
     "batch_advantages",
     "batch_pd_rewards",
+    "choice_parts",
     "choice_reward",
     "combine_rewards",
     "digit_weights",

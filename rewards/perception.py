@@ -35,34 +35,44 @@ def _gold_parts(answer: str | Sequence[str], separator: str) -> list[str]:
     return [_normalise(p) for p in parts]
 
 
-def choice_reward(text: str, answer: str | Sequence[str], mode: str = "mean",
-                  prompts: Any | None = None) -> float:
-    """Stage-1 multi-choice reward for "[answer]object / distortion / severity[/answer]".
+def choice_parts(text: str, answer: str | Sequence[str],
+                 prompts: Any | None = None) -> list[bool] | None:
+    """Which parts of "[answer]object / distortion / severity[/answer]" are right.
 
     `answer` is the gold answer, as the same separator-joined string or as a list of its
     parts. The model's single answer block is split on the choice separator and each part
     is compared, case- and whitespace-insensitively, with the gold part at the same place.
-    mode "mean" gives the fraction of parts right; "all" gives 1.0 only when every part is.
-    An output without exactly one answer block, or with a different number of parts than
-    the gold answer, gets 0.0 (parts cannot be matched by position). Raises ValueError for
-    an unknown mode or an empty gold part, TypeError when `text` is not a str.
+    None for an output without exactly one answer block, or with a different number of
+    parts than the gold answer (parts cannot be matched by position). Raises ValueError
+    for an empty gold part, TypeError when `text` is not a str.
     """
-    if mode not in CHOICE_MODES:
-        raise ValueError(f"mode must be one of {CHOICE_MODES} (reward.choice_mode), got {mode!r}")
     if not isinstance(text, str):
         raise TypeError(f"text must be the decoded model output (str), got {type(text).__name__}")
     g = grammar(prompts)
     gold = _gold_parts(answer, g.choice_separator)
     content = g.answer_content(text)
     if content is None:
-        return 0.0
+        return None
     parts = [_normalise(p) for p in content.split(g.choice_separator)]
     if len(parts) != len(gold):
+        return None
+    return [p == q for p, q in zip(parts, gold)]
+
+
+def choice_reward(text: str, answer: str | Sequence[str], mode: str = "mean",
+                  prompts: Any | None = None) -> float:
+    """Stage-1 multi-choice reward from `choice_parts`: mode "mean" gives the fraction of
+    parts right, "all" 1.0 only when every part is; an unreadable answer gets 0.0. Raises
+    ValueError for an unknown mode or an empty gold part, TypeError when `text` is not a
+    str."""
+    if mode not in CHOICE_MODES:
+        raise ValueError(f"mode must be one of {CHOICE_MODES} (reward.choice_mode), got {mode!r}")
+    right = choice_parts(text, answer, prompts)
+    if right is None:
         return 0.0
-    right = sum(p == q for p, q in zip(parts, gold))
     if mode == "all":
-        return 1.0 if right == len(gold) else 0.0
-    return right / len(gold)
+        return 1.0 if all(right) else 0.0
+    return sum(right) / len(right)
 
 
 def _box(box: Any, name: str) -> tuple[float, float, float, float]:

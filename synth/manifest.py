@@ -334,3 +334,14 @@ def load_samples(manifest_path: str | os.PathLike,
     for sample in samples:
         sample["images"] = [str(p) for p in resolve_images(sample, manifest_path)]
     return samples
+
+
+SPLIT_CHOICES = ("test", "train", "all")
+
+
+def select_split(samples: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    """The samples of one split: "test" or "train" keeps the samples marked so and those
+    without a split (a manifest of one split need not mark it), "all" keeps every one."""
+    if split not in SPLIT_CHOICES:
+        raise ValueError(f"split must be one of {SPLIT_CHOICES}, got {split!r}")
+    return [s for s in samples if split == "all" or s.get("split") in (split, None)]

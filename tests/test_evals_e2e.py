@@ -135,7 +135,8 @@ def test_perception_eval_tables(engines, mini, cfg, model_dir, tmp_path):
     builder = PromptBuilder(model_dir, cfg.model.min_pixels, cfg.model.max_pixels,
                             cfg.prompts)
     out = tmp_path / "perception"
-    payload = evaluate_perception(engines, mini["stage1_test"], out, builder)
+    payload = evaluate_perception(engines, mini["stage1_test"], out, cfg.prompts)
+    assert payload["split"] == "test"
     tables = payload["tables"]
     lines = (Path(mini["stage1_test"]).read_text()).splitlines()
     n_choice = sum('"task": "choice"' in line for line in lines)
@@ -151,6 +152,28 @@ def test_perception_eval_tables(engines, mini, cfg, model_dir, tmp_path):
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert all(r["parsed"] or r["value"] == 0.0 for r in records)
     assert "Description accuracy" in (out / "results.md").read_text()
+    # Boxes: the sizes the engine reported give the box the prompt builder computes from
+    # the image file itself.
+    from synth.manifest import load_samples
+
+    by_id = {s["id"]: s for s in load_samples(mini["stage1_test"])}
+    grounding = [r for r in records if r["task"] == "grounding"]
+    assert grounding
+    for r in grounding:
+        assert r["gt_box_model"] == pytest.approx(builder.gt_box_for_model(by_id[r["id"]]))
+    # Per-part accuracy: each part compared by hand (case and spaces ignored, as the
+    # reward does) on the answer text between the tags.
+    choice = [r for r in records if r["task"] == "choice"]
+    for k, part in enumerate(("object", "class", "severity")):
+        right = 0
+        for r in choice:
+            body = r["text"].split("[answer]")[-1].split("[/answer]")[0] \
+                if r["text"].count("[answer]") == 1 == r["text"].count("[/answer]") else None
+            said = body.split("/") if body is not None else []
+            gold = by_id[r["id"]]["answer"].split("/")
+            if len(said) == 3:
+                right += "".join(said[k].split()).lower() == "".join(gold[k].split()).lower()
+        assert payload["parts"]["all"][part] == pytest.approx(right / len(choice))
 
 
 def test_qbench_eval_on_the_selfmade_set(engines, mini, cfg, tmp_path):

@@ -1,10 +1,11 @@
 """The README's first command learns: `python launch.py conf=tiny`, 30 Stage-2 steps.
 
 Real Ray (a local cluster), real vLLM, the real scoring actor and a real DeepSpeed learner
-on the embedded tiny model. The issue's bar: the mean final reward of the last 10 steps
-is clearly above that of the first 10, with the fixed seed. Measured here on 2 CPU cores:
-0.46 -> 0.80 (the format reward climbs from ~0.25 after the cold start, as in the
-paper's Fig. 8b); the test asks for +0.15, well inside that margin.
+on the embedded tiny model. The bar: the mean final reward of the last 10 steps is clearly
+above that of the first 10, with the fixed seed. Measured on 2 CPU cores: 0.46 -> 0.80
+before the restructure into driver/ and weight_sync/, 0.34 -> 0.74 after it (2026-11-29;
+the format reward climbs from ~0.3 after the cold start, as in the paper's Fig. 8b); the
+test asks for +0.15, well inside either margin.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def test_tiny_stage2_reward_rises(tmp_path):
          "run.name=learn", f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    records = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text()
-               .splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "learn" / "metrics.jsonl").read_text()
+             .splitlines()]
+    records = [r for r in lines if r["step"] > 0]   # step 0: validation of the start
     final = [r[M.SCORE.name("mean")] for r in records]
     assert len(final) == 30
     first, last = np.mean(final[:10]), np.mean(final[-10:])

@@ -1,0 +1,138 @@
+"""Held-out validation during training, and the best checkpoint it selects.
+
+Every `eval.every` steps, before the first step and after the last, the current policy
+answers the held-out samples (the test split of `data.test_manifest`, capped at
+`eval.max_samples` by a subset drawn once from `run.seed`, the same every time) on the
+running rollout engines and scoring actor - no engines of its own - through the very
+evaluation code of `python -m evals.*`, greedy as the paper evaluates:
+
+- Stage-2: SRCC and PLCC (logistic4) of the numeric answers and of Eq. 8's expected score,
+  answer accuracy and parse failures, in think and no-think mode (evals.scoring_eval);
+- Stage-1: accuracy of the object, distortion class and severity answers and of all three,
+  mean grounding IoU, over all prompts and split into full- and no-reference
+  (evals.perception_eval).
+
+Names are driver.metrics' `val/*`; an undefined value (a correlation of fewer than two
+readable answers) is NaN, written as null. `BestCheckpoint` keeps a Hugging Face export of
+the step with the best `checkpoint.best_metric` in `<run>/best/`, outside the pruning of
+`checkpoint.keep_last`; its marker file records the metric, value and step, which a
+resumed run reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from driver import metrics as M
+
+BEST_DIR = "best"
+
+
+def _nan(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def held_out_subset(samples: list[dict], max_samples: int | None, seed: int) -> list[dict]:
+    """At most `max_samples` of `samples`, drawn once from `seed` (all when None)."""
+    if max_samples is None or len(samples) <= int(max_samples):
+        return list(samples)
+    order = np.random.default_rng([int(seed), 7]).permutation(len(samples))
+    return [samples[i] for i in sorted(order[:int(max_samples)])]
+
+
+class Validator:
+    """Validation on the running actors (module docstring)."""
+
+    def __init__(self, cfg: Any, engines: Any, scorer: Any, sync: Any,
+                 samples: list[dict]) -> None:
+        from actors.engine_settings import sampling_from_config
+        from evals.engines import EvalEngines
+
+        self.stage = int(cfg.stage)
+        self.every = int(cfg.eval.every)
+        self.eps = float(cfg.reward.eps)
+        self.prompts = cfg.prompts
+        self.samples = held_out_subset(samples, cfg.eval.max_samples, int(cfg.run.seed))
+        self.engines = EvalEngines(engines, scorer, sampling=sampling_from_config(cfg, True),
+                                   batch_size=max(1, len(self.samples)), sync=sync,
+                                   progress=False)
+
+    def due(self, step: int, last_step: int) -> bool:
+        """Before the first step (0), every `eval.every` steps, after the last one."""
+        if not self.samples:
+            return False
+        return step in (0, last_step) or (self.every > 0 and step % self.every == 0)
+
+    def run(self) -> dict[str, float]:
+        """The val/* metrics of the current weights and the seconds they took."""
+        start = time.perf_counter()
+        metrics = self._scoring() if self.stage == 2 else self._perception()
+        metrics[M.VAL_SAMPLES] = float(len(self.samples))
+        metrics[M.TIMING_TESTING] = time.perf_counter() - start
+        return metrics
+
+    def _scoring(self) -> dict[str, float]:
+        from evals.scoring_eval import evaluate_samples
+        from rewards import answer_rewards
+
+        results, _, preds = evaluate_samples(self.engines, self.samples, "validation",
+                                             ("think", "no_think"), ("numeric", "prob"))
+        mos = [float(s["mos"]) for s in self.samples]
+        out = {}
+        for mode in ("think", "no_think"):
+            numeric, prob = results[mode]["numeric"], results[mode]["prob"]
+            values = {"srcc": numeric["srcc"], "plcc": numeric["plcc_logistic"],
+                      "eq8_srcc": prob["srcc"], "eq8_plcc": prob["plcc_logistic"],
+                      "parse_fail": numeric["failure_rate"],
+                      "answer_acc": float(np.mean(answer_rewards(
+                          preds[(mode, "numeric")], mos, self.eps)))}
+            out.update({M.VAL_SCORING[(mode, q)]: _nan(v) for q, v in values.items()})
+        return out
+
+    def _perception(self) -> dict[str, float]:
+        from evals.perception_eval import PARTS, part_accuracy, perception_records
+
+        records = perception_records(self.engines, self.samples, self.prompts)
+        parts = part_accuracy(records)
+        out = {}
+        for variant, accuracy in parts.items():
+            for q, value in accuracy.items():
+                out[M.VAL_PERCEPTION[(variant, q)]] = _nan(value)
+            boxes = [r["value"] for r in records if r["task"] == "grounding"
+                     and (variant == "all" or r["reference"] == variant)]
+            out[M.VAL_PERCEPTION[(variant, "iou")]] = (float(np.mean(boxes)) if boxes
+                                                       else float("nan"))
+        part_means = [out[M.VAL_PERCEPTION[("all", p)]] for p in PARTS]
+        out[M.VAL_ACC_MEAN] = (float(np.mean(part_means))
+                               if all(math.isfinite(v) for v in part_means) else float("nan"))
+        return out
+
+
+class BestCheckpoint:
+    """The best validated step's export in <run>/best/ (module docstring)."""
+
+    def __init__(self, run_dir: Path, metric: str) -> None:
+        self.dir = Path(run_dir) / BEST_DIR
+        self.metric = metric
+        self.value, self.step = -math.inf, None
+        marker = self.dir / "COMPLETE"
+        if marker.is_file():
+            saved = json.loads(marker.read_text())
+            if saved.get("metric") == metric:
+                self.value, self.step = float(saved["value"]), int(saved["step"])
+
+    def update(self, step: int, metrics: dict[str, float], learners: Any) -> bool:
+        """Export the current weights when `metric` beats the best so far; True if so."""
+        value = metrics.get(self.metric)
+        if value is None or not math.isfinite(value) or value <= self.value:
+            return False
+        learners.export_hf(self.dir, meta={"metric": self.metric, "value": float(value),
+                                           "step": int(step)})
+        self.value, self.step = float(value), int(step)
+        return True
