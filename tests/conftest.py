@@ -47,3 +47,27 @@ def ray_cluster():
     yield ray
     ray.shutdown()
     os.environ.update(env)
+
+
+def restart_actor(handle, timeout_s: float = 300.0) -> int:
+    """Kill a Ray actor that has restarts left and wait until Ray has brought it back (its
+    ready() answers from a new process): a test of what follows a restart must not race
+    the kill. Returns the new pid."""
+    import time
+
+    import ray
+
+    old = ray.get(handle.ready.remote())["pid"]
+    ray.kill(handle, no_restart=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid = ray.get(handle.ready.remote(), timeout=60)["pid"]
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.RayActorError,
+                ray.exceptions.GetTimeoutError):
+            time.sleep(0.5)
+            continue
+        if pid != old:
+            return pid
+        time.sleep(0.2)
+    raise TimeoutError(f"the actor did not come back within {timeout_s:.0f} s")

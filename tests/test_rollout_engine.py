@@ -17,6 +17,7 @@ from actors.engine_group import EngineGroup, split_evenly
 from actors.prompting import PromptBuilder
 from actors.rollout_engine import strip_tokens
 from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
+from tests.conftest import restart_actor
 from weight_sync.sync import WeightSync
 
 pytestmark = pytest.mark.slow
@@ -201,7 +202,7 @@ def test_restart_between_calls_is_caught_by_the_version(group, samples):
     # Killed while idle: the next call reaches a restarted engine that answers with the
     # model's initial weights (version 0). Its rollouts are refused as stale, the weights
     # replayed and the chunk redone.
-    ray.kill(group.handles[0], no_restart=False)
+    restart_actor(group.handles[0])
     replays = group.sync.counts["replays"]
     results = group.generate(samples[:2], "no_think", 2, SAMPLING)
     assert all(r.weights_version == 2 for r in results)

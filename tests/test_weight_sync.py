@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tests.conftest import restart_actor
 from weight_sync.sync import StaleResultError, WeightSync, result_versions
 
 pytestmark = pytest.mark.slow
@@ -100,13 +101,11 @@ def test_a_restarted_receiver_is_replayed_and_its_stale_answer_redone(actors):
         sync.register(name, handle)
     sync.restore(learners, 5)   # receivers may hold older versions from another test
     assert sync.version == 5
-    pid = ray.get(actors["scorer"].ready.remote())["pid"]
-    ray.kill(actors["scorer"], no_restart=False)   # Ray restarts it with version 0
-    # The call reaches either the dead actor or the restarted one (version 0): both are
-    # brought to version 5 from the driver's handles and the call redone.
+    restart_actor(actors["scorer"])   # back with version 0, as a restarted engine
+    # Its answer carries version 0: refused as stale, version 5 replayed from the driver's
+    # handles, and the call redone.
     assert sync.call("scorer", "measure") == Measured(4.0, 5)
-    assert ray.get(actors["scorer"].ready.remote())["pid"] != pid
-    assert sync.counts["replays"] == 1 and sync.counts["redos"] == 1
+    assert sync.counts == {"replays": 1, "redos": 1, "restarts": 1, "unreachable": 0}
 
 
 def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
@@ -114,17 +113,18 @@ def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
     for name, handle in actors.items():
         sync.register(name, handle)
     sync.restore(learners, 10)
-    ray.kill(actors["engine-b"], no_restart=False)
-    report = sync.publish(learners)              # version 11; engine-b is restarting
-    assert sync.version == 11
-    if report["unreachable"]:                    # the push met the actor while it was down
-        assert sync.counts["unreachable"] == 1
-    info = sync.bring_current("engine-b", StaleResultError("checked by the test"))
-    assert ray.get(actors["engine-b"].measure.remote()) == Measured(8.0, 11)
-    assert info["version"] in (0, 11)
+    ray.kill(actors["engine-b"], no_restart=True)   # dead for good: unreachable
+    with pytest.raises(ray.exceptions.RayActorError):  # (the kill has landed)
+        ray.get(actors["engine-b"].ready.remote(), timeout=60)
+    report = sync.publish(learners)                 # version 11 reaches the other two
+    assert sync.version == 11 and report["unreachable"] == 1
+    assert ray.get(actors["engine-a"].measure.remote()) == Measured(8.0, 11)
+    with pytest.raises(RuntimeError, match="Ray did not restart it"):
+        sync.bring_current("engine-b", StaleResultError("checked by the test"))
 
 
 def test_restore_refuses_to_go_back(actors):
+    # (engine-b is dead since the test above; engine-a serves.)
     sync, learners = WeightSync(ready_timeout_s=60), Learners()
     sync.register("engine-a", actors["engine-a"])
     sync.restore(learners, 20)

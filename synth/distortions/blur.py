@@ -4,6 +4,11 @@ Each function maps (uint8 RGB HxWx3, level 1..5, numpy Generator) to uint8 RGB H
 works on any size from 1x1 up. `*_MARGINS` give, per level, how many pixels of context
 around a region the operation reads, so that a region distortion sees real neighbours at
 the box edge instead of padding.
+
+The definitions are DepictQA-V2's (XPixelGroup/DepictQA, build_datasets/x_distortion/
+blur.py and helper.py, commit 22f5795), whose severities the paper's appendix adopts; where
+the appendix prints a different parameter, the appendix wins (lens radii). Severities are
+checked against DepictQA's PSNRs in tests/data/depictqa_psnr_astronaut.json.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ GAUSSIAN_SIGMAS = (1.0, 2.0, 3.0, 4.0, 5.0)
 MOTION_RADIUS_SIGMA = ((5, 3.0), (10, 5.0), (15, 7.0), (15, 9.0), (20, 12.0))
 MOTION_ANGLE_RANGE = (-90.0, 90.0)
 GLASS_SIGMA_SHIFT_ITERATIONS = ((0.7, 1, 1), (0.9, 2, 1), (1.2, 2, 2), (1.4, 3, 2), (1.6, 4, 2))
+# The appendix's radii; DepictQA's blur.py uses 2, 3, 4, 6, 8 (levels 1-2 harsher there).
 LENS_RADII = (1, 2, 4, 6, 8)
 ZOOM_ENDS = (1.03, 1.06, 1.10, 1.15, 1.21)
 ZOOM_STEP = 0.02
@@ -36,14 +42,20 @@ def _opencv_gaussian_radius(sigma: float) -> int:
     return int(round(4 * sigma)) + 1
 
 
+def _shuffle_margin(shift: int) -> int:
+    # The scan leaves a border of shift + 1 px unvisited and a copy reaches shift px: with
+    # 2 shift + 1 px of context every pixel of a box is visited and copies a real pixel.
+    return 2 * shift + 1
+
+
 GAUSSIAN_MARGINS = tuple(gaussian_kernel_size(s) // 2 for s in GAUSSIAN_SIGMAS)
 MOTION_MARGINS = tuple(2 * r + 1 for r, _ in MOTION_RADIUS_SIGMA)
-GLASS_MARGINS = tuple(2 * _opencv_gaussian_radius(s) + shift * n
+GLASS_MARGINS = tuple(2 * _opencv_gaussian_radius(s) + n * _shuffle_margin(shift)
                       for s, shift, n in GLASS_SIGMA_SHIFT_ITERATIONS)
 LENS_MARGINS = LENS_RADII
 # Zoom is taken about the centre of what it is given; every sample lies inside it.
 ZOOM_MARGINS = (0, 0, 0, 0, 0)
-JITTER_MARGINS = JITTER_SHIFTS
+JITTER_MARGINS = tuple(_shuffle_margin(shift) for shift in JITTER_SHIFTS)
 
 
 def blur_gaussian(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,40 +99,78 @@ def blur_motion(image: np.ndarray, level: int, rng: np.random.Generator) -> np.n
     return round_to_uint8(blurred)
 
 
-def _swap_locally(values: np.ndarray, shift: int, rng: np.random.Generator) -> None:
-    """Every pixel swaps places with a random pixel at most `shift` away (in place).
+def raster_copy_sources(height: int, width: int, shift: int, dy: np.ndarray,
+                        dx: np.ndarray) -> np.ndarray:
+    """Where each pixel's value comes from after DepictQA's local pixel shuffle.
 
-    The reference swaps pixel by pixel in raster order (a Python/numba loop). Here the
-    pixels take their turn in (2 shift + 1)^2 interleaved lattices: within one lattice the
-    initiating pixels are 2 shift + 1 apart, so no two swaps touch the same pixel and a
-    whole lattice swaps at once. Each pixel still starts exactly one swap per pass and the
-    swaps of later lattices move pixels that earlier ones moved, as in the sequential scan.
+    helper.py `shuffle_pixels_njit` visits rows height - shift down to shift + 1, and in
+    each row columns width - shift down to shift + 1, and "swaps" the pixel with the one
+    (dy, dx) away, dy and dx in [-shift, shift - 1] (numpy's randint excludes the high
+    end). On an RGB array `img[h, w], img[h2, w2] = img[h2, w2], img[h, w]` assigns views,
+    so it copies: the visited pixel takes the partner's current value and the partner
+    keeps its own (ImageNet-C's glass blur, which this comes from, does the same). A
+    partner visited earlier already holds a copied value, so values travel further than
+    `shift`: the mean squared displacement is about 1, 4, 9, 17, 27 px^2 for shift 1..5
+    (one independent offset per pixel would give 1, 3, 6, 11, 17).
+
+    dy, dx: (rows, cols) offsets of the visited pixels, in visiting order. Returns `source`
+    with out.flat = in.flat[source]. The reference loops over the pixels (numba); here a
+    pixel's source is its partner's source when the partner was visited earlier, else the
+    partner itself, and those chains are followed by pointer doubling, all pixels at once.
+    The result is the sequential one, exactly (tests/test_distortions.py).
     """
+    source = np.arange(height * width, dtype=np.int64)
+    rows = np.arange(height - shift, shift, -1)
+    cols = np.arange(width - shift, shift, -1)
+    if not len(rows) or not len(cols):
+        return source
+    visited = (rows[:, None] * width + cols[None, :]).ravel()
+    partner = ((rows[:, None] + dy) * width + (cols[None, :] + dx)).ravel()
+    turn = np.full(height * width, len(visited))  # pixels never visited are never written
+    turn[visited] = np.arange(len(visited))
+    source[visited] = partner
+    # follow[p]: the pixel whose final value p copies (itself where the chain ends).
+    follow = np.arange(height * width, dtype=np.int64)
+    earlier = turn[partner] < turn[visited]
+    follow[visited[earlier]] = partner[earlier]
+    while True:
+        jumped = follow[follow]
+        if np.array_equal(jumped, follow):
+            break
+        follow = jumped
+    return source[follow]
+
+
+def _shuffle_offsets(shape: tuple[int, int], shift: int, uniform: np.ndarray) -> tuple:
+    """Offsets in [-shift, shift - 1] for the visited pixels, from uniform draws in [0, 1).
+
+    floor(u 2 shift) - shift is uniform on the 2 shift integers. A pixel keeps its draw u
+    from level to level (one seed), so its offset is the same quantile of a wider range,
+    as the noise types scale one draw.
+    """
+    height, width = shape
+    inner = uniform[:, height - shift:shift:-1, width - shift:shift:-1]
+    offsets = np.floor(inner * (2 * shift)).astype(np.int64) - shift
+    return offsets[0], offsets[1]
+
+
+def _shuffle(values: np.ndarray, shift: int, iterations: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """`iterations` passes of the shuffle over an HxWxC array (a new array)."""
     height, width = values.shape[:2]
     flat = values.reshape(height * width, -1)
-    dy, dx = rng.integers(-shift, shift + 1, size=(2, height, width), dtype=np.int32)
-    rows = np.arange(height, dtype=np.int32)[:, None]
-    cols = np.arange(width, dtype=np.int32)[None, :]
-    target = (np.clip(rows + dy, 0, height - 1) * width + np.clip(cols + dx, 0, width - 1))
-    source = rows * width + cols + np.zeros_like(dy)
-    step = 2 * shift + 1
-    for phase_y in range(min(step, height)):
-        for phase_x in range(min(step, width)):
-            initiators = source[phase_y::step, phase_x::step].ravel()
-            partners = target[phase_y::step, phase_x::step].ravel()
-            taken = flat[initiators]
-            flat[initiators] = flat[partners]
-            flat[partners] = taken
+    for _ in range(iterations):
+        dy, dx = _shuffle_offsets((height, width), shift, rng.random((2, height, width)))
+        flat = flat[raster_copy_sources(height, width, shift, dy, dx)]
+    return flat.reshape(values.shape)
 
 
 def blur_glass(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian blur, random local pixel swaps (repeated), Gaussian blur again."""
+    """Gaussian blur, the local pixel shuffle (1 or 2 passes), Gaussian blur again."""
     sigma, shift, iterations = GLASS_SIGMA_SHIFT_ITERATIONS[level - 1]
     values = cv2.GaussianBlur(to_unit(image), (0, 0), sigmaX=sigma, sigmaY=sigma,
                               borderType=cv2.BORDER_REFLECT_101)
-    values = np.ascontiguousarray(values)
-    for _ in range(iterations):
-        _swap_locally(values, shift, rng)
+    values = _shuffle(values.reshape(image.shape), shift, iterations, rng)
     values = cv2.GaussianBlur(values, (0, 0), sigmaX=sigma, sigmaY=sigma,
                               borderType=cv2.BORDER_REFLECT_101)
     return from_unit(values)
@@ -141,36 +191,42 @@ def blur_lens(image: np.ndarray, level: int, rng: np.random.Generator) -> np.nda
 
 
 def zoom_factors(end: float, step: float = ZOOM_STEP) -> np.ndarray:
-    """1, 1 + step, ... strictly below `end` (half-open, like arange).
+    """numpy's arange(1, end, step), as DepictQA's blur.py writes it.
 
-    Counted in integers: numpy's arange(1, 1.06, 0.02) lets float rounding include 1.06 (and
-    1.10 for end 1.10), which would make levels 2 and 3 one factor longer than intended.
+    Float rounding makes arange include the end 1.06 and 1.10 (4 and 6 factors for levels
+    2 and 3, not 3 and 5): that is the reference's definition, and its PSNRs, so it stays.
     """
-    count = int(math.floor((end - 1.0) / step - 1e-9)) + 1
-    return 1.0 + step * np.arange(count)
+    return np.arange(1.0, end, step)
 
 
 def blur_zoom(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    """Mean of the image magnified about its centre by each of `zoom_factors(end)`."""
+    """Mean of the image and its magnifications about the centre by `zoom_factors(end)`.
+
+    The unmagnified image counts once more, as in DepictQA (`(img + sum of zooms) /
+    (len(factors) + 1)`, the first factor being 1): at level 1 (factors 1, 1.02) two of
+    the three frames averaged are the sharp image.
+    """
     height, width = image.shape[:2]
     centre_x, centre_y = (width - 1) / 2.0, (height - 1) / 2.0
-    total = np.zeros(image.shape, dtype=np.float32)
+    total = image.astype(np.float32)
     factors = zoom_factors(ZOOM_ENDS[level - 1])
     for factor in factors:
+        if factor == 1.0:
+            total += image
+            continue
         # dst(p) = src(c + (p - c) / factor): a magnification about c, samples stay inside.
         matrix = np.array([[factor, 0.0, (1.0 - factor) * centre_x],
                            [0.0, factor, (1.0 - factor) * centre_y]], dtype=np.float64)
         zoomed = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
         total += zoomed.reshape(image.shape)
-    return round_to_uint8(total / np.float32(len(factors)))
+    return round_to_uint8(total / np.float32(len(factors) + 1))
 
 
 def blur_jitter(image: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    """Every pixel takes the value of the pixel randint(-p, p) away in x and y (p = 1..5)."""
-    shift = JITTER_SHIFTS[level - 1]
-    height, width = image.shape[:2]
-    dy, dx = rng.integers(-shift, shift + 1, size=(2, height, width), dtype=np.int32)
-    rows = np.clip(np.arange(height, dtype=np.int32)[:, None] + dy, 0, height - 1)
-    cols = np.clip(np.arange(width, dtype=np.int32)[None, :] + dx, 0, width - 1)
-    return image[rows, cols]
+    """One pass of the local pixel shuffle, shift p = 1..5 (DepictQA's blur_jitter).
+
+    The appendix's "offset by randint(-p, p)" is the reference's numpy call, whose high end
+    is excluded: offsets -p .. p - 1, applied in the scan order of `raster_copy_sources`.
+    """
+    return _shuffle(image, JITTER_SHIFTS[level - 1], 1, rng)
