@@ -181,12 +181,13 @@ def _choices() -> dict[str, tuple]:
     (imported here, not at the top: conf sits below every other package)."""
     from learner.ds_config import LR_SCHEDULES, PRECISIONS, ZERO_STAGES
     from learner.loss import AGGREGATIONS
-    from rewards import ADVANTAGE_MODES, CHOICE_MODES, PD_WEIGHT_SCHEMES
+    from rewards import ADVANTAGE_MODES, CHOICE_MODES, PD_WEIGHT_SCHEMES, STD_KINDS
     from weight_sync.transport import TRANSPORTS
 
     return {
         "stage": STAGES,
         "reward.advantage": ADVANTAGE_MODES,
+        "reward.adv_std": STD_KINDS,
         "reward.pd_weights": PD_WEIGHT_SCHEMES,
         "reward.choice_mode": CHOICE_MODES,
         "train.loss_agg": AGGREGATIONS,
@@ -205,6 +206,19 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"'{key}' is {value!r}; choose one of {list(allowed)}")
     if len(cfg.reward.lambdas) != 3:
         raise ConfigError("'reward.lambdas' needs three weights: answer, format, PD (Eq. 5)")
+    r = cfg.reward
+    if r.adv_eps <= 0:
+        raise ConfigError(f"'reward.adv_eps' is {r.adv_eps}; it must be > 0 (a group whose "
+                          "rewards all tie has std 0)")
+    push = r.adv_shift / r.adv_eps
+    if r.advantage == "clipped_positive" and push > r.max_tied_push * (1 + 1e-9):
+        raise ConfigError(
+            f"reward.adv_shift / reward.adv_eps = {r.adv_shift:g} / {r.adv_eps:g} gives every "
+            f"rollout of a tied, all-wrong group the advantage {-push:g} (Eq. 6 divides the "
+            "shift by std + eps, and std is 0 when all rewards tie), more than "
+            f"reward.max_tied_push={r.max_tied_push:g} allows. The paper prints shift 0.02 "
+            "without eps; the authors' code uses 2e-5 with eps 1e-4. To run it anyway, set "
+            f"reward.max_tied_push={push:g}")
     for key in ("rollout.n", "rollout.num_engines", "learner.num_learners", "train.batch_size"):
         if OmegaConf.select(cfg, key) < 1:
             raise ConfigError(f"'{key}' must be at least 1")

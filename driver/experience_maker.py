@@ -91,7 +91,8 @@ class ExperienceMaker:
         t1 = time.perf_counter()
         r = self.cfg.reward
         adv = R.batch_advantages(final, qualified, mode=str(r.advantage),
-                                 shift=float(r.adv_shift), eps=float(r.adv_eps))
+                                 shift=float(r.adv_shift), eps=float(r.adv_eps),
+                                 std=str(r.adv_std))
         groups = [PromptGroup(sample=sample, mode=self.mode,
                               prompt_ids=list(pr.prompt_token_ids),
                               completions=[Completion(list(x.token_ids), list(x.logprobs),
@@ -114,7 +115,8 @@ class ExperienceMaker:
         mos = [float(s["mos"]) for s in samples]
         t = time.perf_counter()
         base = R.stage2_rewards(texts, mos, mode="think", eps=float(r.eps),
-                                lambdas=list(r.lambdas), prompts=self.prompts)
+                                lambdas=list(r.lambdas), prompts=self.prompts,
+                                strict=bool(r.strict_score_format))
         metrics[M.TIMING_REWARD] = time.perf_counter() - t
         t = time.perf_counter()
         z_think, z_ref = self._pd_probabilities(samples, rollouts, base.qualified)

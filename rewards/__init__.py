@@ -11,7 +11,7 @@ grounding_reward, perception_format_reward and the batch form
 stage1_rewards. Optional: ranking_reward (PreResQ-style inter-image order).
 """
 
-from rewards.advantages import ADVANTAGE_MODES, batch_advantages, group_advantages
+from rewards.advantages import ADVANTAGE_MODES, STD_KINDS, batch_advantages, group_advantages
 from rewards.batch import Stage2Rewards, combine_rewards, stage2_rewards
 from rewards.parsing import (
     answer_content,
@@ -49,6 +49,7 @@ __all__ = [
     "ADVANTAGE_MODES",
     "CHOICE_MODES",
     "PD_WEIGHT_SCHEMES",
+    "STD_KINDS",
     "Stage2Rewards",
     "answer_content",
     "answer_reward",

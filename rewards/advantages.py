@@ -5,10 +5,14 @@ Eq. 6, for a group of G rollouts of one image with final rewards r (Eq. 5):
   so wrong rollouts are not pushed down while a right one exists;
 - when none is: A_i = (r_i - mean - shift)/std, a small negative push on every rollout so
   that the image is not wasted.
-The std is the population std (ddof = 0) and `eps` is added to it: the paper's printed form
-divides by std = 0 when all rewards tie (every all-wrong group with the same format
-reward). The defaults shift = 2e-5, eps = 1e-4 are the authors' code's (DESIGN.md); the
-paper prints shift = 0.02 without eps.
+The paper does not say which std: the default is the sample std (n - 1), as the authors'
+code (`torch.std`), TRL and verl compute it, so that the reference settings reproduce their
+advantages exactly; "population" (ddof = 0) is the other choice (reward.adv_std). A group of
+one rollout has std 0. `eps` is added to the std: the paper's printed form divides by
+std = 0 when all rewards tie (every all-wrong group with the same format reward). The
+defaults shift = 2e-5, eps = 1e-4 are the authors' code's (DESIGN.md); the paper prints
+shift = 0.02 without eps, which gives a tied all-wrong group -0.02 / 1e-4 = -200 each
+(conf/loader.py refuses that unless reward.max_tied_push allows it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from rewards.scoring import finite_float
 
 ADVANTAGE_MODES = ("clipped_positive", "standard")
+STD_KINDS = ("sample", "population")   # conf reward.adv_std
 
 
 def _rewards_array(rewards: Any, ndim: int) -> np.ndarray:
@@ -47,7 +52,8 @@ def _qualified_array(qualified: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def batch_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_positive",
-                     shift: float = 2e-5, eps: float = 1e-4) -> np.ndarray:
+                     shift: float = 2e-5, eps: float = 1e-4,
+                     std: str = "sample") -> np.ndarray:
     """group_advantages for a whole step: rewards and qualified are [B, G], one row a group.
 
     Returns a float [B, G] array, each row equal to group_advantages of that row.
@@ -60,9 +66,12 @@ def batch_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_p
     if eps <= 0:
         raise ValueError(f"eps must be positive (reward.adv_eps), got {eps!r}: with eps = 0 "
                          "a group whose rewards all tie divides by zero")
+    if std not in STD_KINDS:
+        raise ValueError(f"std must be one of {STD_KINDS} (reward.adv_std), got {std!r}")
     r = _rewards_array(rewards, 2)
     mean = r.mean(axis=1, keepdims=True)
-    denom = r.std(axis=1, keepdims=True) + eps  # population std (ddof = 0)
+    ddof = 1 if std == "sample" and r.shape[1] > 1 else 0   # one rollout: std 0
+    denom = r.std(axis=1, keepdims=True, ddof=ddof) + eps
     normalised = (r - mean) / denom
     if mode == "standard":
         return normalised
@@ -74,15 +83,17 @@ def batch_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_p
 
 
 def group_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_positive",
-                     shift: float = 2e-5, eps: float = 1e-4) -> np.ndarray:
+                     shift: float = 2e-5, eps: float = 1e-4,
+                     std: str = "sample") -> np.ndarray:
     """Advantages of one group of G rollouts (see the module docstring for Eq. 6).
 
     rewards: the G final rewards; qualified: G flags, True where ans == fmt == 1 (not read,
     and may be None, in mode "standard"). mode "clipped_positive" is Eq. 6, "standard" is
-    plain GRPO (r - mean)/(std + eps). Returns a float array of length G; never NaN, since
-    eps > 0 is required. Raises ValueError on non-finite rewards, mismatched lengths, an
-    unknown mode or eps <= 0.
+    plain GRPO (r - mean)/(std + eps); `std` "sample" (n - 1, the default) or
+    "population". Returns a float array of length G; never NaN, since eps > 0 is required.
+    Raises ValueError on non-finite rewards, mismatched lengths, an unknown mode or std, or
+    eps <= 0.
     """
     r = _rewards_array(rewards, 1)
     q = None if qualified is None else _qualified_array(qualified, r.shape)[None]
-    return batch_advantages(r[None], q, mode=mode, shift=shift, eps=eps)[0]
+    return batch_advantages(r[None], q, mode=mode, shift=shift, eps=eps, std=std)[0]

@@ -98,12 +98,13 @@ def _groups(texts: Any) -> list[list[str]]:
 def stage2_rewards(texts: Sequence[Sequence[str]], mos: Sequence[float], pd: Any | None = None,
                    *, mode: str = "think", eps: float = 0.5,
                    lambdas: Sequence[float] = (1.0, 1.0, 1.0),
-                   prompts: Any | None = None) -> Stage2Rewards:
+                   prompts: Any | None = None, strict: bool = True) -> Stage2Rewards:
     """Format, answer, qualified and final rewards of B groups of G rollouts.
 
     texts: [B][G] decoded rollouts; mos: [B] ground-truth scores on [0, 5); pd: [B, G] PD
     rewards (batch_pd_rewards), read only where a rollout is qualified; None means no PD
-    term yet (0). mode "think" or "no_think" picks the format (format_reward). Every value
+    term yet (0). mode "think" or "no_think" picks the format (format_reward, with
+    `strict` as there). Every value
     equals the scalar functions' (format_reward, extract_score, answer_reward,
     final_reward) for the same rollout. Raises on ragged groups, non-str texts, a mos
     length other than B or non-finite MOS, and on an invalid pd of a qualified rollout.
@@ -123,7 +124,7 @@ def stage2_rewards(texts: Sequence[Sequence[str]], mos: Sequence[float], pd: Any
     fmt = np.zeros((b, g))
     for i, group in enumerate(groups):
         for j, text in enumerate(group):
-            value, well_formed = gram.parse(text, mode)
+            value, well_formed = gram.parse(text, mode, strict)
             if value is None:
                 continue  # no score: format 0 as well, since a well-formed output has one
             score[i, j] = value

@@ -13,6 +13,10 @@ Accepted syntax (the prompts' "[think]..[/think][answer]Score:x[/answer]"):
   is not a format error.
 - An output with more or fewer than one of each expected tag (nested tags, a second answer
   block, a think tag in a no-think answer) is malformed.
+- The format reward also asks what the prompt asks of the score, "a float between 0 and
+  5, rounded to one decimal place": one digit, a point, one digit, at most 5.0
+  (`STRICT_SCORE`). `strict=False` (conf reward.strict_score_format=false) accepts any
+  number there. The answer reward (Eq. 1) reads any number either way.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from conf.prompts import MODES, tags
 TAG_KEYS = ("think_open", "think_close", "answer_open", "answer_close", "score_prefix",
             "choice_separator")
 NUMBER = r"[-+]?[0-9]+(?:\.[0-9]+)?"
+STRICT_SCORE = re.compile(r"[0-9]\.[0-9]", re.ASCII)   # then <= 5.0 (SCORE_MAX)
+SCORE_MAX = 5.0
 
 
 # What the format allows between and around the blocks: the ASCII whitespace of `\s`
@@ -105,11 +111,11 @@ class Grammar:
         """The finite score of the one answer block of `text`, else None."""
         return self._score(self.answer_content(text))
 
-    def parse(self, text: str, mode: str) -> tuple[float | None, bool]:
+    def parse(self, text: str, mode: str, strict: bool = True) -> tuple[float | None, bool]:
         """(score(text), whether `text` is exactly one output of `mode`), in one pass.
 
         A well-formed output always has a score; the converse does not hold (text around
-        the answer, a missing think).
+        the answer, a missing think, with `strict` a score the prompt does not allow).
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -121,9 +127,12 @@ class Grammar:
             # Not the format; the score may still be readable (text around it, no think).
             return self._score(self._content(text, found)), False
         opening, closing = found[-2], found[-1]
+        body = self.score_body.fullmatch(text, opening.end(), closing.start())
         score = self._score(text[opening.end():closing.start()])
         if score is None:
             return None, False
+        if strict and not (STRICT_SCORE.fullmatch(body.group("num")) and score <= SCORE_MAX):
+            return score, False
         # Everything outside the tags and the think must be whitespace.
         if text[:found[0].start()].strip(_GAP) or text[closing.end():].strip(_GAP):
             return score, False
@@ -133,9 +142,17 @@ class Grammar:
             return score, bool(think.strip()) and not between.strip(_GAP)
         return score, True
 
-    def is_well_formed(self, text: str, mode: str) -> bool:
+    def is_well_formed(self, text: str, mode: str, strict: bool = True) -> bool:
         """True when `text` is exactly one output of the given mode (see module docstring)."""
-        return self.parse(text, mode)[1]
+        return self.parse(text, mode, strict)[1]
+
+    def is_single_answer(self, text: str) -> bool:
+        """True when `text` is one answer block and nothing else but ASCII whitespace: no
+        think tag anywhere (Stage-1's no-think format)."""
+        found = self._tags(text)
+        if [m.group() for m in found] != [self.answer_open, self.answer_close]:
+            return False
+        return not (text[:found[0].start()].strip(_GAP) or text[found[1].end():].strip(_GAP))
 
 
 def _tag_values(prompts: Any) -> tuple[str, ...]:
@@ -239,16 +256,18 @@ def extract_score(text: str, prompts: Any | None = None) -> float | None:
     return grammar(prompts).score(_check_text(text))
 
 
-def format_reward(text: str, mode: str, prompts: Any | None = None) -> float:
+def format_reward(text: str, mode: str, prompts: Any | None = None,
+                  strict: bool = True) -> float:
     """1.0 when `text` is exactly the answer format of `mode`, else 0.0.
 
     mode "think": `[think]T[/think][answer]Score:x[/answer]` with T not blank;
     mode "no_think": `[answer]Score:x[/answer]`. Optional whitespace is accepted around
     "Score:" and the number, between the blocks and at the ends; anything else before,
     between or after, a nested or repeated tag, a missing part or a number that is not a
-    finite ASCII decimal gives 0.0. Raises ValueError for an unknown mode, TypeError when
-    `text` is not a str.
+    finite ASCII decimal gives 0.0, and with `strict` (the default) so does a score other
+    than one decimal in [0.0, 5.0] ("3.7" yes; "3", "3.45", "-0.5", "12.0" no). Raises
+    ValueError for an unknown mode, TypeError when `text` is not a str.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    return 1.0 if grammar(prompts).is_well_formed(_check_text(text), mode) else 0.0
+    return 1.0 if grammar(prompts).is_well_formed(_check_text(text), mode, strict) else 0.0

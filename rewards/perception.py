@@ -140,16 +140,13 @@ def perception_format_reward(text: str, prompts: Any | None = None) -> float:
     """Stage-1 format reward: 1.0 when the whole output is one answer block.
 
     Both Stage-1 prompts ask for "[answer]...[/answer]" and nothing else (no think:
-    Stage-1 runs in no-think mode); whitespace around the block is allowed, any other text
-    before or after it, or a second block, gives 0.0.
+    Stage-1 runs in no-think mode); ASCII whitespace around the block is allowed, as in
+    Stage-2's format; any other text before or after it (full-width spaces included), a
+    second block or a think tag anywhere gives 0.0.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be the decoded model output (str), got {type(text).__name__}")
-    gram = grammar(prompts)
-    body = text.strip()
-    if not (body.startswith(gram.answer_open) and body.endswith(gram.answer_close)):
-        return 0.0
-    return 1.0 if gram.answer_content(body) is not None else 0.0
+    return 1.0 if grammar(prompts).is_single_answer(text) else 0.0
 
 
 def stage1_rewards(texts: Sequence[Sequence[str]], tasks: Sequence[str],

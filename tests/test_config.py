@@ -33,6 +33,34 @@ def test_table7_hyper_parameters():
         assert cfg.model.max_pixels == 1920 * 1080
     assert (s1.stage, s2.stage) == (1, 2)
     assert s1.reward.advantage == "standard" and s2.reward.advantage == "clipped_positive"
+    # Stage-1 is "standard GRPO" (KL 0.04 to the reference, per-sequence mean, as the
+    # authors' code); the KL removal and DAPO's token mean arrive with Stage-2.
+    assert (s1.train.kl_coef, s1.train.loss_agg) == (0.04, "seq_mean")
+    assert (s2.train.kl_coef, s2.train.loss_agg) == (0.0, "token_mean")
+    tiny1 = load_config("tiny_stage1")
+    assert (tiny1.train.kl_coef, tiny1.train.loss_agg) == (0.04, "seq_mean")
+    # "a reward 1 only if its output matches the correct answer": exact match by default.
+    assert s1.reward.choice_mode == "all"
+    assert s2.reward.adv_std == "sample" and s2.reward.strict_score_format
+
+
+def test_the_papers_printed_shift_needs_an_explicit_opt_in():
+    # 0.02 / 1e-4 = 200: a tied, all-wrong group would get advantage -200 each.
+    with pytest.raises(ConfigError, match="advantage -200.*max_tied_push=200"):
+        load_config("stage2", ["reward.adv_shift=0.02"])
+    assert load_config("stage2", ["reward.adv_shift=0.02",
+                                  "reward.max_tied_push=200"]).reward.adv_shift == 0.02
+    load_config("stage1", ["reward.adv_shift=0.02"])   # standard GRPO has no shift
+    with pytest.raises(ConfigError, match="adv_eps"):
+        load_config("tiny", ["reward.adv_eps=0"])
+
+
+def test_run_resume_takes_true_false_or_force():
+    assert [load_config("tiny", [f"run.resume={v}"]).run.resume
+            for v in ("true", "false", "force")] == [True, False, "force"]
+    for bad in ("maybe", "1"):
+        with pytest.raises(ConfigError, match="run.resume"):
+            load_config("tiny", [f"run.resume={bad}"])
 
 
 def test_inheritance_child_overrides_parent_and_keeps_the_rest():

@@ -14,10 +14,13 @@ from rewards import batch_advantages, group_advantages
 SHIFT, EPS = 2e-5, 1e-4
 
 
-def _independent(rewards, qualified, mode, shift=SHIFT, eps=EPS):
-    """Eq. 6 written out with the standard library (population std)."""
+def _independent(rewards, qualified, mode, shift=SHIFT, eps=EPS, kind="sample"):
+    """Eq. 6 written out with the standard library (sample std by default, as torch.std)."""
     mean = statistics.fmean(rewards)
-    std = statistics.pstdev(rewards)
+    if kind == "population" or len(rewards) == 1:
+        std = statistics.pstdev(rewards)
+    else:
+        std = statistics.stdev(rewards)
     if mode == "standard":
         return [(r - mean) / (std + eps) for r in rewards]
     if any(qualified):
@@ -33,17 +36,29 @@ def test_appendix_worked_example():
     easy = [2.1, 2, 2, 2, 2, 2, 2, 1]
     a_hard = group_advantages(hard, [r >= 2 for r in hard])
     a_easy = group_advantages(easy, [r >= 2 for r in easy])
-    # By hand: mean 1.125, population variance (0.875^2 + 7 * 0.125^2)/8 = 0.109375,
-    # std 0.3307189, A = 0.875 / (0.3307189 + 1e-4) = 2.64495.
-    assert a_hard[0] == pytest.approx(2.64495, abs=1e-5)
-    # By hand: mean 1.8875, variance 0.90875/8 = 0.11359375, std 0.3370367,
-    # A(2.1) = 0.2125 / 0.3371367 = 0.63031, A(2) = 0.1125 / 0.3371367 = 0.33369.
-    assert a_easy[0] == pytest.approx(0.63031, abs=1e-5)
-    assert a_easy[1] == pytest.approx(0.33369, abs=1e-5)
+    # By hand, sample std (n - 1 = 7): mean 1.125, sum of squares 0.875^2 + 7 * 0.125^2 =
+    # 0.875, std sqrt(0.875 / 7) = 0.3535534, A = 0.875 / (0.3535534 + 1e-4) = 2.47417.
+    assert a_hard[0] == pytest.approx(2.47417, abs=1e-5)
+    # By hand: mean 1.8875, sum of squares 0.90875, std sqrt(0.90875 / 7) = 0.3603074,
+    # A(2.1) = 0.2125 / 0.3604074 = 0.58961, A(2) = 0.1125 / 0.3604074 = 0.31215.
+    assert a_easy[0] == pytest.approx(0.58961, abs=1e-5)
+    assert a_easy[1] == pytest.approx(0.31215, abs=1e-5)
     assert a_hard[0] > 4 * a_easy[0]
     # Wrong rollouts are not pushed down while a right one exists.
     assert a_hard[1:].tolist() == [0.0] * 7 and a_easy[7] == 0.0
     assert a_hard == pytest.approx(_independent(hard, [r >= 2 for r in hard], "clipped"))
+
+
+def test_population_std_is_one_config_value_away():
+    # reward.adv_std=population, by hand: variance 0.875 / 8 = 0.109375, std 0.3307189,
+    # A = 0.875 / 0.3308189 = 2.64495; the ratio to the sample form is sqrt(8/7) for ties
+    # aside (eps is tiny).
+    hard = [2, 1, 1, 1, 1, 1, 1, 1]
+    pop = group_advantages(hard, [r >= 2 for r in hard], std="population")
+    assert pop[0] == pytest.approx(2.64495, abs=1e-5)
+    sample = group_advantages(hard, [r >= 2 for r in hard])
+    assert pop[0] / sample[0] == pytest.approx((8 / 7) ** 0.5, rel=1e-3)
+    assert group_advantages([3.0], [True], std="sample") == pytest.approx([0.0])   # G = 1
 
 
 def test_no_qualified_rollout_gets_the_shifted_negative_form():
@@ -87,6 +102,7 @@ def test_batch_equals_per_group():
     ([1.0, 2.0], [True, False], {"eps": 0.0}, "eps"),
     ([1.0, 2.0], [True, False], {"mode": "dapo"}, "mode"),
     ([1.0, 2.0], None, {}, "qualified"),
+    ([1.0, 2.0], [True, False], {"std": "biased"}, "adv_std"),
 ])
 def test_bad_input_raises(rewards, qualified, kwargs, match):
     with pytest.raises(ValueError, match=match):

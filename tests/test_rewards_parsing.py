@@ -39,8 +39,16 @@ ADVERSARIAL = [
     (GOOD, "think", 1.0, 3.7),
     ("[think]ok[/think][answer] Score: 3.7 [/answer]", "think", 1.0, 3.7),
     ("[think]ok[/think]\n[answer]Score:\t3.7\n[/answer]\n", "think", 1.0, 3.7),
-    ("[think]ok[/think][answer]Score:-1.5[/answer]", "think", 1.0, -1.5),
-    ("[think]ok[/think][answer]Score:4[/answer]", "think", 1.0, 4.0),
+    # The prompt asks for "a float between 0 and 5, rounded to one decimal place": other
+    # numbers are read (Eq. 1 judges them) but are not the format.
+    ("[think]ok[/think][answer]Score:-1.5[/answer]", "think", 0.0, -1.5),
+    ("[think]ok[/think][answer]Score:4[/answer]", "think", 0.0, 4.0),
+    ("[think]ok[/think][answer]Score: 12.0[/answer]", "think", 0.0, 12.0),
+    ("[think]ok[/think][answer]Score:-0.5[/answer]", "think", 0.0, -0.5),
+    ("[think]ok[/think][answer]Score:3.456[/answer]", "think", 0.0, 3.456),
+    ("[think]ok[/think][answer]Score:5.1[/answer]", "think", 0.0, 5.1),
+    ("[think]ok[/think][answer]Score:5.0[/answer]", "think", 1.0, 5.0),
+    ("[think]ok[/think][answer]Score:0.0[/answer]", "think", 1.0, 0.0),
     ("[think][/think][answer]Score:3.7[/answer]", "think", 0.0, 3.7),       # empty think
     ("[think] \n\t [/think][answer]Score:3.7[/answer]", "think", 0.0, 3.7),  # blank think
     ("[think]a[think]b[/think][/think][answer]Score:3.7[/answer]", "think", 0.0, 3.7),
@@ -106,11 +114,13 @@ def test_what_score_answer_writes_is_accepted():
 @given(think=st.text(min_size=1, max_size=80).filter(lambda s: "[" not in s and s.strip()),
        mos=st.floats(0, 5), m=st.integers(1, 3))
 def test_round_trip_with_mos_digits(think, mos, m):
-    # Any non-blank think without tags and any ground-truth string is a well-formed answer
-    # whose score reads back as the same number.
+    # Any non-blank think without tags and any ground-truth string reads back as the same
+    # number; it is the required format exactly when it has one decimal (M = 2, the
+    # paper's), and with strict=False whatever its digits.
     digits = mos_digits(mos, m)
     text = score_answer(digits, "think", think=think)
-    assert format_reward(text, "think") == 1.0
+    assert format_reward(text, "think") == (1.0 if m == 2 else 0.0)
+    assert format_reward(text, "think", strict=False) == 1.0
     assert extract_score(text) == float(digits)
 
 

@@ -147,6 +147,11 @@ def test_grounding_bad_ground_truth_raises(gt):
     ("[think]x[/think][answer]cat / blur / slight[/answer]", 0.0),
     ("[answer]cat / blur / slight", 0.0),
     ("", 0.0),
+    # Judged as Stage-2 judges: a think tag inside the answer, or a full-width space
+    # (U+3000, which str.strip() would take for whitespace) around it, is not the format.
+    ("[answer]cat [think]hm[/think] / blur / slight[/answer]", 0.0),
+    ("\u3000[answer]cat / blur / slight[/answer]", 0.0),
+    ("[answer]cat / blur / slight[/answer]\u3000", 0.0),
 ])
 def test_perception_format_reward(text, expected):
     assert perception_format_reward(text) == expected
