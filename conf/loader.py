@@ -10,6 +10,8 @@ becomes 1.0.
 from __future__ import annotations
 
 import difflib
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +168,8 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
         cfg = schema
     if overrides:
         cfg = _merge_checked(cfg, parse_overrides(overrides), "the command line")
+    if isinstance(cfg.run.name, int | float) and not isinstance(cfg.run.name, bool):
+        cfg.run.name = str(cfg.run.name)   # run.name=123 means the folder "123"
     cfg.run.name = cfg.run.name or f"{name}-stage{cfg.stage}"
     try:
         OmegaConf.resolve(cfg)
@@ -198,6 +202,73 @@ def _choices() -> dict[str, tuple]:
     }
 
 
+def _at_least(low: float) -> Callable[[Any], bool]:
+    return lambda v: v >= low
+
+
+def _above(low: float) -> Callable[[Any], bool]:
+    return lambda v: v > low
+
+
+def _null_or_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: v is None or v >= low
+
+
+# Numeric keys and the values they may take (every number must also be finite); checked
+# before anything starts, so a bad value is one line, not a traceback mid-run.
+RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
+    ("run.seed", ">= 0", _at_least(0)),
+    ("model.min_pixels", ">= 784 (28 x 28)", _at_least(784)),
+    ("model.max_pixels", ">= 784 (28 x 28)", _at_least(784)),
+    ("rollout.num_engines", ">= 1", _at_least(1)),
+    ("rollout.num_cpus_per_engine", ">= 0", _at_least(0)),
+    ("rollout.num_gpus_per_engine", ">= 0", _at_least(0)),
+    ("rollout.tensor_parallel_size", ">= 1", _at_least(1)),
+    ("rollout.max_model_len", ">= 1", _at_least(1)),
+    ("rollout.kv_cache_gib", ">= 1", _at_least(1)),
+    ("rollout.gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1),
+    ("rollout.n", ">= 1", _at_least(1)),
+    ("rollout.temperature", ">= 0", _at_least(0)),
+    ("rollout.top_p", "in (0, 1]", lambda v: 0 < v <= 1),
+    ("rollout.max_new_tokens", ">= 1", _at_least(1)),
+    ("scoring.num_cpus", ">= 0", _at_least(0)),
+    ("scoring.num_gpus", ">= 0", _at_least(0)),
+    ("reward.eps", "> 0", _above(0)),
+    ("reward.lambdas", "three weights >= 0", lambda v: all(x >= 0 for x in v)),
+    ("reward.pd_digits", "in 1..17", lambda v: 1 <= v <= 17),
+    ("reward.adv_shift", ">= 0", _at_least(0)),
+    ("reward.adv_eps", "> 0 (a group whose rewards all tie has std 0)", _above(0)),
+    ("reward.max_tied_push", "> 0", _above(0)),
+    ("reward.ranking_weight", ">= 0", _at_least(0)),
+    ("train.epochs", ">= 1", _at_least(1)),
+    ("train.max_steps", "null or >= 1", _null_or_at_least(1)),
+    ("train.batch_size", ">= 1", _at_least(1)),
+    ("train.lr", "> 0", _above(0)),
+    ("train.warmup_ratio", "in [0, 1)", lambda v: 0 <= v < 1),
+    ("train.weight_decay", ">= 0", _at_least(0)),
+    ("train.grad_accum", ">= 1", _at_least(1)),
+    ("train.grad_clip", "> 0", _above(0)),
+    ("train.clip_eps", "> 0", _above(0)),
+    ("train.kl_coef", ">= 0", _at_least(0)),
+    ("train.micro_batch_size", ">= 1", _at_least(1)),
+    ("learner.num_learners", ">= 1", _at_least(1)),
+    ("learner.num_cpus", ">= 0", _at_least(0)),
+    ("learner.num_gpus", ">= 0", _at_least(0)),
+    ("weights.bucket_mb", "> 0", _above(0)),
+    ("checkpoint.every", ">= 0 (0: only after the last step)", _at_least(0)),
+    ("checkpoint.keep_last", ">= 0 (0: keep all)", _at_least(0)),
+    ("eval.every", ">= 0 (0: only before the first and after the last step)", _at_least(0)),
+    ("eval.max_samples", "null or >= 1", _null_or_at_least(1)),
+    ("eval.nothink_acc_every", ">= 0 (0: never)", _at_least(0)),
+    ("logging.rollouts_per_step", ">= 0", _at_least(0)),
+    ("logging.think_collapse_fraction", "in [0, 1]", lambda v: 0 <= v <= 1),
+]
+
+
+def _shown(value: Any) -> str:
+    return repr(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
+
+
 def _check_values(cfg: DictConfig) -> None:
     """The few constraints a type cannot express."""
     for key, allowed in _choices().items():
@@ -206,10 +277,13 @@ def _check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"'{key}' is {value!r}; choose one of {list(allowed)}")
     if len(cfg.reward.lambdas) != 3:
         raise ConfigError("'reward.lambdas' needs three weights: answer, format, PD (Eq. 5)")
+    for key, allowed, ok in RANGES:
+        value = OmegaConf.select(cfg, key)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        if not all(math.isfinite(v) for v in numbers) or not ok(value):
+            raise ConfigError(f"'{key}' is {_shown(value)}; it must be {allowed}")
     r = cfg.reward
-    if r.adv_eps <= 0:
-        raise ConfigError(f"'reward.adv_eps' is {r.adv_eps}; it must be > 0 (a group whose "
-                          "rewards all tie has std 0)")
     push = r.adv_shift / r.adv_eps
     if r.advantage == "clipped_positive" and push > r.max_tied_push * (1 + 1e-9):
         raise ConfigError(
@@ -219,9 +293,10 @@ def _check_values(cfg: DictConfig) -> None:
             f"reward.max_tied_push={r.max_tied_push:g} allows. The paper prints shift 0.02 "
             "without eps; the authors' code uses 2e-5 with eps 1e-4. To run it anyway, set "
             f"reward.max_tied_push={push:g}")
-    for key in ("rollout.n", "rollout.num_engines", "learner.num_learners", "train.batch_size"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"'{key}' must be at least 1")
+    name = cfg.run.name
+    if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
+        raise ConfigError(f"'run.name' is {name!r}; it must be a folder name (text without "
+                          "'/'), e.g. run.name=try1")
 
 
 def save_config(cfg: DictConfig, path: str | Path) -> Path:

@@ -113,9 +113,19 @@ def policy_loss(
     _check_inputs(
         logp_new, logp_old, advantages, mask, logp_ref, token_entropy, clip_eps, agg, kl_coef
     )
-    logp_old = logp_old.detach()
-    adv = advantages.detach().to(logp_new.dtype).unsqueeze(1)
     mask = mask.to(logp_new.dtype)
+    # Padding positions may hold anything (inf, NaN): zero them before any arithmetic, so
+    # that they reach neither the loss nor the gradient (where() passes no gradient to
+    # the branch it does not take).
+    on = mask > 0
+    logp_new = torch.where(on, logp_new, torch.zeros((), dtype=logp_new.dtype))
+    logp_old = torch.where(on, logp_old.detach(), torch.zeros((), dtype=logp_old.dtype))
+    if logp_ref is not None:
+        logp_ref = torch.where(on, logp_ref.detach(), torch.zeros((), dtype=logp_ref.dtype))
+    if token_entropy is not None:
+        token_entropy = torch.where(on, token_entropy,
+                                    torch.zeros((), dtype=token_entropy.dtype))
+    adv = advantages.detach().to(logp_new.dtype).unsqueeze(1)
 
     log_ratio = logp_new - logp_old
     ratio = torch.exp(log_ratio)

@@ -143,3 +143,25 @@ def test_launch_fails_fast_when_actors_do_not_fit(tmp_path):
     assert proc.returncode == 3
     assert "5.25 CPU" in proc.stderr and "ray.num_cpus" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("checkpoint.every=-1", "'checkpoint.every' is -1; it must be >= 0"),
+    ("train.lr=.nan", "'train.lr' is nan; it must be > 0"),
+    ("train.lr=0", "'train.lr' is 0.0; it must be > 0"),
+    ("reward.eps=-0.5", "'reward.eps' is -0.5; it must be > 0"),
+    ("reward.lambdas=[1,.inf,1]", "'reward.lambdas' is \\[1, inf, 1\\]"),
+    ("train.grad_accum=0", "'train.grad_accum' is 0; it must be >= 1"),
+    ("reward.pd_digits=0", "'reward.pd_digits' is 0; it must be in 1..17"),
+    ("weights.bucket_mb=0", "'weights.bucket_mb' is 0; it must be > 0"),
+    ("train.max_steps=-5", "'train.max_steps' is -5; it must be null or >= 1"),
+    ("run.name=a/b", "'run.name' is 'a/b'; it must be a folder name"),
+    ("rollout.top_p=0", "'rollout.top_p' is 0.0; it must be in \\(0, 1\\]"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_a_numeric_run_name_is_a_folder_name():
+    assert load_config("tiny", ["run.name=123"]).run.name == "123"

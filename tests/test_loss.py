@@ -156,3 +156,32 @@ def test_misaligned_shapes_raise():
         policy_loss(logp_new, logp_old, adv, mask[:, :2])
     with pytest.raises(ValueError, match="one value per sequence"):
         policy_loss(logp_new, logp_old, adv.unsqueeze(1), mask)
+
+
+@pytest.mark.parametrize("junk", [float("inf"), float("-inf"), float("nan")])
+def test_masked_positions_reach_neither_loss_nor_gradient(junk):
+    # Two sequences, the second padded at its last position; the padding holds junk in
+    # every input. The loss and the gradient must equal those of the clean inputs.
+    clean = torch.tensor([[-1.0, -0.5], [-0.7, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    adv = torch.tensor([1.0, -0.5])
+    old = torch.tensor([[-1.1, -0.4], [-0.6, 0.0]])
+    results = []
+    for fill in (0.0, junk):
+        logp = clean.clone()
+        logp[1, 1] = fill
+        logp.requires_grad_(True)
+        o = old.clone()
+        o[1, 1] = fill
+        ref = old.clone()
+        ref[1, 1] = fill
+        ent = torch.ones(2, 2)
+        ent[1, 1] = fill
+        loss, stats = policy_loss(logp, o, adv, mask, agg="token_mean", kl_coef=0.1,
+                                  logp_ref=ref, token_entropy=ent)
+        loss.backward()
+        results.append((loss.item(), logp.grad.clone(), stats))
+    (loss0, grad0, stats0), (loss1, grad1, stats1) = results
+    assert math.isfinite(loss1) and loss1 == loss0
+    assert torch.equal(grad1, grad0) and grad1[1, 1] == 0.0
+    assert stats1 == stats0
