@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rewards.scoring import finite_float
+from rewards.scoring import REWARD_LIMIT, finite_float
 
 ADVANTAGE_MODES = ("clipped_positive", "standard")
 STD_KINDS = ("sample", "population")   # conf reward.adv_std
@@ -36,6 +36,9 @@ def _rewards_array(rewards: Any, ndim: int) -> np.ndarray:
         bad = np.argwhere(~np.isfinite(r))[0].tolist()
         raise ValueError(f"rewards hold a non-finite value at index {bad}; every rollout "
                          "needs a finite final reward")
+    if np.abs(r).max() > REWARD_LIMIT:
+        raise ValueError(f"rewards reach {np.abs(r).max():g}, beyond +-{REWARD_LIMIT:g}; "
+                         "check the reward weights (reward.lambdas, ranking_weight)")
     return r
 
 
@@ -63,6 +66,8 @@ def batch_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_p
                          f"got {mode!r}")
     shift = finite_float(shift, "shift")
     eps = finite_float(eps, "eps")
+    if abs(shift) > REWARD_LIMIT:
+        raise ValueError(f"shift must lie within +-{REWARD_LIMIT:g}, got {shift!r}")
     if eps <= 0:
         raise ValueError(f"eps must be positive (reward.adv_eps), got {eps!r}: with eps = 0 "
                          "a group whose rewards all tie divides by zero")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from rewards.parsing import grammar
-from rewards.scoring import finite_float
+from rewards.scoring import REWARD_LIMIT, finite_float
 
 CHOICE_MODES = ("mean", "all")
 # The grounding prompt (conf/prompts.yaml, stage1_grounding) asks for "x1,y1,x2,y2" as
@@ -176,5 +176,9 @@ def stage1_rewards(texts: Sequence[Sequence[str]], tasks: Sequence[str],
             fmt[i, j] = perception_format_reward(text, prompts)
             task[i, j] = (choice_reward(text, gold, choice_mode, prompts) if kind == "choice"
                           else grounding_reward(text, gold, prompts))
-    w_task, w_fmt = (float(x) for x in lambdas)
+    if len(tuple(lambdas)) != 2:
+        raise ValueError(f"lambdas must be 2 numbers (task, format), got {lambdas!r}")
+    w_task, w_fmt = (finite_float(x, f"lambdas[{i}]") for i, x in enumerate(lambdas))
+    if max(abs(w_task), abs(w_fmt)) > REWARD_LIMIT:
+        raise ValueError(f"lambdas must lie within +-{REWARD_LIMIT:g}, got {lambdas!r}")
     return {"fmt": fmt, "task": task, "final": w_task * task + w_fmt * fmt}

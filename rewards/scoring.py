@@ -20,6 +20,10 @@ PD_WEIGHT_SCHEMES = ("paper", "reference")
 PROB_TOL = 1e-6
 MOS_MAX = 5
 MAX_DIGITS = 17  # a double carries about 17 significant decimal digits
+# Rewards are sums of a few weighted terms of order 1; far beyond, sums, means and stds
+# overflow a float. Weights or rewards beyond are a bug upstream, refused, not turned
+# into inf or NaN.
+REWARD_LIMIT = 1e100
 
 
 def finite_float(value: Any, name: str) -> float:
@@ -63,7 +67,10 @@ def answer_reward(pred: float | None, mos: float, eps: float = 0.5) -> float:
     if isinstance(pred, bool) or not isinstance(pred, Real):
         raise TypeError(f"pred must be a number or None (extract_score's result), "
                         f"got {type(pred).__name__}")
-    pred = float(pred)
+    try:
+        pred = float(pred)
+    except OverflowError:  # an int beyond the float range: a wrong answer like inf
+        return 0.0
     if not math.isfinite(pred):
         return 0.0
     gap = abs(pred - mos) - eps
@@ -254,6 +261,8 @@ def check_lambdas(lambdas: Sequence[float]) -> tuple[float, float, float]:
         raise ValueError(f"lambdas must be 3 numbers (answer, format, PD; reward.lambdas), "
                          f"got {lambdas!r}")
     l1, l2, l3 = (finite_float(v, f"lambdas[{i}]") for i, v in enumerate(values))
+    if max(abs(l1), abs(l2), abs(l3)) > REWARD_LIMIT:
+        raise ValueError(f"lambdas must lie within +-{REWARD_LIMIT:g}, got {lambdas!r}")
     return l1, l2, l3
 
 
