@@ -107,13 +107,13 @@ def check_resumable(cfg, out: Path, data_id: dict) -> None:
     newest checkpoint's data fingerprint must be this run's."""
     from conf import ConfigError
     from driver.training_data import fingerprint_changes
-    from learner.checkpoint import checkpoint_root, newest_complete, read_trainer_state
+    from learner.checkpoint import checkpoint_root, newest_resumable
 
-    newest = newest_complete(checkpoint_root(out)) if cfg.run.resume else None
-    if newest is None or cfg.run.resume == "force":
+    found = newest_resumable(checkpoint_root(out)) if cfg.run.resume else None
+    if found is None or cfg.run.resume == "force":
         return
-    changes = fingerprint_changes(read_trainer_state(newest).get("data_fingerprint", {}),
-                                  data_id)
+    newest, state = found
+    changes = fingerprint_changes(state.get("data_fingerprint", {}), data_id)
     if changes:
         raise ConfigError(f"the data order differs from {newest}'s ({'; '.join(changes)}): "
                           "resuming would repeat or skip samples. Use another run.name, or "
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from conf import ConfigError, available_configs, load_config, save_config
     from driver.cluster import ResourceError
+    from driver.run_dir import RunDirError, RunLock, start_fresh
     from driver.training_data import DataError
 
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -258,12 +259,19 @@ def main(argv: list[str] | None = None) -> int:
         shown["prompts"] = f"<{len(cfg.prompts)} templates from conf/prompts.yaml>"
         print(textwrap.indent(OmegaConf.to_yaml(shown), "  "))
         out = run_dir(cfg)
+        lock = RunLock(out)   # held until this process ends: one launch per run directory
+        if not cfg.run.resume:
+            moved = start_fresh(out, bool(cfg.run.overwrite))
+            if moved:
+                print(f"# the old run in {out} was moved to {moved}")
+                lock.release()
+                lock = RunLock(out)
         saved = save_config(cfg, out / "config.yaml")
         print(f"# saved to {saved}")
         model_path = prepare_model(cfg)
         print(f"# model: {model_path}")
         train(cfg, model_path, out)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, RunDirError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ResourceError as exc:

@@ -21,6 +21,7 @@ The DeepSpeed calls live in learner_actor.py; this module only handles folders a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,7 +38,9 @@ HF_DIR = "hf"
 RUN_EXPORT = "export"
 RNG_DIR = "rng"
 TMP_PREFIX = ".tmp-"
-_STEP_RE = re.compile(r"^step_(\d+)$")
+PREV_SUFFIX = ".prev"   # a step's previous copy while the same step is saved again
+log = logging.getLogger("refine_iqa")
+_STEP_RE = re.compile(r"^step_(\d+)(\.prev)?$")
 
 # Files of a model directory that belong to the tokenizer / processor, copied into exports.
 PROCESSOR_FILE_PATTERNS = (
@@ -80,7 +83,10 @@ def write_trainer_state(directory: Path, state: dict[str, Any]) -> Path:
                 "lists/numbers/strings (e.g. random.getstate() -> list, numpy -> .tolist())"
             ) from None
     path = directory / TRAINER_STATE
-    path.write_text(json.dumps(state, indent=1, sort_keys=True))
+    with path.open("w") as handle:
+        handle.write(json.dumps(state, indent=1, sort_keys=True))
+        handle.flush()
+        os.fsync(handle.fileno())
     return path
 
 
@@ -104,17 +110,17 @@ def finalize(tmp_dir: Path, final_dir: Path, meta: dict[str, Any]) -> Path:
     marker.write_text(json.dumps({**meta, "time": time.time()}, sort_keys=True))
     with open(marker, "rb+") as handle:
         os.fsync(handle.fileno())
+    # Same step saved again (e.g. after a resume): the old copy steps aside under a name
+    # that list_complete still takes (step_N.prev) and that no clean-up deletes, so a crash
+    # at any moment leaves a complete copy of the step; then it is dropped.
+    retired = final_dir.with_name(final_dir.name + PREV_SUFFIX)
     if final_dir.exists():
-        # Same step saved again (e.g. after a resume): move the old one aside first so there
-        # is no moment without a complete copy, then drop it.
-        retired = final_dir.with_name(f"{TMP_PREFIX}old-{final_dir.name}")
         shutil.rmtree(retired, ignore_errors=True)
         os.replace(final_dir, retired)
-        os.replace(tmp_dir, final_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
+        _fsync_dir(final_dir.parent)
+    os.replace(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)
+    shutil.rmtree(retired, ignore_errors=True)   # also one left by a crash in between
     return final_dir
 
 
@@ -123,18 +129,30 @@ def list_complete(root: str | Path) -> list[tuple[int, Path]]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = []
-    for child in root.iterdir():
+    found: dict[int, Path] = {}
+    for child in sorted(root.iterdir()):   # step_N sorts before step_N.prev, and wins
         match = _STEP_RE.match(child.name)
         if match and child.is_dir() and (child / COMPLETE).is_file():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
+            found.setdefault(int(match.group(1)), child)
+    return sorted(found.items())
 
 
 def newest_complete(root: str | Path) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
     found = list_complete(root)
     return found[-1][1] if found else None
+
+
+def newest_resumable(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint whose trainer state reads back, with that state; a
+    torn or unreadable one is passed over (with a warning) for the one before it."""
+    for _, path in reversed(list_complete(root)):
+        try:
+            return path, read_trainer_state(path)
+        except (OSError, ValueError) as err:   # JSONDecodeError is a ValueError
+            log.warning("checkpoint %s is unreadable (%s); falling back to the one before",
+                        path, err)
+    return None
 
 
 def prune(root: str | Path, keep_last: int) -> list[Path]:
@@ -146,6 +164,8 @@ def prune(root: str | Path, keep_last: int) -> list[Path]:
     doomed = [path for _, path in list_complete(root)[:-keep_last]]
     for path in doomed:
         shutil.rmtree(path)
+        shutil.rmtree(path.with_name(path.name.removesuffix(PREV_SUFFIX) + PREV_SUFFIX),
+                      ignore_errors=True)
     return doomed
 
 

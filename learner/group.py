@@ -63,8 +63,8 @@ class _CheckpointFiles:
         return str(final)
 
     def newest_checkpoint(self, run_dir: str) -> tuple[str, dict] | None:
-        found = ckpt.newest_complete(ckpt.checkpoint_root(run_dir))
-        return (str(found), ckpt.read_trainer_state(found)) if found else None
+        found = ckpt.newest_resumable(ckpt.checkpoint_root(run_dir))
+        return (str(found[0]), found[1]) if found else None
 
     def clear_dir(self, path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)

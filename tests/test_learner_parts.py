@@ -238,3 +238,31 @@ def test_copy_processor_files_takes_tokenizer_files_only(tmp_path):
     assert sorted(copied) == ["chat_template.jinja", "processor_config.json", "tokenizer.json",
                               "tokenizer_config.json"]
     assert not (dst / "model.safetensors").exists()
+
+
+def test_a_torn_trainer_state_falls_back_to_the_checkpoint_before(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (10, 20):
+        tmp = ckpt.tmp_dir_for(root, step)
+        tmp.mkdir(parents=True)
+        ckpt.write_trainer_state(tmp, {"step": step})
+        ckpt.finalize(tmp, root / ckpt.step_dir_name(step), {"step": step})
+    torn = root / ckpt.step_dir_name(20) / ckpt.TRAINER_STATE
+    torn.write_text(torn.read_text()[:5])          # a crash mid-write of the newest
+    path, state = ckpt.newest_resumable(root)
+    assert path.name == ckpt.step_dir_name(10) and state == {"step": 10}
+
+
+def test_resave_of_a_step_keeps_a_complete_copy_at_every_moment(tmp_path):
+    root = tmp_path / "checkpoints"
+    first = _fake_checkpoint(root, 10)
+    # The moment between "old copy steps aside" and "new copy takes its name": only the
+    # step_N.prev copy exists. It is still found, and a clean-up of stale temporaries
+    # (the next save's first act) does not delete it.
+    prev = first.with_name(first.name + ckpt.PREV_SUFFIX)
+    first.rename(prev)
+    ckpt.remove_stale_tmp(root)
+    assert ckpt.list_complete(root) == [(10, prev)]
+    # A save of the same step then completes normally and leaves one copy.
+    again = _fake_checkpoint(root, 10)
+    assert ckpt.list_complete(root) == [(10, again)] and not prev.exists()
