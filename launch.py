@@ -123,12 +123,15 @@ def check_resumable(cfg, out: Path, data_id: dict) -> None:
 def train(cfg, model_path: str, out: Path) -> None:
     """The stage loop of DESIGN.md: generate, reward, update, publish weights, validate,
     log, save."""
+    import functools
     import time
 
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
+    from actors.engine_settings import MAX_IMAGES_PER_PROMPT
     from actors.launcher import start_vllm_actors
+    from actors.prompting import check_sample
     from driver import metrics as M
     from driver.cluster import check_resources, connect, requested
     from driver.data_stream import DataStream
@@ -148,7 +151,12 @@ def train(cfg, model_path: str, out: Path) -> None:
     # One optimizer step over batch_size x grad_accum images: the learner weighs every
     # token of them in one update, which is what accumulation over rounds would give.
     per_step = int(cfg.train.batch_size) * int(cfg.train.grad_accum)
-    stream = DataStream(data.train, per_step, int(cfg.run.seed), bool(cfg.data.shuffle))
+    check = functools.partial(check_sample, mode="think" if stage2 else "no_think",
+                              min_pixels=int(cfg.model.min_pixels),
+                              max_pixels=int(cfg.model.max_pixels),
+                              max_images=MAX_IMAGES_PER_PROMPT, prompts=cfg.prompts)
+    stream = DataStream(data.train, per_step, int(cfg.run.seed), bool(cfg.data.shuffle),
+                        check=check)
     steps = total_steps(cfg, stream.steps_per_epoch)
     data_id = fingerprint(data.manifests, per_step, bool(cfg.data.shuffle), int(cfg.run.seed),
                           bool(cfg.data.drop_test_split))

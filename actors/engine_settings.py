@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+MAX_IMAGES_PER_PROMPT = 2   # full-reference prompts carry two images
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -30,7 +32,7 @@ class EngineSettings:
     use_gpu: bool = False                 # [rollout.num_gpus_per_engine] > 0
     num_threads: int = 1                  # CPU only: [rollout.num_cpus_per_engine], >= 1
     cpu_slot: int | None = None           # CPU only: which block of cores to bind to
-    max_images_per_prompt: int = 2        # full-reference prompts carry two images
+    max_images_per_prompt: int = MAX_IMAGES_PER_PROMPT
     seed: int = 0                         # [run.seed] + engine index
     prompts: Any = None                   # the config's `prompts` node (None: conf defaults)
     weights_transport: str = "object_store"  # [weights.transport]

@@ -117,8 +117,11 @@ def question_for(sample: dict, mode: str, prompts: Any | None = None) -> str:
 
 
 def load_images(sample: dict) -> list[Any]:
-    """The sample's images as RGB PIL images (paths must already be absolute)."""
+    """The sample's images as 8-bit RGB PIL images, read as synth.images.open_rgb reads
+    every image (orientation, bit depth, transparency); paths must already be absolute."""
     from PIL import Image
+
+    from synth.images import as_rgb, open_rgb
 
     sid = sample.get("id", "?")
     items = sample.get("images")
@@ -127,7 +130,7 @@ def load_images(sample: dict) -> list[Any]:
     images = []
     for item in items:
         if isinstance(item, Image.Image):
-            images.append(item.convert("RGB"))
+            images.append(as_rgb(item))
             continue
         path = Path(item)
         if not path.is_absolute():
@@ -135,9 +138,24 @@ def load_images(sample: dict) -> list[Any]:
                              "against the manifest folder first (synth.manifest.resolve_images)")
         if not path.is_file():
             raise FileNotFoundError(f"sample {sid}: image {path} does not exist")
-        with Image.open(path) as img:
-            images.append(img.convert("RGB"))
+        images.append(open_rgb(path))
     return images
+
+
+def check_sample(sample: dict, mode: str, min_pixels: int, max_pixels: int,
+                 max_images: int, prompts: Any | None = None, factor: int = 28) -> None:
+    """Everything `PromptBuilder.prepare` would refuse about a sample, without a processor:
+    the question, the image count an engine allows, each image decodable and of a size
+    Qwen2-VL can read. Raises ValueError (or FileNotFoundError) saying what is wrong; the
+    data stream skips such samples before they reach an engine."""
+    question_for(sample, mode, prompts)
+    images = load_images(sample)
+    if len(images) > max_images:
+        raise ValueError(f"sample {sample.get('id', '?')}: {len(images)} images, more than "
+                         f"the {max_images} an engine takes per prompt")
+    for image in images:
+        model_input_size(image.width, image.height, min_pixels, max_pixels, factor)
+    _check_stated_size(sample, images[-1].size)
 
 
 def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:

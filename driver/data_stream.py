@@ -2,15 +2,17 @@
 
 The order of epoch e is a permutation drawn from (seed, e) alone, so the whole state of
 the stream is (epoch, position): a checkpoint stores those two numbers and a resumed run
-sees the very batches the interrupted one would have seen. A sample whose image cannot be
-read is skipped (logged, counted), never sent to an engine, where it would fail a batch.
+sees the very batches the interrupted one would have seen. A sample that the prompt
+builder would refuse (an image that cannot be decoded or read by the model, too many
+images, a missing question: `check`, by default that every image decodes) is skipped,
+logged and counted the first time it comes up, never sent to an engine, where it would
+fail a whole batch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,32 +20,27 @@ import numpy as np
 log = logging.getLogger("refine_iqa")
 
 
-def image_readable(path: str | Path) -> str | None:
-    """None if the image opens and decodes, else the reason it does not."""
-    from PIL import Image
+def images_decode(sample: dict[str, Any]) -> None:
+    """The default check: every image of the sample decodes (synth.images.open_rgb)."""
+    from synth.images import open_rgb
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if min(im.size) < 1:
-                return "empty image"
-    except Exception as exc:  # PIL raises many types for truncated / missing files
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    for image in sample.get("images", []):
+        open_rgb(image)
 
 
 class DataStream:
     """Batches of manifest samples, shuffled per epoch with a seed, resumable."""
 
     def __init__(self, samples: Sequence[dict[str, Any]], batch_size: int, seed: int,
-                 shuffle: bool = True, check_images: bool = True) -> None:
+                 shuffle: bool = True,
+                 check: Callable[[dict[str, Any]], None] | None = images_decode) -> None:
         if not samples:
             raise ValueError("the training manifest holds no samples")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.samples = list(samples)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.check_images = check_images
+        self.check = check
         self.epoch, self.position = 0, 0
         self.skipped: dict[str, str] = {}
         self._checked: set[str] = set()
@@ -61,14 +58,13 @@ class DataStream:
         sid = str(sample.get("id"))
         if sid in self.skipped:
             return False
-        if self.check_images and sid not in self._checked:
-            for image in sample.get("images", []):
-                reason = image_readable(image)
-                if reason is not None:
-                    self.skipped[sid] = reason
-                    log.warning("skipping sample %s: image %s unreadable (%s)", sid, image,
-                                reason)
-                    return False
+        if self.check is not None and sid not in self._checked:
+            try:
+                self.check(sample)
+            except (ValueError, OSError) as err:   # FileNotFoundError is an OSError
+                self.skipped[sid] = str(err)
+                log.warning("skipping sample %s: %s", sid, err)
+                return False
             self._checked.add(sid)
         return True
 

@@ -91,8 +91,30 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def decodable(images: list[Path]) -> tuple[list[Path], list[str]]:
+    """(the images that decode, a line per one that does not): every file is decoded up
+    front (synth.images.open_rgb), so one bad file is listed and skipped instead of
+    failing the engines' whole batch."""
+    from synth.images import UnreadableImage, open_rgb
+
+    good, bad = [], []
+    for path in images:
+        try:
+            open_rgb(path)
+        except UnreadableImage as err:
+            bad.append(str(err))
+            continue
+        good.append(path)
+    return good, bad
+
+
 def _read_input(args: argparse.Namespace) -> list[Path]:
-    return find_images(args.target, args.recursive)
+    good, bad = decodable(find_images(args.target, args.recursive))
+    for line in bad:
+        print(f"skipped: {line}", file=sys.stderr)
+    if not good:
+        raise ValueError(f"none of the {len(bad)} image files under {args.target} decodes")
+    return good
 
 
 def _actors(args: argparse.Namespace) -> Actors:

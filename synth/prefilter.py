@@ -36,11 +36,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 # The library's own bounds: a photo it cannot distort, or a level it does not have, is
 # skipped here with a reason instead of failing every distortion of that item later.
 from synth.distortions import LEVELS, MIN_SIDE
+from synth.images import UnreadableImage, open_rgb
 
 QualityFilter = Callable[[np.ndarray], "str | None"]
 
@@ -54,22 +54,16 @@ class BadImage(Exception):
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file fully into uint8 RGB HxWx3 (grey, palette and alpha converted).
+    """Decode an image file fully into uint8 RGB HxWx3, as synth.images.open_rgb reads
+    every image (orientation, bit depth and transparency handled).
 
-    Raises BadImage for a missing, unreadable or truncated file (Pillow raises on a
-    truncated file only when the pixels are decoded, hence the full `load`).
+    Raises BadImage for a missing, unreadable, truncated or too small file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadImage("missing image", f"image file not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImage("unreadable image",
-                       f"unreadable or truncated image {path.name}: {e}") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
+        arr = np.asarray(open_rgb(path), dtype=np.uint8)
+    except UnreadableImage as err:
+        raise BadImage(err.reason, str(err)) from None
     if min(arr.shape[:2]) < MIN_SIDE:
         raise BadImage("image too small", f"image {path.name} is {arr.shape[1]}x"
                        f"{arr.shape[0]}, smaller than {MIN_SIDE} px on a side")
