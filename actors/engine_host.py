@@ -9,6 +9,7 @@ vLLM is imported.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -17,6 +18,8 @@ from actors.engine_settings import EngineSettings, cpu_cores_for, engine_env
 from actors.prompting import PromptBuilder
 from weight_sync.receiver import WeightReceiver, weight_spec
 from weight_sync.transport import make_transport
+
+ENGINE_DEAD_EXIT = 75   # the actor's exit status when its vLLM engine core has died
 
 
 class EngineHost:
@@ -46,6 +49,8 @@ class EngineHost:
             mm_processor_kwargs={"min_pixels": settings.min_pixels,
                                  "max_pixels": settings.max_pixels},
             **kwargs)
+        if settings.multiprocessing:
+            self._watch_engine_core()
         self.receiver = WeightReceiver(
             weight_spec(settings.model_path, settings.trust_remote_code),
             load=self._load_weights, load_initial=self._load_initial_weights,
@@ -101,11 +106,12 @@ class EngineHost:
                                            tensors})]
         else:
             parts = [tensors]
-        self.llm.collective_rpc("load_weight_parts", args=(parts,))
+        self._engine_call(self.llm.collective_rpc, "load_weight_parts", args=(parts,))
         self._reset_caches()
 
     def _load_initial_weights(self) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"is_checkpoint_format": True})
+        self._engine_call(self.llm.collective_rpc, "reload_weights",
+                          kwargs={"is_checkpoint_format": True})
         self._reset_caches()
 
     def update_weights(self, version: int, bucket_refs: list[Any]) -> dict:
@@ -124,7 +130,53 @@ class EngineHost:
     # --- engine calls ----------------------------------------------------------------
     def _run(self, prompts: list[dict], params: Any) -> list[Any]:
         self.receiver.assert_usable()
-        return self.llm.generate(prompts, params, use_tqdm=False)
+        return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False)
+
+    def _watch_engine_core(self, period_s: float = 1.0) -> None:
+        """Exit this actor when a vLLM engine core process (a child, in multiprocess mode)
+        is gone. vLLM notices the death too, but a call already waiting for the core's
+        output then waits forever; exiting lets Ray restart the actor with a new engine."""
+        import threading
+
+        import psutil
+
+        def is_core(proc: psutil.Process) -> bool:
+            try:   # vLLM titles the process "VLLM::EngineCore..." (setproctitle)
+                return "EngineCore" in " ".join([proc.name(), *proc.cmdline()])
+            except psutil.Error:
+                return False
+
+        cores = [proc for proc in psutil.Process().children(recursive=True) if is_core(proc)]
+        if not cores:
+            logging.getLogger("refine_iqa").warning(
+                "%s: no vLLM engine core process found to watch", self.role)
+            return
+
+        def watch() -> None:
+            while all(core.is_running() and core.status() != psutil.STATUS_ZOMBIE
+                      for core in cores):
+                time.sleep(period_s)
+            logging.getLogger("refine_iqa").error(
+                "%s: a vLLM engine core process died; exiting so that Ray restarts this "
+                "actor", self.role)
+            os._exit(ENGINE_DEAD_EXIT)
+
+        threading.Thread(target=watch, name="engine-core-watch", daemon=True).start()
+
+    def _engine_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into vLLM; when its engine core process has died (vLLM's EngineDeadError,
+        unrecoverable in place) this whole actor exits, so that Ray restarts it with a new
+        engine and the caller sees an actor death, which EngineGroup and WeightSync
+        recover from (weights replayed, work redone)."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return fn(*args, **kwargs)
+        except EngineDeadError:
+            logging.getLogger("refine_iqa").error(
+                "%s: the vLLM engine core died; exiting so that Ray restarts this actor",
+                self.role)
+            os._exit(ENGINE_DEAD_EXIT)
 
     def completion_logprobs(self, samples: list[dict], mode: str,
                             completions: list[list[int]]) -> list[list[float]]:

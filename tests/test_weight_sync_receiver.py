@@ -233,3 +233,32 @@ def test_multiprocess_engine_loads_weights(engines, builder, case, model_dir):
     report, _ = push(handle, 1, model.state_dict())
     assert report["version"] == 1
     assert_close(engine_logprobs(handle, case), hf_completion_logprobs(model, builder, *case))
+
+
+def test_a_dead_engine_core_restarts_the_actor(engines, case):
+    # Multiprocess mode runs vLLM's engine core in a child process of the actor. Killed,
+    # the actor's next call meets vLLM's EngineDeadError; the actor then exits so that Ray
+    # restarts it whole (the caller sees an actor death, which EngineGroup / WeightSync
+    # recover from), and it comes back with the model's own weights (version 0).
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    handle = engines[1]
+    actor_pid = ray.get(handle.ready.remote())["pid"]
+    cores = psutil.Process(actor_pid).children(recursive=True)
+    assert cores, "no engine core process under the actor"
+    for core in cores:
+        os.kill(core.pid, signal.SIGKILL)
+    with pytest.raises(ray.exceptions.RayActorError):
+        engine_logprobs(handle, case)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            info = ray.get(handle.ready.remote(), timeout=60)
+            break
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            time.sleep(1.0)
+    assert info["pid"] != actor_pid and info["version"] == 0
