@@ -80,3 +80,26 @@ def open_rgb(path: str | Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage("unreadable image", f"unreadable or truncated image {path}: "
                               f"{err}") from None
+
+
+# EXIF orientations 5-8 turn the stored image by 90 degrees: width and height swap.
+_TURNED = (5, 6, 7, 8)
+
+
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the image as `open_rgb` returns it, from the file's header
+    alone (no pixel decoding): the stored size, swapped when EXIF turns it by 90 degrees.
+    Raises UnreadableImage like `open_rgb` (a truncated file may still pass here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImage("missing image", f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as err:
+        raise UnreadableImage("decompression bomb", f"image {path} is too large to "
+                              f"decode safely: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage("unreadable image", f"unreadable image {path}: {err}") from None
+    return (height, width) if orientation in _TURNED else (width, height)

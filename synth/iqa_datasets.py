@@ -57,9 +57,9 @@ from xml.etree import ElementTree
 
 import numpy as np
 import scipy.io
-from PIL import Image
 from tqdm import tqdm
 
+from synth.images import UnreadableImage, displayed_size
 from synth.manifest import relative_image_path, write_manifest
 
 MOS_CAP = 4.99
@@ -303,11 +303,10 @@ def build_iqa_manifest(name: str, labels: str | Path, images: str | Path, out: s
         if path is None:
             skipped["missing image"] += 1
             continue
-        try:
-            with Image.open(path) as im:  # reads the header only
-                size = list(im.size)
-        except (OSError, SyntaxError, ValueError):
-            skipped["unreadable image"] += 1
+        try:   # the header only; the size as every reader shows the image (EXIF turned)
+            size = list(displayed_size(path))
+        except UnreadableImage as err:
+            skipped[err.reason] += 1
             continue
         seen.add(sid)
         skipped["clamped label (kept)"] += not table.lo <= row.raw <= table.hi

@@ -102,3 +102,20 @@ def test_the_scorer_lists_and_skips_files_that_do_not_decode(tmp_path):
     good, bad = decodable(find_images(tmp_path))
     assert good == [(tmp_path / "good.png").resolve()]
     assert len(bad) == 2 and any("text.jpg" in b for b in bad)
+
+
+def test_dataset_sizes_are_the_displayed_ones_and_a_bomb_is_skipped(tmp_path, monkeypatch):
+    from synth.images import displayed_size
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20)).save(tmp_path / "turned.jpg", exif=exif)
+    assert displayed_size(tmp_path / "turned.jpg") == (20, 40) == open_rgb(
+        tmp_path / "turned.jpg").size
+    # Beyond Pillow's pixel limit (lowered here for a small file): a clear error, which
+    # the dataset readers count and skip instead of aborting the build.
+    Image.new("RGB", (300, 300)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(UnreadableImage, match="too large") as err:
+        displayed_size(tmp_path / "big.png")
+    assert err.value.reason == "decompression bomb"
