@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.refine-iqa-$(EXTRA)-installed
 ARGS ?=
 
-.PHONY: setup run test lint bench clean
-setup: $(STAMP)
+.PHONY: setup run test lint bench clean browser
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml scripts/repair_cpu_env.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,19 @@ $(STAMP): pyproject.toml scripts/repair_cpu_env.py
 run: $(STAMP)
 	$(PY) launch.py conf=tiny $(ARGS)
 
-test: $(STAMP)
+# The review page's test (tests/test_review_page.py) drives the OS Chromium through the OS
+# chromedriver (Playwright's and Selenium's own browser downloads need the open internet):
+# installed here when missing, on Debian as root; elsewhere one line, and that test skips.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium + chromium-driver (apt-get) for the review page's browser test"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver; } >/dev/null \
+	  || echo "could not install chromium: the browser test will be skipped"; \
+	else echo "no chromium/chromedriver and no root apt-get: the browser test will be skipped"; fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest $(ARGS)
 
 # Every benchmark script, one after the other (each prints a table and writes JSON under

@@ -24,6 +24,8 @@ sources.jsonl, skipped.jsonl, build_info.json, summary.json. Resumable: rerunnin
 the same settings skips samples already in the manifests, and source checks cached in
 OUT/sources.jsonl (delete that file to check the sources again, e.g. after repairing an
 image).
+A sample rejected in the human check (python -m synth.review: OUT/stage1_*.decisions.jsonl)
+is never rebuilt, even after it is deleted from the manifest; the summary counts them.
 
 What gets made, and on which side of the train/test split, is planned in
 synth.perception_plan; --help prints its rules after this text.
@@ -72,6 +74,7 @@ from synth.prefilter import (
     load_rgb,
     slug,
 )
+from synth.review_decisions import rejected_ids
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +240,11 @@ def build_perception(images_dir: str | Path, annotations: str | Path, out_dir: s
         usable = [s for s in sources if checked[s.file_name][0] is None]
         jobs = assign_splits(plan_jobs(usable, settings), settings.test_size, settings.seed)
         done = {split: existing_ids(out_dir / name) for split, name in MANIFESTS.items()}
+        # A sample the human check rejected (synth.review) counts as done: deleting it
+        # from the manifest by hand must not bring it back on the next run.
+        rejected = {split: rejected_ids(out_dir / name) - done[split]
+                    for split, name in MANIFESTS.items()}
+        done = {split: done[split] | rejected[split] for split in done}
         todo: dict[str, list[Job]] = {}  # one task per source image: it is decoded once
         for job in jobs_to_do(jobs, done):
             todo.setdefault(job.file_name, []).append(job)
@@ -265,6 +273,7 @@ def build_perception(images_dir: str | Path, annotations: str | Path, out_dir: s
         "train_images": sum(j.split == "train" for j in jobs),
         "test_images": sum(j.split == "test" for j in jobs),
         "already_done": len(jobs) - sum(map(len, todo.values())), "written_images": written,
+        "rejected_not_rebuilt": sum(map(len, rejected.values())) // len(STAGE1_VARIANTS),
         "skipped": dict(Counter(s.kind for s in skips)), "workers": workers,
         "build_seconds": build_seconds, "total_seconds": time.perf_counter() - t_start,
         "images_per_second": written / build_seconds if build_seconds > 0 else 0.0,

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -47,6 +49,7 @@ PAGE_DIR = Path(__file__).resolve().parent / "review_page"
 # The page's files, by name: nothing else under /static is served.
 STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
 STATE = web.AppKey("state", dict)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def load_items(manifest: str | Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
@@ -104,10 +107,12 @@ def _load(app: web.Application) -> dict[str, Any]:
 
 
 async def index(request: web.Request) -> web.FileResponse:
+    """The page (review_page/index.html)."""
     return web.FileResponse(PAGE_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
 
 async def static(request: web.Request) -> web.StreamResponse:
+    """One of the page's own files, by name (STATIC)."""
     name = request.match_info["name"]
     if name not in STATIC:
         raise web.HTTPNotFound(text=f"no page file {name!r}")
@@ -127,6 +132,7 @@ async def image(request: web.Request) -> web.StreamResponse:
 
 
 async def items(request: web.Request) -> web.Response:
+    """The review items and the current decisions, or the manifest's error (422)."""
     state = _load(request.app)
     if state["error"]:
         return web.json_response({"error": state["error"], "manifest": str(state["manifest"])},
@@ -163,10 +169,24 @@ async def decide(request: web.Request) -> web.Response:
 
 
 async def summary(request: web.Request) -> web.Response:
+    """Acceptance by distortion type and severity (`summarize`)."""
     state = _load(request.app)
     if state["error"]:
         return web.json_response({"error": state["error"]}, status=422)
     return web.json_response(summarize(state["items"], state["decisions"]))
+
+
+@web.middleware
+async def same_machine(request: web.Request, handler) -> web.StreamResponse:
+    """On a loopback binding, answer only requests addressed to a loopback name (a web site
+    that rebinds its DNS name to 127.0.0.1 gets nothing), and take decisions only as JSON
+    (a cross-site form cannot send that without a CORS preflight, which is never granted)."""
+    if request.app[STATE]["host"] in LOOPBACK:
+        if urlsplit("//" + request.host).hostname not in LOOPBACK:
+            raise web.HTTPForbidden(text="this review server answers only 127.0.0.1/localhost")
+        if request.method == "POST" and request.content_type != "application/json":
+            raise web.HTTPUnsupportedMediaType(text="decisions are posted as application/json")
+    return await handler(request)
 
 
 @web.middleware
@@ -183,10 +203,11 @@ async def plain_errors(request: web.Request, handler) -> web.StreamResponse:
                                  status=500)
 
 
-def make_app(manifest: str | Path, reviewer: str | None = None) -> web.Application:
-    """The review application for one manifest."""
-    app = web.Application(middlewares=[plain_errors], client_max_size=64 * 1024)
-    app[STATE] = {"manifest": Path(manifest).resolve(), "reviewer": reviewer}
+def make_app(manifest: str | Path, reviewer: str | None = None,
+             host: str = "127.0.0.1") -> web.Application:
+    """The review application for one manifest, to be served on `host`."""
+    app = web.Application(middlewares=[same_machine, plain_errors], client_max_size=64 * 1024)
+    app[STATE] = {"manifest": Path(manifest).resolve(), "reviewer": reviewer, "host": host}
     _load(app)
     app.add_routes([web.get("/", index), web.get("/static/{name}", static),
                     web.get("/image", image), web.get("/api/items", items),
@@ -208,7 +229,8 @@ async def serve(app: web.Application, host: str, port: int) -> None:
 
 
 def _print_counts(counts: dict[str, int]) -> None:
-    print("  ".join(f"{k}={v}" for k, v in counts.items()), "(distorted images)", flush=True)
+    items = {k: v for k, v in counts.items() if k in (*DECISIONS, "unreviewed", "total")}
+    print("  ".join(f"{k}={v}" for k, v in items.items()), "(distorted images)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,20 +256,23 @@ def main(argv: list[str] | None = None) -> int:
         _print_counts(counts)
         print(f"wrote {counts['samples_written']} accepted samples to {args.export_accepted}")
         return 0
-    app = make_app(args.manifest, args.reviewer)
+    app = make_app(args.manifest, args.reviewer, args.host)
     state = app[STATE]
     if state["error"]:  # still serve: the page shows the message, and a fix needs a reload
         print(f"error: {state['error']}", file=sys.stderr, flush=True)
     else:
         _print_counts(decision_counts(args.manifest))
         print(f"decisions go to {decisions_path(args.manifest)}", flush=True)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         print(f"warning: bound to {args.host}: anyone who reaches it can read the images "
               "and write decisions", file=sys.stderr)
     try:
-        asyncio.run(serve(app, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is the way to stop it
+            asyncio.run(serve(app, args.host, args.port))
+    except OSError as e:  # port taken, address not on this machine
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}; "
+              "pick another --port (0: any free one)", file=sys.stderr)
+        return 2
     return 0
 
 

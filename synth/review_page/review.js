@@ -2,7 +2,7 @@
 // (synth/review.py) before they count. No framework, no build step.
 "use strict";
 
-const MAX_SIDE = 460;            // the longest side of a shown image, in CSS pixels
+const MAX_SIDE = 400;            // the longest side of a shown image, in CSS pixels
 const S = { items: [], decisions: {}, view: [], pos: 0, history: [], zoom: false };
 const $ = (id) => document.getElementById(id);
 const FILTERS = ["f-distortion", "f-class", "f-severity", "f-decision"];
@@ -96,21 +96,25 @@ function layout(prefix, it, path) {
     Object.assign(box.style, { left: `${x1 * scale}px`, top: `${y1 * scale}px`,
       width: `${(x2 - x1) * scale}px`, height: `${(y2 - y1) * scale}px` });
   }
-  // Zoom: scale the stage so the box fills ~80% of the view, centred on the box.
+  // Zoom: scale the stage so the box fills ~90% of the view, centred on the box.
+  const k = zoomFactor(it);
   let transform = "";
-  if (S.zoom && it.bbox) {
+  if (k > 1) {
     const [x1, y1, x2, y2] = it.bbox.map((v) => v * scale);
-    const k = Math.min(8, 0.8 * Math.min((w * scale) / (x2 - x1), (h * scale) / (y2 - y1)));
     const tx = (w * scale) / 2 - k * (x1 + x2) / 2, ty = (h * scale) / 2 - k * (y1 + y2) / 2;
     transform = `translate(${tx}px, ${ty}px) scale(${k})`;
-    box.style.borderWidth = `${2 / k}px`;
-  } else {
-    box.style.borderWidth = "";
   }
+  box.style.borderWidth = `${2 / k}px`;  // the outline stays 2 px on screen
   stage.style.transform = transform;
   view.classList.toggle("zoomed", !!transform);
-  return transform ? 1 / Math.min(8, 0.8 * Math.min(w / (it.bbox[2] - it.bbox[0]),
-    h / (it.bbox[3] - it.bbox[1]))) : 1;
+}
+
+// 1 when not zoomed (or the box already fills the image), else the stage's scale.
+function zoomFactor(it) {
+  if (!S.zoom || !it.bbox) return 1;
+  const [w, h] = it.image_size, [x1, y1, x2, y2] = it.bbox;
+  const k = Math.min(8, 0.9 * Math.min(w / (x2 - x1), h / (y2 - y1)));
+  return k > 1.05 ? k : 1;  // a box that (nearly) fills the image has nothing to zoom to
 }
 
 function render() {
@@ -123,13 +127,15 @@ function render() {
     return;
   }
   if ($("message").className === "info") showMessage("");
-  const inverse = layout("dist", it, it.distorted);
+  layout("dist", it, it.distorted);
   $("ref-panel").hidden = !it.reference;
   if (it.reference) layout("ref", it, it.reference);
   const label = $("box-label");
   label.textContent = [it.object, it.distortion].filter(Boolean).join(" · ");
-  label.style.fontSize = `${12 * inverse}px`;
-  label.classList.toggle("below", !!it.bbox && it.bbox[1] < 16);
+  label.style.fontSize = `${12 / zoomFactor(it)}px`;
+  // No room above a box at the image's top edge: the label goes just inside it.
+  const shownTop = it.bbox ? (it.bbox[1] * MAX_SIDE) / Math.max(...it.image_size) : 0;
+  label.classList.toggle("inside", !!it.bbox && shownTop < 18 && !S.zoom);
   if (it.missing.length) showMessage("Missing image file(s): " + it.missing.join(", "));
   $("position").textContent = `${S.pos + 1} / ${S.view.length}` +
     (S.view.length < S.items.length ? ` (filtered from ${S.items.length})` : "");
