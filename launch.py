@@ -102,6 +102,9 @@ def best_metric(cfg) -> str | None:
     return name
 
 
+MAX_LEARNER_RESTARTS = 3   # learner groups restarted from a checkpoint before a run gives up
+
+
 def check_resumable(cfg, out: Path, data_id: dict) -> None:
     """Refuse to resume a run whose data order changed (unless run.resume=force): the
     newest checkpoint's data fingerprint must be this run's."""
@@ -126,6 +129,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     import functools
     import time
 
+    import ray
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -182,6 +186,32 @@ def train(cfg, model_path: str, out: Path) -> None:
         watch.early = list(state.get("think_early", []))
         sync.restore(learners, int(state["weights_version"]))  # engines start from model_path
         print(f"# resumed from step {step} ({learners.last_loaded})")
+    learner_restarts = 0
+
+    def restart_learners(cause: BaseException) -> int:
+        """A learner rank died: a new learner group from the newest checkpoint (or from
+        model_path without one), its weights published to every receiver, the data stream
+        and the logs taken back to that step; returns the step to go on from."""
+        nonlocal learners, learner_restarts
+        if learner_restarts >= MAX_LEARNER_RESTARTS:
+            raise RuntimeError(f"the learners died {learner_restarts + 1} times; giving up "
+                               f"(last: {cause})") from cause
+        learner_restarts += 1
+        print(f"# a learner died ({str(cause).splitlines()[0]}); restarting the learners "
+              f"from the newest checkpoint ({learner_restarts}/{MAX_LEARNER_RESTARTS})")
+        learners.shutdown()
+        learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
+        saved = learners.load_checkpoint(out) or {}
+        back = int(saved.get("step", 0))
+        stream.load_state(saved.get("data") or {"epoch": 0, "position": 0,
+                                                 "seed": int(cfg.run.seed),
+                                                 "skipped": dict(stream.skipped)})
+        watch.early = list(saved.get("think_early", []))
+        sync.publish(learners)   # a new version: the engines follow the restored weights
+        logger.rewind(back)
+        rollout_log.rewind(back)
+        return back
+
     kept = step if state else -1   # lines of later steps (a fresh start: all) are redone
     logger = MetricsLogger(out, cfg_dict(cfg), bool(cfg.logging.wandb),
                            str(cfg.logging.wandb_project), resume_from_step=kept)
@@ -199,15 +229,21 @@ def train(cfg, model_path: str, out: Path) -> None:
         epoch, batch = stream.next_batch()
         exp = maker.make(batch)
         t = time.perf_counter()
-        stats = learners.step(exp.groups)
-        update_s = time.perf_counter() - t
-        push = sync.publish(learners)
+        try:
+            stats = learners.step(exp.groups)
+            update_s = time.perf_counter() - t
+            push = sync.publish(learners)
+        except ray.exceptions.RayActorError as err:
+            step = restart_learners(err)
+            bar.n = step
+            continue
         metrics = {**exp.metrics, **M.learner_metrics(stats), M.EPOCH: epoch,
                    M.TIMING_UPDATE: update_s,
                    M.TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"],
                    M.RESENDS: engines.metrics["resends"], M.RESTARTS: sync.counts["restarts"],
                    M.REPLAYS: sync.counts["replays"], M.REDOS: sync.counts["redos"],
-                   M.UNREACHABLE: sync.counts["unreachable"], M.SKIPPED: len(stream.skipped)}
+                   M.UNREACHABLE: sync.counts["unreachable"], M.SKIPPED: len(stream.skipped),
+                   M.LEARNER_RESTARTS: learner_restarts}
         if stage2 and nothink_every > 0 and (step % nothink_every == 0 or step == 1):
             metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
         metrics[M.TIMING_STEP] = time.perf_counter() - t_step
@@ -227,9 +263,13 @@ def train(cfg, model_path: str, out: Path) -> None:
         if best:
             best.update(step, metrics, learners)
         if should_save(step, int(cfg.checkpoint.every), step == steps):
-            learners.save_checkpoint(out, step, {
-                "step": step, "weights_version": sync.version, "data": stream.state(),
-                "data_fingerprint": data_id, "think_early": watch.early})
+            try:
+                learners.save_checkpoint(out, step, {
+                    "step": step, "weights_version": sync.version, "data": stream.state(),
+                    "data_fingerprint": data_id, "think_early": watch.early})
+            except ray.exceptions.RayActorError as err:   # a half-written one is never used
+                step = restart_learners(err)
+                bar.n = step
     bar.close()
     export = learners.export_hf(out / "export")
     logger.close()

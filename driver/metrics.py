@@ -166,6 +166,8 @@ REDOS = _declare("events/stale_redos", "scoring calls redone so far (actor died 
 UNREACHABLE = _declare("events/weight_push_unreachable",
                        "receivers a weight push could not reach so far")
 SKIPPED = _declare("data/skipped_samples", "samples skipped so far (unreadable image)")
+LEARNER_RESTARTS = _declare("events/learner_restarts", "learner groups restarted from the "
+                            "newest checkpoint after a rank died, so far")
 
 # What the learner group's statistics are called here.
 LEARNER_STATS = {"pg_loss": PG_LOSS, "clip_frac": PG_CLIPFRAC, "approx_kl": PPO_KL,

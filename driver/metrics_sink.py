@@ -113,6 +113,13 @@ class MetricsLogger:
 
             self.wandb_run.alert(title=title, text=text, level=wandb.AlertLevel.WARN)
 
+    def rewind(self, step: int) -> None:
+        """Drop the lines after `step` (a learner restart goes back to a checkpoint and
+        redoes the later steps). wandb keeps what it got: its steps only go forward."""
+        self._file.close()
+        cut_jsonl(self.path, step)
+        self._file = self.path.open("a")
+
     def close(self) -> None:
         self._file.close()
         if self.wandb_run is not None:

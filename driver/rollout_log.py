@@ -54,6 +54,10 @@ class RolloutLog:
         self.wandb_run = wandb_run
         cut_jsonl(self.path, resume_from_step)
 
+    def rewind(self, step: int) -> None:
+        """Drop the rows after `step` (see MetricsLogger.rewind)."""
+        cut_jsonl(self.path, step)
+
     def log(self, step: int, mode: str, samples: list[dict], exp: Any) -> int:
         """Write this step's rows (before the step's metrics are committed to wandb);
         returns how many."""

@@ -32,7 +32,8 @@ Z_THINK = {0: [0.6, 0.5], 3: [0.1, 0.9]}
 # What launch.py adds to a step's metrics (the update, the weights, events, the step's time).
 LOOP_KEYS = {M.STEP, M.EPOCH, M.PG_LOSS, M.PG_CLIPFRAC, M.PPO_KL, M.ENTROPY, M.GRAD_NORM, M.LR,
              M.TIMING_UPDATE, M.TIMING_WEIGHTS, M.TIMING_STEP, M.TIME_PER_STEP, M.THROUGHPUT,
-             M.RESENDS, M.RESTARTS, M.REPLAYS, M.REDOS, M.UNREACHABLE, M.SKIPPED}
+             M.RESENDS, M.RESTARTS, M.REPLAYS, M.REDOS, M.UNREACHABLE, M.SKIPPED,
+             M.LEARNER_RESTARTS}
 
 
 class FakeEngines:
