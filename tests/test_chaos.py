@@ -40,11 +40,17 @@ def _steps(path: Path) -> list[int]:
     return out
 
 
-def _kill(root: psutil.Process, title: str) -> int | None:
-    """SIGKILL the first process under `root` whose title starts with `title`."""
+def _title(proc: psutil.Process) -> str:
+    return " ".join(proc.cmdline())
+
+
+def _kill(root: psutil.Process, title: str, under: str | None = None) -> int | None:
+    """SIGKILL the first process under `root` whose title starts with `title` (and, with
+    `under`, whose parent's title starts with `under`); None when there is none yet."""
     for proc in root.children(recursive=True):
         try:
-            if " ".join(proc.cmdline()).startswith(title):
+            if _title(proc).startswith(title) and (
+                    under is None or _title(proc.parent()).startswith(under)):
                 os.kill(proc.pid, signal.SIGKILL)
                 return proc.pid
         except psutil.Error:
@@ -52,9 +58,10 @@ def _kill(root: psutil.Process, title: str) -> int | None:
     return None
 
 
-def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, str],
+def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
                     timeout_s: float = 1500) -> Path:
-    """Launch the run; after step s is logged, kill the process titled kills[s]."""
+    """Launch the run; once step s is logged, kill the process kills[s] = (title, parent
+    title or None) names, as soon as it exists (a restarting actor may not, yet)."""
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.Popen(
@@ -65,9 +72,9 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, str],
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
         seen = _steps(run / "metrics.jsonl")
-        for step, title in kills.items():
-            if step not in done and seen and max(seen) >= step:
-                done[step] = _kill(root, title)
+        for step, (title, under) in kills.items():
+            if not done.get(step) and seen and max(seen) >= step:
+                done[step] = _kill(root, title, under)
         time.sleep(0.5)
     if proc.poll() is None:
         proc.kill()
@@ -82,8 +89,8 @@ def test_stage2_survives_each_role_dying(tmp_path):
     run = _run_with_kills(tmp_path, [
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
         "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3"],
-        {2: "ray::RolloutEngine", 4: "VLLM::EngineCore", 6: "ray::ScoringActor",
-         8: "ray::Learner"})
+        {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
+         6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     # Every step once (the learner restart went back to step 6's checkpoint and redid 7-8),
     # with validation at step 0 and after the last.
@@ -98,7 +105,7 @@ def test_stage1_single_engine_is_replayed_from_the_driver(tmp_path):
     steps = 5
     run = _run_with_kills(tmp_path, [
         "conf=tiny_stage1", f"train.max_steps={steps}", "checkpoint.every=5", "eval.every=0",
-        "eval.max_samples=4"], {2: "ray::RolloutEngine"})
+        "eval.max_samples=4"], {2: ("ray::RolloutEngine", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(0, steps + 1))
     assert records[-1][M.RESTARTS] >= 1 and records[-1][M.REPLAYS] >= 1

@@ -64,6 +64,22 @@ class Learners:
         return [ray.put({"w": torch.full((4,), self.value)})], {"bytes": 16.0}
 
 
+def _wait_dead(handle, timeout_s: float = 60.0) -> None:
+    """ray.kill is asynchronous: wait until the actor answers with its death."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(handle.ready.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the killed actor still answers")
+
+
 @pytest.fixture(scope="module")
 def actors(ray_cluster):
     remote = ray.remote(Receiver).options(num_cpus=0.1, max_restarts=2, max_task_retries=0)
@@ -114,8 +130,7 @@ def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
         sync.register(name, handle)
     sync.restore(learners, 10)
     ray.kill(actors["engine-b"], no_restart=True)   # dead for good: unreachable
-    with pytest.raises(ray.exceptions.RayActorError):  # (the kill has landed)
-        ray.get(actors["engine-b"].ready.remote(), timeout=60)
+    _wait_dead(actors["engine-b"])
     report = sync.publish(learners)                 # version 11 reaches the other two
     assert sync.version == 11 and report["unreachable"] == 1
     assert ray.get(actors["engine-a"].measure.remote()) == Measured(8.0, 11)
