@@ -239,11 +239,7 @@ def train(cfg, model_path: str, out: Path) -> None:
             continue
         metrics = {**exp.metrics, **M.learner_metrics(stats), M.EPOCH: epoch,
                    M.TIMING_UPDATE: update_s,
-                   M.TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"],
-                   M.RESENDS: engines.metrics["resends"], M.RESTARTS: sync.counts["restarts"],
-                   M.REPLAYS: sync.counts["replays"], M.REDOS: sync.counts["redos"],
-                   M.UNREACHABLE: sync.counts["unreachable"], M.SKIPPED: len(stream.skipped),
-                   M.LEARNER_RESTARTS: learner_restarts}
+                   M.TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"]}
         if stage2 and nothink_every > 0 and (step % nothink_every == 0 or step == 1):
             metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
         metrics[M.TIMING_STEP] = time.perf_counter() - t_step
@@ -254,6 +250,11 @@ def train(cfg, model_path: str, out: Path) -> None:
             warning = watch.update(metrics[M.THINK_LENGTH.name("mean")])
             if warning:
                 logger.alert("think collapse", warning)
+        metrics.update({   # recoveries so far, validation's included
+            M.RESENDS: engines.metrics["resends"], M.RESTARTS: sync.counts["restarts"],
+            M.REPLAYS: sync.counts["replays"], M.REDOS: sync.counts["redos"],
+            M.UNREACHABLE: sync.counts["unreachable"], M.SKIPPED: len(stream.skipped),
+            M.LEARNER_RESTARTS: learner_restarts})
         # Logged before the checkpoint: a crash in between redoes the step after a resume
         # (its lines are dropped then), rather than leaving a checkpointed step unlogged.
         rollout_log.log(step, maker.mode, batch, exp)
