@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from conf import prompts as P
+from synth.manifest import load_samples
 
 COLD_START_VERSION = 1
 THINKS = (
@@ -81,6 +82,10 @@ def _key(base_dir: Path, manifests: list[Path], settings: ColdStartSettings) -> 
                          **asdict(settings)}, sort_keys=True).encode())
     for path in manifests:
         h.update(Path(path).read_bytes())
+        # The pixels too: a changed distortion leaves the manifest text as it was.
+        for sample in load_samples(path):
+            for image in sample["images"]:
+                h.update(Path(image).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -138,8 +143,8 @@ def _max_pixels(model_dir: Path) -> int:
 
 def cold_start(base_dir: str | Path, manifests: list[str | Path], cache_dir: str | Path,
                settings: ColdStartSettings | None = None) -> Path:
-    """A copy of `base_dir` warmed up on the manifests' samples (cached); returns its path."""
-    from synth.manifest import load_samples
+    """A copy of `base_dir` warmed up on the manifests' samples (cached, keyed by the
+    settings, the manifests and their images' bytes); returns its path."""
 
     settings = settings or ColdStartSettings()
     base_dir, manifests = Path(base_dir), [Path(m) for m in manifests]

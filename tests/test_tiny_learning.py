@@ -2,10 +2,10 @@
 
 Real Ray (a local cluster), real vLLM, the real scoring actor and a real DeepSpeed learner
 on the embedded tiny model. The bar: the mean final reward of the last 10 steps is clearly
-above that of the first 10, with the fixed seed. Measured on 2 CPU cores: 0.46 -> 0.80
-before the restructure into driver/ and weight_sync/, 0.34 -> 0.74 after it (2026-11-29;
-the format reward climbs from ~0.3 after the cold start, as in the paper's Fig. 8b); the
-test asks for +0.15, well inside either margin.
+above that of the first 10, with the fixed seed. Measured on 2 CPU cores in a fresh clone
+(2026-11-29, the DepictQA-matched distortions, the strict score format, sample std, and
+conf/tiny.yaml's adv_shift 0, which says why): 0.13 -> 0.81, the format reward climbing
+from ~0.2 after the cold start, as in the paper's Fig. 8b; the test asks for +0.15.
 """
 
 from __future__ import annotations

@@ -95,9 +95,9 @@ class WeightSync:
                 # Dead or restarting: it is brought up to date when it is next used
                 # (bring_current). A refused or failed load raises instead.
                 unreachable.append(name)
-        if calls and len(unreachable) == len(calls):
-            raise RuntimeError(f"no receiver took weights version {self.version}: "
-                               f"{', '.join(unreachable)} are all unreachable")
+        # Even when none is reachable (the single engine of a Stage-1 run, restarting) the
+        # version stands: its buckets are kept, and every receiver is brought to it when
+        # next used; one that never comes back fails there, with Ray's reason.
         self.counts["unreachable"] += len(unreachable)
         return unreachable
 
