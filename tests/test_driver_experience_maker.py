@@ -106,10 +106,12 @@ def test_rewards_and_advantages_on_hand_worked_groups(tokenizer):
     final = np.array([[2.44, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 1.0]])
     adv = np.array([[c.advantage for c in g.completions] for g in exp.groups])
     # Eq. 6 written out: a group with a qualified rollout keeps max(z, 0); an all-wrong
-    # group gets (r - mean - 2e-5) / (std + 1e-4), sample std (reward.adv_* defaults).
+    # group gets (r - mean - shift) / (std + eps), sample std (conf: shift 0 in tiny,
+    # eps 1e-4).
+    shift = load_config("tiny").reward.adv_shift
     a, b = final
     expected_a = np.maximum((a - a.mean()) / (a.std(ddof=1) + 1e-4), 0.0)
-    expected_b = (b - b.mean() - 2e-5) / (b.std(ddof=1) + 1e-4)
+    expected_b = (b - b.mean() - shift) / (b.std(ddof=1) + 1e-4)
     np.testing.assert_allclose(adv, [expected_a, expected_b], atol=1e-12)
     m = exp.metrics
     assert m[M.SCORE.name("mean")] == pytest.approx(final.mean())
