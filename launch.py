@@ -129,7 +129,6 @@ def train(cfg, model_path: str, out: Path) -> None:
     import functools
     import time
 
-    import ray
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
@@ -168,6 +167,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     best = BestCheckpoint(out, metric) if metric else None
     check_resumable(cfg, out, data_id)   # before any actor starts
     check_resources(cfg, connect(cfg))
+    import ray  # after connect: a local cluster's loopback setting is read at `import ray`
     sync = WeightSync()   # the one owner of weights versions
     engines, scorer = start_vllm_actors(cfg, model_path, sync, scorer=stage2)
     learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)

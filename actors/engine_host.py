@@ -52,8 +52,7 @@ class EngineHost:
         if settings.multiprocessing:
             self._watch_engine_core()
         self.receiver = WeightReceiver(
-            weight_spec(settings.model_path, settings.trust_remote_code),
-            load=self._load_weights, load_initial=self._load_initial_weights,
+            weight_spec(settings.model_path, settings.trust_remote_code), engine=self,
             source=make_transport(settings.weights_transport))
         self._warm_up()
 
@@ -97,26 +96,38 @@ class EngineHost:
         if self.llm.reset_prefix_cache() is False:
             raise RuntimeError("vLLM did not reset its prefix cache (requests in flight?)")
 
-    def _load_weights(self, tensors: list[tuple[str, Any]]) -> None:
+    # The receiver's load session (weight_sync.receiver.EngineLoader), run through the
+    # worker extension (actors/worker_extension.py) by method name.
+    def begin(self) -> None:
+        """Start a load session: the next parts replace the weights layer by layer."""
+        self._engine_call(self.llm.collective_rpc, "begin_bucket_session")
+
+    def load_part(self, tensors: list[tuple[str, Any]]) -> None:
+        """Load one bucket (the session processes each layer once it is complete)."""
         if self.settings.multiprocessing:
             # Tensors cannot cross into vLLM's worker process as RPC arguments; bytes can.
             from safetensors.torch import save as save_blob
 
-            parts: list[Any] = [save_blob({n: t.detach().contiguous().clone() for n, t in
-                                           tensors})]
+            part: Any = save_blob({n: t.detach().cpu().contiguous() for n, t in tensors})
         else:
-            parts = [tensors]
-        self._engine_call(self.llm.collective_rpc, "load_weight_parts", args=(parts,))
+            part = tensors
+        self._engine_call(self.llm.collective_rpc, "load_bucket_part", args=(part,))
+
+    def finish(self) -> None:
+        """End the session (also after a failure: untouched layers keep their weights)."""
+        self._engine_call(self.llm.collective_rpc, "end_bucket_session")
         self._reset_caches()
 
-    def _load_initial_weights(self) -> None:
+    def load_initial(self) -> None:
+        """The model's own files again (version 0)."""
         self._engine_call(self.llm.collective_rpc, "reload_weights",
                           kwargs={"is_checkpoint_format": True})
         self._reset_caches()
 
-    def update_weights(self, version: int, bucket_refs: list[Any]) -> dict:
-        """Load a weight push (weight_sync/receiver.py: all or nothing, versions increase)."""
-        return self.receiver.update(version, bucket_refs)
+    def update_weights(self, version: int, push: Any) -> dict:
+        """Load a weight push (weight_sync/receiver.py: streamed bucket by bucket, all or
+        nothing, versions increase)."""
+        return self.receiver.update(version, push)
 
     def weights_version(self) -> int:
         """The version of the loaded weights (0 = the model's files)."""

@@ -1,9 +1,14 @@
 """The vLLM worker extension that loads weight buckets inside vLLM's worker process.
 
 vLLM mixes this class into its worker (engine argument `worker_extension_cls`), so a load
-is an RPC by method name (`llm.collective_rpc("load_weight_parts", ...)`). Checked on the
-CPU build in both vLLM modes (tests/test_weight_update.py); the GPU worker takes the same
-extension and the same `reload_weights` call.
+is an RPC by method name (`llm.collective_rpc("load_bucket_part", ...)`). One push is one
+load session, the three steps of vLLM's own in-place reload (`reload_weights`) called one
+bucket at a time, as vLLM's weight-transfer engines do: `begin_bucket_session` (layers set
+up for layerwise loading), `load_bucket_part` per bucket (a layer is processed into the
+kernel format, the CPU backend's repacking included, once all its tensors arrived, so a
+bucket may end in the middle of a layer), `end_bucket_session` (layers that got nothing
+keep their weights). Checked on the CPU build in both vLLM modes
+(tests/test_weight_sync_receiver.py); the GPU worker has the same model runner calls.
 """
 
 from __future__ import annotations
@@ -16,16 +21,38 @@ class WeightLoadExtension:
     an RPC by method name: vLLM's multiprocess RPC carries bytes but neither tensors nor
     functions."""
 
-    def load_weight_parts(self, parts: list[Any]) -> bool:
-        """Reload from (name, tensor) lists (in-process) or safetensors blobs (multiprocess)."""
-        from safetensors.torch import load as load_blob
+    def _model_and_config(self) -> tuple[Any, Any]:
+        runner = self.model_runner  # type: ignore[attr-defined]  (the worker's)
+        return runner.get_model(), self.vllm_config  # type: ignore[attr-defined]
 
-        def items():
-            for part in parts:
-                yield from (load_blob(part).items() if isinstance(part, bytes) else part)
+    def begin_bucket_session(self) -> bool:
+        """Start a load session."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
-        reload = self.reload_weights  # type: ignore[attr-defined]  (the worker's method)
-        reload(weights_iterator=items(), is_checkpoint_format=True)
+        model, config = self._model_and_config()
+        with set_current_vllm_config(config):
+            initialize_layerwise_reload(model)
         return True
 
+    def load_bucket_part(self, part: Any) -> int:
+        """Load one bucket: a (name, tensor) list (in-process) or a safetensors blob
+        (multiprocess); returns the number of tensors."""
+        from safetensors.torch import load as load_blob
+        from vllm.config import set_current_vllm_config
 
+        tensors = list(load_blob(part).items()) if isinstance(part, bytes) else list(part)
+        model, config = self._model_and_config()
+        with set_current_vllm_config(config):
+            model.load_weights(iter(tensors))
+        return len(tensors)
+
+    def end_bucket_session(self) -> bool:
+        """End the session: the layers still waiting are processed or given back."""
+        from vllm.config import set_current_vllm_config
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        model, config = self._model_and_config()
+        with set_current_vllm_config(config):
+            finalize_layerwise_reload(model, config.model_config)
+        return True

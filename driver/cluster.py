@@ -14,6 +14,7 @@ cluster has and fails at once with the numbers, instead of a job that hangs.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 
@@ -21,22 +22,41 @@ class ResourceError(RuntimeError):
     """The configured actors do not fit the cluster."""
 
 
+def _pin_local_cluster_to_loopback() -> None:
+    """Make the next local cluster register 127.0.0.1 and listen there only.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when `ray` is first imported; set
+    after that import it reaches the cluster's processes but not this driver, which then
+    registers the machine's external address and its listeners bind every interface
+    (measured with ray 2.60). Only for a cluster this process starts: set while joining
+    a multi-node cluster, it would make the driver look for its raylet on 127.0.0.1.
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if "ray" in sys.modules:
+        # Imported too early (a caller's own `import ray`): the constant Ray's address
+        # lookup consults at call time is brought in line with the variable.
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(cfg: Any, log_to_driver: bool = True) -> dict:
     """Join the cluster this job runs in, or start a local one; returns its resources.
 
     log_to_driver=False keeps the actors' logs out of this process's stdout (for a
     command whose stdout is machine-read, such as `evals.score --json`)."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if not address and not joined:
+        _pin_local_cluster_to_loopback()
     import ray
 
     if not ray.is_initialized():
-        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address, log_to_driver=log_to_driver)
         else:
             # A new local cluster, never a guess: Ray's own default would join whatever
             # /tmp/ray/ray_current_cluster names, and hangs when that cluster is gone.
-            # Ray may advertise the machine's external interface; pin listeners to loopback.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address="local", num_cpus=cfg.ray.num_cpus,
                      include_dashboard=bool(cfg.ray.dashboard), dashboard_host="127.0.0.1",
                      _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)

@@ -15,7 +15,7 @@ import torch
 from actors.engine_host import wait_ready
 from actors.prompting import PromptBuilder
 from actors.rollout_engine import start_rollout_engine
-from weight_sync.receiver import StaleWeightsError, WeightUpdateError, stage_buckets, weight_spec
+from weight_sync.receiver import StaleWeightsError, WeightUpdateError, checked_buckets, weight_spec
 from weight_sync.transport import ObjectStoreTransport
 
 pytestmark = pytest.mark.slow
@@ -221,9 +221,9 @@ def test_repeated_tensor_and_empty_push_are_refused(model_dir, engine):
     name = next(iter(state))
     refs = [ray.put(dict(state)), ray.put({name: state[name]})]
     with pytest.raises(WeightUpdateError, match=f"{name} was already sent"):
-        stage_buckets(refs, spec, ObjectStoreTransport())
+        list(checked_buckets(ObjectStoreTransport().stream(refs), spec, {}))
     with pytest.raises(WeightUpdateError, match="at least one bucket"):
-        stage_buckets([], spec, ObjectStoreTransport())
+        list(checked_buckets(ObjectStoreTransport().stream([]), spec, {}))
 
 
 def test_multiprocess_engine_loads_weights(engines, builder, case, model_dir):

@@ -1,35 +1,44 @@
 """The receiving end of a weight update: buckets in, validated, loaded, versioned.
 
-WeightSync (weight_sync/sync.py) calls `update_weights(version, bucket_handles)` on every
-rollout engine and on the scoring actor; each of them holds one `WeightReceiver`, which
-turns the handles into tensors through the transport's `fetch` (weight_sync/transport.py).
+WeightSync (weight_sync/sync.py) calls `update_weights(version, push)` on every rollout
+engine and on the scoring actor; each of them holds one `WeightReceiver`, which takes the
+push's buckets one at a time through the transport's `stream` (weight_sync/transport.py).
 Tensors are named as in a transformers state dict (model.visual.*, model.language_model.*,
 lm_head.*).
 
-An update is all or nothing:
-1. the version must be above the current one (a stale or repeated push is refused);
-2. every bucket is fetched and checked against the model's own parameter list (known
-   names, no repeats, matching shapes, floating point, finite values, and every weight
-   present) before the engine is touched, so bad data never half-loads;
-3. only then the staged tensors are loaded in one call. Should that call itself fail, the
-   last good weights are loaded again (the previous push, whose handles are kept, or the
-   model's files for version 0); if even that fails the receiver is marked broken and
-   the engine refuses to generate until it is restarted.
+Buckets stream: a bucket is checked, loaded into the engine and dropped before the next
+one is taken, so a receiver holds one bucket, never a second copy of the model. The engine
+takes a push in one load session (`begin`, `load_part` per bucket, `finish`: vLLM's
+layerwise reload, which processes a layer once all of its tensors have arrived).
 
-Keeping the previous push's handles pins one extra copy of the weights in the object store
-between updates; that is the price of a rollback that needs no disk.
+An update is all or nothing, as seen from outside:
+1. the version must be above the current one (a stale or repeated push is refused);
+2. every bucket is checked against the model's own parameter list (known names, no
+   repeats, matching shapes, floating point, finite values) before it is loaded, and at
+   the end every weight must have come; the first bucket is checked before the engine is
+   touched at all;
+3. the version changes only after the last bucket is loaded. A push refused or failing
+   half-way is undone: the last good weights are loaded again (streamed anew from the
+   previous push where the transport keeps it, the object store; else the model's files,
+   version 0, which WeightSync brings up to date on the receiver's next use). If even
+   that fails the receiver is marked broken and the engine refuses to generate until it
+   is restarted. Generation never sees a half-loaded model: the actor runs one call at a
+   time.
+
+Keeping the previous push's refs (object store) pins one extra copy of the weights in the
+object store between updates; that is the price of a rollback that needs no disk.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-from weight_sync.transport import ObjectStoreTransport, Transport
+from weight_sync.transport import ObjectStoreTransport
 
 MAX_LISTED = 5  # names quoted in an error message
 
@@ -91,15 +100,6 @@ def weight_spec(model_path: str, trust_remote_code: bool = False) -> WeightSpec:
                       optional=frozenset(set(state) - owned))
 
 
-@dataclass
-class StagedWeights:
-    """Validated tensors of one push, in arrival order."""
-
-    tensors: list[tuple[str, torch.Tensor]] = field(default_factory=list)
-    nbytes: int = 0
-    num_buckets: int = 0
-
-
 def _listed(names: Iterable[str]) -> str:
     names = sorted(names)
     more = f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
@@ -137,82 +137,104 @@ def check_bucket(bucket: Any, index: int, spec: WeightSpec, seen: set[str]) -> i
     return nbytes
 
 
-def stage_buckets(handles: Sequence[Any], spec: WeightSpec,
-                  source: Transport) -> StagedWeights:
-    """Fetch and check every bucket; raise WeightUpdateError before anything is loaded."""
-    if not handles:
+def checked_buckets(buckets: Iterable[Any], spec: WeightSpec,
+                    totals: dict[str, int]) -> Iterator[Mapping[str, torch.Tensor]]:
+    """Each bucket of `buckets` once `check_bucket` passed it; after the last one,
+    WeightUpdateError when there was none or a required weight never came. `totals`
+    collects bytes, tensors and buckets as they pass."""
+    seen: set[str] = set()
+    index = -1
+    for index, bucket in enumerate(buckets):
+        totals["bytes"] = totals.get("bytes", 0) + check_bucket(bucket, index, spec, seen)
+        totals["tensors"] = totals.get("tensors", 0) + len(bucket)
+        totals["buckets"] = index + 1
+        yield bucket
+    if index < 0:
         raise WeightUpdateError("a weight push needs at least one bucket")
-    staged, seen = StagedWeights(), set()
-    for index, handle in enumerate(handles):
-        try:
-            bucket = source.fetch(handle)
-        except Exception as err:
-            raise WeightUpdateError(f"bucket {index} could not be fetched: {err}") from err
-        staged.nbytes += check_bucket(bucket, index, spec, seen)
-        staged.tensors.extend(bucket.items())
-        staged.num_buckets += 1
     missing = spec.required - seen
     if missing:
         raise WeightUpdateError(f"the push lacks {len(missing)} tensors: {_listed(missing)}; "
                                 "send the full set of weights (vision tower included)")
-    return staged
 
 
-Loader = Callable[[list[tuple[str, torch.Tensor]]], None]
+class EngineLoader(Protocol):
+    """An engine's load session (actors/engine_host.py): `begin`, `load_part` per
+    bucket, `finish` (whatever happened in between); `load_initial` reloads the model's
+    own files."""
+
+    def begin(self) -> None: ...
+
+    def load_part(self, tensors: list[tuple[str, torch.Tensor]]) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def load_initial(self) -> None: ...
 
 
 class WeightReceiver:
-    """Version bookkeeping, staging and rollback around an engine's load function.
+    """Version bookkeeping, streaming and rollback around an engine's load session."""
 
-    `load(tensors)` puts a full set of checkpoint-format tensors into the engine and resets
-    its caches; `load_initial()` reloads the model's own files (version 0).
-    """
-
-    def __init__(self, spec: WeightSpec, load: Loader, load_initial: Callable[[], None],
-                 source: Transport | None = None):
+    def __init__(self, spec: WeightSpec, engine: EngineLoader, source: Any | None = None):
         self.spec = spec
-        self._load = load
-        self._load_initial = load_initial
+        self.engine = engine
         self.source = source or ObjectStoreTransport()
         self.version = 0
         self.broken: str | None = None
-        self._last_good: list[Any] = []   # handles of the loaded version (empty: files)
+        self._last_good: Any = None   # the loaded push, when the transport can replay it
 
     def assert_usable(self) -> None:
         """Raise BrokenEngineError if a failed load left unknown weights behind."""
         if self.broken:
             raise BrokenEngineError(self.broken)
 
-    def last_good(self) -> tuple[int, list[Any]]:
-        """(version, bucket handles) of the loaded weights; handles are empty at version 0."""
-        return self.version, list(self._last_good)
-
-    def update(self, version: int, handles: Sequence[Any]) -> dict:
+    def update(self, version: int, push: Any) -> dict:
         """Load a push all-or-nothing (module docstring); return timings and sizes."""
         self.assert_usable()
         version = check_version(self.version, version)
         start = time.perf_counter()
-        staged = stage_buckets(list(handles), self.spec, self.source)
-        fetched = time.perf_counter()
+        totals: dict[str, int] = {}
         try:
-            self._load(staged.tensors)
+            touched = self._stream_in(push, totals)
         except Exception as err:
-            del staged
-            self._roll_back(version, err)
+            touched = totals.get("loaded", 0) > 0
+            if touched:
+                self._roll_back(version, err)
+            if isinstance(err, WeightUpdateError) and not touched:
+                raise
             raise WeightUpdateError(
-                f"loading weights version {version} failed ({type(err).__name__}: {err}); "
-                f"the engine is back at version {self.version}") from err
-        self.version, self._last_good = version, list(handles)
-        return {"version": version, "bytes": staged.nbytes, "tensors": len(staged.tensors),
-                "buckets": staged.num_buckets, "fetch_s": fetched - start,
-                "load_s": time.perf_counter() - fetched}
+                f"weights version {version} refused ({type(err).__name__}: {err}); the "
+                f"engine is back at version {self.version}") from err
+        self.version = version
+        self._last_good = push if not self.source.live else None
+        return {"version": version, "bytes": totals.get("bytes", 0),
+                "tensors": totals.get("tensors", 0), "buckets": totals.get("buckets", 0),
+                "load_s": time.perf_counter() - start, "loaded": touched}
+
+    def _stream_in(self, push: Any, totals: dict[str, int]) -> bool:
+        stream = self.source.stream(push)
+        checked = checked_buckets(stream, self.spec, totals)
+        try:
+            for bucket in checked:
+                if not totals.get("loaded"):
+                    self.engine.begin()   # only once the first bucket has passed
+                totals["loaded"] = totals.get("loaded", 0) + 1
+                self.engine.load_part(list(bucket.items()))
+                del bucket   # one bucket at a time: drop it before taking the next
+        finally:
+            checked.close()
+            if hasattr(stream, "close"):
+                stream.close()   # a collective stream drains the rest of the push
+            if totals.get("loaded"):
+                self.engine.finish()
+        return True
 
     def _roll_back(self, failed_version: int, cause: Exception) -> None:
         try:
-            if self._last_good:
-                self._load(stage_buckets(self._last_good, self.spec, self.source).tensors)
+            if self._last_good is not None:
+                self._stream_in(self._last_good, {})
             else:
-                self._load_initial()
+                self.engine.load_initial()
+                self.version = 0   # the model's files; WeightSync replays the newest
         except Exception as err:
             self.broken = (f"loading weights version {failed_version} failed ({cause}) and "
                            f"restoring version {self.version} failed too ({err}); restart "
