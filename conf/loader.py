@@ -186,7 +186,7 @@ def _choices() -> dict[str, tuple]:
     from learner.ds_config import LR_SCHEDULES, PRECISIONS, ZERO_STAGES
     from learner.loss import AGGREGATIONS
     from rewards import ADVANTAGE_MODES, CHOICE_MODES, PD_WEIGHT_SCHEMES, STD_KINDS
-    from weight_sync.transport import TRANSPORTS
+    from weight_sync.transport import COLLECTIVE_BACKENDS, TRANSPORTS
 
     return {
         "stage": STAGES,
@@ -198,6 +198,7 @@ def _choices() -> dict[str, tuple]:
         "train.precision": PRECISIONS,
         "train.lr_schedule": LR_SCHEDULES,
         "weights.transport": tuple(TRANSPORTS),
+        "weights.backend": COLLECTIVE_BACKENDS,
         "learner.zero_stage": ZERO_STAGES,
     }
 
@@ -255,6 +256,7 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("learner.num_cpus", ">= 0", _at_least(0)),
     ("learner.num_gpus", ">= 0", _at_least(0)),
     ("weights.bucket_mb", "> 0", _above(0)),
+    ("weights.timeout_s", "> 0", _above(0)),
     ("checkpoint.every", ">= 0 (0: only after the last step)", _at_least(0)),
     ("checkpoint.keep_last", ">= 0 (0: keep all)", _at_least(0)),
     ("eval.every", ">= 0 (0: only before the first and after the last step)", _at_least(0)),

@@ -9,7 +9,7 @@
 Rendezvous: the driver asks rank 0 for a free port on its node and sets MASTER_ADDR /
 MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK in every actor before
 `deepspeed.init_distributed` (gloo on CPU, nccl on GPU). MASTER_ADDR is 127.0.0.1 when all
-ranks share a node, else rank 0's node address.
+ranks share a node, else rank 0's node address; the store listens on that address only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from learner.experience import (
     split_for_ranks,
 )
 from learner.learner_actor import TOKEN_WEIGHTED_STATS, UNIT_WEIGHTED_STATS, LearnerWorker
+from weight_sync.transport import TRANSPORTS, collective_backend
 
 
 def _plain_conf(cfg: Any) -> dict:
@@ -114,8 +115,9 @@ class LearnerGroup:
                 f"{ray.available_resources()} free. Lower the requests or add resources."
             )
         infos = ray.get(info_refs)
+        self.rank0_ip = str(infos[0]["ip"])
         same_node = len({i["node_id"] for i in infos}) == 1
-        host = "127.0.0.1" if same_node else infos[0]["ip"]
+        host = "127.0.0.1" if same_node else self.rank0_ip
         try:
             port = ray.get(self.actors[0].pick_port.remote(host))
             self.setup_info = ray.get([a.setup.remote(host, port) for a in self.actors])
@@ -180,13 +182,40 @@ class LearnerGroup:
         return out
 
     # -- weights ----------------------------------------------------------------------
+    @property
+    def live(self) -> bool:
+        """Whether conf weights.transport sends while the receivers take in (collective):
+        WeightSync then starts both ends together (`start_push`)."""
+        return bool(TRANSPORTS[str(self.conf["weights"]["transport"])].live)
+
     def publish_weights(self) -> tuple[list[Any], dict[str, float]]:
-        """Gather the full weights on every rank and publish them in buckets (conf
-        weights.bucket_mb, weights.transport) from rank 0: (bucket handles, {bytes,
+        """Object-store transport: gather the full weights on every rank and publish them
+        in buckets (conf weights.bucket_mb) from rank 0: (bucket refs, {bytes, buckets,
         gather_s}). WeightSync (weight_sync/sync.py) versions and delivers them."""
         import ray
 
         return ray.get([a.publish_weights.remote() for a in self.actors])[0]
+
+    def start_push(self, num_receivers: int) -> tuple[dict[str, Any], list[Any]]:
+        """Collective transport: open a weights group of rank 0 and `num_receivers`
+        receivers and start sending (every rank gathers); returns (the push each receiver
+        joins with its own "rank" added, the refs of the ranks' publish calls, rank 0's
+        first: its {bytes, buckets, gather_s}).
+
+        The group's store listens on rank 0's node address, 127.0.0.1 when the Ray
+        cluster has one node (every member is on this machine)."""
+        import ray
+
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
+        port = ray.get(self.actors[0].open_weight_session.remote(host))
+        weights = self.conf["weights"]
+        self._pushes = getattr(self, "_pushes", 0) + 1
+        push = {"host": host, "port": int(port), "world_size": int(num_receivers) + 1,
+                "backend": collective_backend(self.conf),
+                "timeout_s": float(weights["timeout_s"]),
+                "id": f"{port}-{self._pushes}"}
+        return push, [a.publish_weights.remote(push) for a in self.actors]
 
     def full_state_dict(self) -> dict:
         """The full weights as CPU tensors (transformers state-dict names)."""

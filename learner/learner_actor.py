@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -28,10 +27,12 @@ from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
 from learner.loss import policy_loss
 from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
+from weight_sync.group import interface_of, listen_on, tcp_store
 from weight_sync.transport import make_transport
 
 TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
 UNIT_WEIGHTED_STATS = ("loss", "pg_loss", "kl_ref")
+STORE_TIMEOUT_S = 600.0   # ranks that do not all join the world within this fail setup
 
 
 def _skip_shm_comm_build() -> None:
@@ -65,10 +66,11 @@ class LearnerWorker:
                 "ip": ray.util.get_node_ip_address()}
 
     def pick_port(self, host: str) -> int:
-        """A port free on this node (rank 0's node hosts the torch.distributed store)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            return int(sock.getsockname()[1])
+        """Rank 0: open the torch.distributed store's socket on `host` (its node address,
+        127.0.0.1 when every rank shares the node; never all interfaces) and return its
+        port. The socket stays open until `setup` hands it to the store."""
+        self._store_listener = listen_on(host)
+        return int(self._store_listener.getsockname()[1])
 
     def setup(self, master_addr: str, master_port: int) -> dict[str, Any]:
         """Join the DeepSpeed world, load the model, build optimizer and schedule."""
@@ -93,6 +95,7 @@ class LearnerWorker:
             torch.set_num_threads(max(1, int(cpus)))
         else:
             accel.set_device(0)
+        self._join_world(master_addr, master_port, accel.communication_backend_name())
         deepspeed.init_distributed(dist_backend=accel.communication_backend_name(),
                                    auto_mpi_discovery=False)
         train, learner = self.conf["train"], self.conf["learner"]
@@ -116,6 +119,22 @@ class LearnerWorker:
         return {"rank": self.rank, "accelerator": self.accelerator,
                 "trainable_params": sum(int(getattr(p, "ds_numel", p.numel())) for p in params),
                 "warmup_steps": warm}
+
+    def _join_world(self, master_addr: str, master_port: int, backend: str) -> None:
+        """torch.distributed's world over a store served on rank 0's pre-bound socket
+        (DeepSpeed's env:// init would open one on every interface); gloo's own sockets
+        on this node's address (GLOO_SOCKET_IFNAME). DeepSpeed then adopts the world."""
+        import ray
+
+        own = master_addr if master_addr.startswith("127.") else ray.util.get_node_ip_address()
+        interface = interface_of(own)
+        if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
+            os.environ["GLOO_SOCKET_IFNAME"] = interface
+        store = tcp_store(master_addr, master_port, self.world_size, self.rank,
+                          STORE_TIMEOUT_S, getattr(self, "_store_listener", None))
+        self._store_listener = None
+        torch.distributed.init_process_group(backend, store=store, rank=self.rank,
+                                             world_size=self.world_size)
 
     def _load_model(self, ds_config: dict) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
@@ -299,10 +318,19 @@ class LearnerWorker:
         return iter_gathered_buckets(self.engine.module, bucket_bytes,
                                      zero3=self.zero_stage == 3, keep=self.rank == 0)
 
-    def publish_weights(self) -> tuple[list[Any], dict[str, float]]:
-        """Gather the full weights (every rank: a collective under ZeRO-3) and publish them
-        through conf `weights.transport` (rank 0). Rank 0 returns the bucket handles and
-        {bytes, gather_s}; the other ranks ([], {})."""
+    def open_weight_session(self, host: str) -> int:
+        """Rank 0, collective transport: open the weights group's store socket on `host`
+        (this node's address) and return its port; `publish_weights` serves on it."""
+        self._weights_listener = listen_on(host)
+        return int(self._weights_listener.getsockname()[1])
+
+    def publish_weights(self, push: dict | None = None) -> tuple[list[Any], dict[str, float]]:
+        """Gather the full weights (every rank: a collective under ZeRO-3) and send them
+        from rank 0 through conf `weights.transport`, bucket by bucket as gathered:
+        object store, `push` None: rank 0 returns the bucket refs; collective, `push` the
+        group's rendezvous (WeightSync starts the receivers at the same time): the buckets
+        are broadcast and rank 0 returns no handles. Rank 0 also returns {bytes, buckets,
+        gather_s}; the other ranks ([], {})."""
         weights = self.conf["weights"]
         bucket_bytes = int(float(weights["bucket_mb"]) * 2**20)
         start = time.perf_counter()
@@ -310,16 +338,25 @@ class LearnerWorker:
             for _ in self._buckets(bucket_bytes):
                 pass
             return [], {}
-        nbytes = 0
+        counts = {"bytes": 0.0, "buckets": 0.0}
 
         def counted():
-            nonlocal nbytes
             for bucket in self._buckets(bucket_bytes):
-                nbytes += bucket_nbytes(bucket)
+                counts["bytes"] += bucket_nbytes(bucket)
+                counts["buckets"] += 1
                 yield bucket
 
-        handles = make_transport(str(weights["transport"])).publish(counted())
-        return handles, {"bytes": float(nbytes), "gather_s": time.perf_counter() - start}
+        transport = make_transport(str(weights["transport"]))
+        if transport.live:
+            if push is None or getattr(self, "_weights_listener", None) is None:
+                raise RuntimeError("the collective transport needs open_weight_session on "
+                                   "rank 0 and a push from WeightSync")
+            listener, self._weights_listener = self._weights_listener, None
+            transport.send(counted(), push, listener)
+            handles: list[Any] = []
+        else:
+            handles = transport.publish(counted())
+        return handles, {**counts, "gather_s": time.perf_counter() - start}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights as CPU tensors on rank 0 ({} elsewhere); all ranks must call."""

@@ -41,11 +41,15 @@ def test_buckets_cover_every_state_dict_key_including_tied_and_buffers():
 
 def test_transport_choice_is_the_registry():
     assert type(make_transport("object_store")).__name__ == "ObjectStoreTransport"
-    with pytest.raises(ValueError, match=r"choose one of \['object_store'\]"):
+    assert type(make_transport("collective")).__name__ == "CollectiveTransport"
+    with pytest.raises(ValueError, match=r"choose one of \['collective', 'object_store'\]"):
         make_transport("carrier_pigeon")
-    # The conf loader offers exactly the registry's names.
+    # The conf loader offers exactly the registry's names; the old `nccl` value is gone
+    # (the collective transport with weights.backend=nccl replaces it).
     from conf import ConfigError, load_config
 
-    assert list(TRANSPORTS) == ["object_store"]
+    assert list(TRANSPORTS) == ["object_store", "collective"]
     with pytest.raises(ConfigError, match="weights.transport"):
         load_config("tiny", ["weights.transport=nccl"])
+    with pytest.raises(ConfigError, match="weights.backend"):
+        load_config("tiny", ["weights.backend=mpi"])

@@ -189,8 +189,14 @@ class WeightReceiver:
 
     def update(self, version: int, push: Any) -> dict:
         """Load a push all-or-nothing (module docstring); return timings and sizes."""
-        self.assert_usable()
-        version = check_version(self.version, version)
+        try:
+            self.assert_usable()
+            version = check_version(self.version, version)
+        except Exception:
+            if self.source.live:   # join and drain: the sender and the others go on
+                for _ in self.source.stream(push):
+                    pass
+            raise
         start = time.perf_counter()
         totals: dict[str, int] = {}
         try:

@@ -7,10 +7,14 @@
     engines.generate(...)                            # every rollout's version is checked
     sync.call("scoring-actor", "pd_scores", ...)     # checked too; a stale result is redone
 
-It takes the buckets from learner rank 0 (`LearnerGroup.publish_weights`), assigns the
-version, delivers it to every receiver, keeps the newest bucket handles, and replays them
+It assigns the version and delivers the learners' weights to every receiver. With the
+object-store transport it takes the bucket refs from learner rank 0
+(`LearnerGroup.publish_weights`), hands them to every receiver and keeps them, to replay
 to a receiver that restarted (Ray brings a dead actor back with the model's initial
-weights: version 0). Every result a receiver returns carries the `weights_version` it was
+weights: version 0). With the collective transport (`learners.live`) it starts rank 0's
+broadcast and every live receiver's intake together (`LearnerGroup.start_push`); nothing
+is kept, and a replay is a new push of the learners' weights to that receiver alone (the
+learners hold the current version's weights until their next step). Every result a receiver returns carries the `weights_version` it was
 computed with; a result older than the current version comes from such a restarted
 receiver, so the receiver is brought up to date and the call redone: a stale result is
 never used.
@@ -49,6 +53,7 @@ class WeightSync:
         self.max_redos = max_redos
         self.counts = {"replays": 0, "redos": 0, "restarts": 0, "unreachable": 0}
         self._handles: list[Any] = []
+        self._learners: Any = None   # the collective transport replays from them
 
     def register(self, name: str, handle: Any) -> None:
         """Add a receiver (a Ray actor with update_weights / ready); it gets every version."""
@@ -74,19 +79,33 @@ class WeightSync:
 
     def _install(self, learners: Any, version: int) -> dict[str, float]:
         start = time.perf_counter()
-        handles, info = learners.publish_weights()
-        gathered = time.perf_counter()
-        self.version, self._handles = version, list(handles)
-        unreachable = self._deliver(list(self.receivers))
+        self._learners = learners
+        if getattr(learners, "live", False):
+            self.version, self._handles = version, []
+            info, unreachable = self._push_live(list(self.receivers))
+            gathered = start + float(info.get("gather_s", 0.0))
+        else:
+            handles, info = learners.publish_weights()
+            gathered = time.perf_counter()
+            self.version, self._handles = version, list(handles)
+            unreachable = self._deliver(list(self.receivers))
         return {"gather_s": gathered - start, "deliver_s": time.perf_counter() - gathered,
-                "bytes": float(info.get("bytes", 0.0)), "buckets": float(len(handles)),
+                "bytes": float(info.get("bytes", 0.0)),
+                "buckets": float(info.get("buckets", len(self._handles))),
                 "unreachable": float(len(unreachable))}
 
     def _deliver(self, names: list[str]) -> list[str]:
-        import ray
 
         calls = {name: self.receivers[name].update_weights.remote(self.version, self._handles)
                  for name in names}
+        unreachable = self._gather(calls)
+        self.counts["unreachable"] += len(unreachable)
+        return unreachable
+
+    @staticmethod
+    def _gather(calls: dict[str, Any]) -> list[str]:
+        import ray
+
         unreachable = []
         for name, call in calls.items():
             try:
@@ -98,8 +117,35 @@ class WeightSync:
         # Even when none is reachable (the single engine of a Stage-1 run, restarting) the
         # version stands: its buckets are kept, and every receiver is brought to it when
         # next used; one that never comes back fails there, with Ray's reason.
-        self.counts["unreachable"] += len(unreachable)
         return unreachable
+
+    def _answers(self, name: str, timeout_s: float = 60.0) -> bool:
+        import ray
+
+        try:
+            ray.get(self.receivers[name].ready.remote(), timeout=timeout_s)
+            return True
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+    def _push_live(self, names: list[str]) -> tuple[dict, list[str]]:
+        """Collective transport: a group of rank 0 and the receivers that answer now (one
+        that cannot join would leave the others waiting); the rest are unreachable."""
+        import ray
+
+        alive = [name for name in names if self._answers(name)]
+        unreachable = [name for name in names if name not in alive]
+        info: dict = {}
+        if alive:
+            push, sending = self._learners.start_push(len(alive))
+            calls = {name: self.receivers[name].update_weights.remote(
+                self.version, {**push, "rank": rank}) for rank, name in enumerate(alive, 1)}
+            try:
+                unreachable += self._gather(calls)
+            finally:
+                info = ray.get(sending)[0][1]   # rank 0's; raises if the send failed
+        self.counts["unreachable"] += len(unreachable)
+        return info, unreachable
 
     # -- versions out ---------------------------------------------------------------
     def is_current(self, version: int) -> bool:
@@ -132,7 +178,12 @@ class WeightSync:
         if behind or isinstance(cause, ray.exceptions.RayActorError):
             self.counts["restarts"] += 1
         if behind:
-            ray.get(handle.update_weights.remote(self.version, self._handles))
+            if getattr(self._learners, "live", False):
+                _, missed = self._push_live([name])
+                if missed:
+                    raise RuntimeError(f"{name} could not take the weights replay") from cause
+            else:
+                ray.get(handle.update_weights.remote(self.version, self._handles))
             self.counts["replays"] += 1
         return info
 
