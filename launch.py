@@ -140,6 +140,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     from driver.data_stream import DataStream
     from driver.experience_maker import ExperienceMaker
     from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
+    from driver.placement import Placement, node_resources, roles
     from driver.plots import plot_run
     from driver.rollout_log import RolloutLog
     from driver.training_data import fingerprint, load_training_data
@@ -166,11 +167,15 @@ def train(cfg, model_path: str, out: Path) -> None:
     metric = best_metric(cfg)
     best = BestCheckpoint(out, metric) if metric else None
     check_resumable(cfg, out, data_id)   # before any actor starts
-    check_resources(cfg, connect(cfg))
+    available = connect(cfg)
     import ray  # after connect: a local cluster's loopback setting is read at `import ray`
+    check_resources(cfg, available, nodes=node_resources())   # totals, then node by node
+    placement = Placement(roles(cfg, scorer=stage2))   # held for the run: restarts reuse it
     sync = WeightSync()   # the one owner of weights versions
-    engines, scorer = start_vllm_actors(cfg, model_path, sync, scorer=stage2)
-    learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
+    engines, scorer = start_vllm_actors(cfg, model_path, sync, scorer=stage2,
+                                        placement=placement)
+    learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path,
+                            placement=placement)
     tokenizer = AutoTokenizer.from_pretrained(model_path,
                                               trust_remote_code=cfg.model.trust_remote_code)
     maker = ExperienceMaker(cfg, engines, sync, tokenizer)
@@ -200,7 +205,8 @@ def train(cfg, model_path: str, out: Path) -> None:
         print(f"# a learner died ({str(cause).splitlines()[0]}); restarting the learners "
               f"from the newest checkpoint ({learner_restarts}/{MAX_LEARNER_RESTARTS})")
         learners.shutdown()
-        learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path)
+        learners = LearnerGroup(cfg, total_steps=steps, model_path=model_path,
+                                placement=placement)
         saved = learners.load_checkpoint(out) or {}
         back = int(saved.get("step", 0))
         stream.load_state(saved.get("data") or {"epoch": 0, "position": 0,

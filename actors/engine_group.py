@@ -99,14 +99,18 @@ class EngineGroup:
 
     def __init__(self, settings: EngineSettings, num_engines: int, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, max_restarts: int = 4, max_resends: int = 2,
-                 ready_timeout_s: float = 900.0, sync: WeightSync | None = None):
+                 ready_timeout_s: float = 900.0, sync: WeightSync | None = None,
+                 placement: Any = None):
         if num_engines < 1:
             raise ValueError(f"num_engines must be >= 1, got {num_engines}")
         self.max_resends = max_resends
         self.sync = sync if sync is not None else WeightSync(ready_timeout_s)
         self.names = [f"rollout-engine-{i}" for i in range(num_engines)]
-        self.handles = [start_rollout_engine(settings, i, num_cpus, num_gpus, max_restarts)
-                        for i in range(num_engines)]
+        # placement: driver.placement.Placement (engine i into its node's bundle) or None
+        self.handles = [start_rollout_engine(
+            settings, i, num_cpus, num_gpus, max_restarts,
+            placement.options("rollout", i) if placement is not None else None)
+            for i in range(num_engines)]
         self.info = wait_ready(self.handles, ready_timeout_s)
         for name, handle in zip(self.names, self.handles):
             self.sync.register(name, handle)

@@ -207,18 +207,20 @@ class EngineHost:
 
 
 def start_engine_actor(cls: type, settings: EngineSettings, name: str, num_cpus: float,
-                       num_gpus: float = 0.0, max_restarts: int = 4, **kwargs: Any) -> Any:
+                       num_gpus: float = 0.0, max_restarts: int = 4,
+                       placement: dict | None = None, **kwargs: Any) -> Any:
     """Start `cls` (an EngineHost subclass) as a named Ray actor; returns its handle.
 
     `max_restarts` lets Ray bring a dead engine back (WeightSync replays its weights, the
     caller redoes its work); task retries stay off so that no call reaches a restarted
-    engine before its weights are.
+    engine before its weights are. `placement`: actor options from driver.placement (a
+    placement-group bundle; a restarted actor comes back in the same bundle).
     """
     import ray
 
     return ray.remote(cls).options(
         name=name, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-        max_task_retries=0, max_concurrency=1).remote(settings, **kwargs)
+        max_task_retries=0, max_concurrency=1, **(placement or {})).remote(settings, **kwargs)
 
 
 def wait_ready(handles: list[Any], timeout_s: float) -> list[dict]:

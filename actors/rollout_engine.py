@@ -95,12 +95,13 @@ def strip_tokens(token_ids: list[int], logprobs: list[float],
 
 
 def start_rollout_engine(settings: EngineSettings, index: int, num_cpus: float,
-                         num_gpus: float = 0.0, max_restarts: int = 4) -> Any:
+                         num_gpus: float = 0.0, max_restarts: int = 4,
+                         placement: dict | None = None) -> Any:
     """Rollout engine `index` as the Ray actor "rollout-engine-<index>", bound to CPU slot
     `index` and seeded with settings.seed + index."""
     settings = replace(settings, cpu_slot=index if settings.cpu_slot is None else
                        settings.cpu_slot, seed=settings.seed + index)
     return start_engine_actor(RolloutEngine, settings, f"rollout-engine-{index}", num_cpus,
-                              num_gpus, max_restarts)
+                              num_gpus, max_restarts, placement)
 
 

@@ -239,11 +239,11 @@ class ScoringActor(EngineHost):
 
 def start_scoring_actor(settings: EngineSettings, num_cpus: float, num_gpus: float = 0.0,
                         pd_digits: int = 2, cpu_slot: int | None = None,
-                        max_restarts: int = 4) -> Any:
+                        max_restarts: int = 4, placement: dict | None = None) -> Any:
     """The ScoringActor as the Ray actor "scoring-actor" (CPU slot: after the engines)."""
     from dataclasses import replace
 
     if cpu_slot is not None:
         settings = replace(settings, cpu_slot=cpu_slot)
     return start_engine_actor(ScoringActor, settings, "scoring-actor", num_cpus, num_gpus,
-                              max_restarts, pd_digits=pd_digits)
+                              max_restarts, placement, pd_digits=pd_digits)

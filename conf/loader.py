@@ -257,6 +257,8 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("learner.num_gpus", ">= 0", _at_least(0)),
     ("weights.bucket_mb", "> 0", _above(0)),
     ("weights.timeout_s", "> 0", _above(0)),
+    ("placement.learner_nodes", ">= 1", _at_least(1)),
+    ("placement.rollout_nodes", ">= 1", _at_least(1)),
     ("checkpoint.every", ">= 0 (0: only after the last step)", _at_least(0)),
     ("checkpoint.keep_last", ">= 0 (0: keep all)", _at_least(0)),
     ("eval.every", ">= 0 (0: only before the first and after the last step)", _at_least(0)),

@@ -85,9 +85,12 @@ def requested(cfg: Any, engines: bool = True, scorer: bool | None = None,
 
 
 def check_resources(cfg: Any, available: dict, engines: bool = True,
-                    scorer: bool | None = None, learners: bool = True) -> None:
+                    scorer: bool | None = None, learners: bool = True,
+                    nodes: list[dict[str, float]] | None = None) -> None:
     """Raise ResourceError, naming the conf keys to change, when the named actor groups
-    cannot all be placed (Ray would wait for them forever)."""
+    cannot all be placed (Ray would wait for them forever): first against the cluster's
+    totals `available`, then, given `nodes` (each alive node's resources), the conf
+    `placement` layout node by node (driver/placement.py)."""
     need = requested(cfg, engines, scorer, learners)
     for kind, amount in need.items():
         have = float(available.get(kind, 0.0))
@@ -103,3 +106,7 @@ def check_resources(cfg: Any, available: dict, engines: bool = True,
             f"the actors ask for {amount:g} {kind} ({' + '.join(parts)}) but the Ray cluster "
             f"has {have:g}: lower those values, or start the cluster with more (ray start "
             f"--num-{k}s N, or ray.num_cpus=N for a local one){hint}")
+    if nodes is not None:
+        from driver.placement import check_fits, roles
+
+        check_fits(roles(cfg, engines, _with_scorer(cfg, scorer), learners), nodes)

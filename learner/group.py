@@ -89,6 +89,7 @@ class LearnerGroup:
         model_path: str | Path,
         name_prefix: str = "learner",
         schedule_timeout_s: float = 300.0,
+        placement: Any = None,
     ):
         import ray
 
@@ -101,6 +102,8 @@ class LearnerGroup:
             actor_cls.options(
                 name=f"{name_prefix}-{rank}", num_cpus=float(learner["num_cpus"]),
                 num_gpus=float(learner["num_gpus"]),
+                # driver.placement.Placement: rank r into its node's bundle
+                **(placement.options("learners", rank) if placement is not None else {}),
             ).remote(self.conf, rank, self.world_size, self.model_path, int(total_steps))
             for rank in range(self.world_size)
         ]
