@@ -15,6 +15,9 @@ TEST_CACHE = REPO / ".cache" / "refine-iqa"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The tests' local clusters stay on loopback: Ray reads this once, at its first import
+# (tests/test_driver_loopback.py checks driver.cluster without it, in fresh interpreters).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +46,8 @@ def ray_cluster():
     learner fit on 2 cores; shut down when the module is done."""
     ray = pytest.importorskip("ray")
     env = {k: os.environ.pop(k) for k in ("RAY_ADDRESS",) if k in os.environ}
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _node_ip_address="127.0.0.1")
     yield ray
     ray.shutdown()
     os.environ.update(env)
