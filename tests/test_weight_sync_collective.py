@@ -77,8 +77,12 @@ def test_buckets_arrive_bit_exact_and_an_early_leaver_blocks_nobody(ray_cluster)
         {"a.weight": torch.randn(64, 32, generator=gen),
          "a.bias": torch.randn(32, generator=gen).to(torch.bfloat16)},
         {"b.weight": torch.randn(16, 48, generator=gen).t(),          # not contiguous
-         "b.scale": torch.tensor(3.5, dtype=torch.float16)},          # 0-dim
+         "b.scale": torch.tensor(3.5, dtype=torch.float16),           # 0-dim
+         "b.empty": torch.zeros(0, 3)},                               # no bytes
         {"c.weight": torch.randn(3, 5, 7, generator=gen, dtype=torch.float64)},
+        # 2 MB alone (above SMALL_BYTES), then small ones packed behind it
+        {"d.big": torch.randn(512, 1024, generator=gen), "d.s1": torch.randn(7, generator=gen),
+         "d.s2": torch.randn(3, 3, generator=gen)},
     ]
     expected = [{name: digest(t) for name, t in b.items()} for b in buckets]
     sender = ray.remote(Sender).options(num_cpus=0.1).remote()
@@ -87,7 +91,7 @@ def test_buckets_arrive_bit_exact_and_an_early_leaver_blocks_nobody(ray_cluster)
     sent = sender.send.remote(_push(port, 3, "t1"), buckets)
     got_full = full.take.remote({**_push(port, 3, "t1"), "rank": 1})
     got_early = early.take.remote({**_push(port, 3, "t1"), "rank": 2}, stop_after=1)
-    assert ray.get(sent, timeout=120) == 3
+    assert ray.get(sent, timeout=120) == 4
     assert ray.get(got_full, timeout=120) == expected
     assert ray.get(got_early, timeout=120) == expected[:1]
 

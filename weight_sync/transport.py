@@ -15,14 +15,16 @@ hands every receiver's `update_weights(version, push)`:
   the learners' weights, which are the current version's until the next step.
 
 The collective wire format, per bucket: a 2-int64 frame (header bytes, payload bytes; 0, 0
-ends the push), the header (JSON: name, dtype, shape, offset of each tensor) and the
-payload (the tensors' bytes, back to back).
+ends the push), the header (JSON: name, dtype, shape and payload offset of each tensor,
+and the payload's chunks) and the payload (the tensors' bytes, back to back), one
+broadcast per chunk: a large tensor straight from its own memory, small ones packed.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # the conf loader imports TRANSPORTS; keep that free of torch
@@ -42,6 +44,43 @@ class Transport(Protocol):
     def stream(self, push: Any) -> Iterator[Mapping[str, torch.Tensor]]: ...
 
 
+@dataclass
+class PackedBucket:
+    """A bucket as the object store keeps it: each tensor's bytes as a numpy array (which
+    Ray writes into the store in one copy and hands back zero-copy, mapped from the
+    store's shared memory; a torch tensor would be copied out again on every `ray.get`),
+    with names, dtypes and shapes beside them (numpy has no bfloat16)."""
+
+    specs: list[tuple[str, str, tuple[int, ...]]]
+    arrays: list[Any]
+
+    @classmethod
+    def pack(cls, bucket: Mapping[str, torch.Tensor]) -> PackedBucket:
+        """Zero-copy numpy views of the bucket's (contiguous CPU) tensors."""
+        import torch
+
+        specs, arrays = [], []
+        for name, tensor in bucket.items():
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            specs.append((name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)))
+            arrays.append(flat.view(torch.uint8).numpy())
+        return cls(specs, arrays)
+
+    def unpack(self) -> dict[str, torch.Tensor]:
+        """Read-only tensor views of the arrays (a load copies them into the engine)."""
+        import warnings
+
+        import torch
+
+        out = {}
+        with warnings.catch_warnings():
+            # The store's arrays are read-only; nothing here writes to them.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            for (name, dtype, shape), array in zip(self.specs, self.arrays):
+                out[name] = torch.from_numpy(array).view(getattr(torch, dtype)).reshape(shape)
+        return out
+
+
 class ObjectStoreTransport:
     """Buckets as Ray ObjectRefs: `ray.put` on rank 0, `ray.get` one at a time in the
     receiver (the bucket before is dropped by then)."""
@@ -50,17 +89,24 @@ class ObjectStoreTransport:
     live = False
 
     def publish(self, buckets: Iterable[dict[str, torch.Tensor]]) -> list[Any]:
-        """One ObjectRef per bucket (rank 0)."""
+        """One ObjectRef per bucket (rank 0), each a PackedBucket."""
         import ray
 
-        return [ray.put(bucket) for bucket in buckets]
+        return [ray.put(PackedBucket.pack(bucket)) for bucket in buckets]
 
     def stream(self, push: list[Any]) -> Iterator[Mapping[str, torch.Tensor]]:
-        """The push's buckets, fetched one by one."""
+        """The push's buckets, fetched one by one (a plain dict of tensors, as some tests
+        put, is taken as it is)."""
         import ray
 
         for ref in push:
-            yield ray.get(ref)
+            got = ray.get(ref)
+            yield got.unpack() if isinstance(got, PackedBucket) else got
+            del got
+
+
+SMALL_BYTES = 1 << 20   # tensors below this travel packed together in one broadcast
+ALIGN = 16
 
 
 def _frame(group: Any, header_len: int = 0, payload_len: int = 0) -> tuple[int, int]:
@@ -75,6 +121,31 @@ def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     import torch
 
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def _aligned(offset: int) -> int:
+    # Every tensor starts at a multiple of ALIGN in the payload, so that the receiver can
+    # view its bytes as the tensor's dtype whatever came before it.
+    return -(-offset // ALIGN) * ALIGN
+
+
+def _chunks(raws: list[torch.Tensor], starts: list[int]) -> list[tuple[int, int, list[int]]]:
+    """(start, end, tensor indices) of each broadcast: a large tensor alone (sent from its
+    own memory, no staging copy), consecutive small ones together (one call, not many);
+    empty tensors need none."""
+    chunks: list[tuple[int, int, list[int]]] = []
+    open_small = False
+    for index, (raw, start) in enumerate(zip(raws, starts)):
+        size = int(raw.numel())
+        if size == 0:
+            continue
+        if size >= SMALL_BYTES or not open_small or chunks[-1][1] - chunks[-1][0] >= SMALL_BYTES:
+            chunks.append((start, start + size, [index]))
+        else:
+            first, _, members = chunks[-1]
+            chunks[-1] = (first, start + size, [*members, index])
+        open_small = size < SMALL_BYTES
+    return chunks
 
 
 class CollectiveTransport:
@@ -104,44 +175,72 @@ class CollectiveTransport:
         group = self._join({**push, "rank": 0}, listener)
         try:
             for bucket in buckets:
-                header, offset, parts = [], 0, []
+                tensors, raws, starts, offset = [], [], [], 0
                 for name, tensor in bucket.items():
                     raw = _bytes_of(tensor)
-                    header.append([name, str(tensor.dtype).removeprefix("torch."),
-                                   list(tensor.shape), offset])
-                    parts.append(raw)
+                    offset = _aligned(offset)
+                    tensors.append([name, str(tensor.dtype).removeprefix("torch."),
+                                    list(tensor.shape), offset])
+                    raws.append(raw)
+                    starts.append(offset)
                     offset += raw.numel()
-                meta = torch.frombuffer(bytearray(json.dumps(header).encode()),
-                                        dtype=torch.uint8)
+                chunks = _chunks(raws, starts)
+                meta = torch.frombuffer(bytearray(json.dumps(
+                    {"tensors": tensors, "chunks": [c[:2] for c in chunks]}).encode()),
+                    dtype=torch.uint8)
                 _frame(group, meta.numel(), offset)
                 group.broadcast(meta.to(group.device))
-                payload = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
-                del parts
-                group.broadcast(payload.to(group.device))
-                del payload
+                for start, end, members in chunks:
+                    if len(members) == 1:
+                        data = raws[members[0]]
+                    else:   # small tensors packed, padding included
+                        data = torch.zeros(end - start, dtype=torch.uint8)
+                        for i in members:
+                            data[starts[i] - start:starts[i] - start + raws[i].numel()] = raws[i]
+                    group.broadcast(data.to(group.device))
             _frame(group)
         finally:
             group.close()
 
+    @staticmethod
+    def _receive(group: Any, buffer: list[Any]) -> tuple[list, Any] | None:
+        """One bucket into the reused buffer[0] (grown when a bucket is larger): (tensor
+        list, payload), or None at the end of the push."""
+        import torch
+
+        header_len, payload_len = _frame(group)
+        if header_len == 0:
+            return None
+        meta = group.broadcast(torch.empty(header_len, dtype=torch.uint8, device=group.device))
+        header = json.loads(bytes(meta.cpu().tolist()))
+        if buffer[0] is None or buffer[0].numel() < payload_len:
+            buffer[0] = None   # the old one goes before the new one comes
+            buffer[0] = torch.empty(payload_len, dtype=torch.uint8, device=group.device)
+        payload = buffer[0][:payload_len]
+        for start, end in header["chunks"]:
+            group.broadcast(payload[start:end])
+        return header["tensors"], payload
+
     def stream(self, push: Mapping[str, Any]) -> Iterator[Mapping[str, torch.Tensor]]:
-        """Receiver: the buckets in order. Closed early (a refused bucket), it still takes
-        the rest of the push, so that rank 0 and the other receivers are not left waiting."""
+        """Receiver: the buckets in order. A bucket's tensors are views of one receive
+        buffer, reused for the next bucket (no page faults per bucket): they are valid
+        until the next one is taken, so a consumer copies what it keeps (a load does).
+        Closed early (a refused bucket), it still takes the rest of the push, so that
+        rank 0 and the other receivers are not left waiting."""
         import torch
 
         group = self._join(push)
+        buffer: list[Any] = [None]
         finished = False
         try:
             while True:
-                header_len, payload_len = _frame(group)
-                if header_len == 0:
+                got = self._receive(group, buffer)
+                if got is None:
                     finished = True
                     return
-                meta = group.broadcast(torch.empty(header_len, dtype=torch.uint8,
-                                                   device=group.device))
-                payload = group.broadcast(torch.empty(payload_len, dtype=torch.uint8,
-                                                      device=group.device))
+                tensors, payload = got
                 bucket = {}
-                for name, dtype, shape, offset in json.loads(bytes(meta.cpu().tolist())):
+                for name, dtype, shape, offset in tensors:
                     kind = getattr(torch, dtype)
                     size = kind.itemsize * _numel(shape)
                     bucket[name] = payload[offset:offset + size].view(kind).reshape(shape)
@@ -150,15 +249,10 @@ class CollectiveTransport:
                 del bucket
         finally:
             try:
-                while not finished:   # drain what rank 0 still sends
-                    header_len, payload_len = _frame(group)
-                    if header_len == 0:
-                        break
-                    group.broadcast(torch.empty(header_len, dtype=torch.uint8,
-                                                device=group.device))
-                    group.broadcast(torch.empty(payload_len, dtype=torch.uint8,
-                                                device=group.device))
+                while not finished and self._receive(group, buffer) is not None:
+                    pass   # drain what rank 0 still sends
             finally:
+                buffer[0] = None
                 group.close()
 
 
