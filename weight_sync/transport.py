@@ -203,9 +203,13 @@ class CollectiveTransport:
             group.close()
 
     @staticmethod
-    def _receive(group: Any, buffer: list[Any]) -> tuple[list, Any] | None:
-        """One bucket into the reused buffer[0] (grown when a bucket is larger): (tensor
-        list, payload), or None at the end of the push."""
+    def _receive(group: Any) -> tuple[list, Any] | None:
+        """One bucket: (tensor list, payload), or None at the end of the push.
+
+        Each bucket gets a buffer of its own, never one reused: vLLM's layerwise reload
+        keeps the tensors of a layer whose other tensors are still to come (a bucket may
+        end mid-layer) and processes them later, so a reused buffer would overwrite
+        them."""
         import torch
 
         header_len, payload_len = _frame(group)
@@ -213,28 +217,22 @@ class CollectiveTransport:
             return None
         meta = group.broadcast(torch.empty(header_len, dtype=torch.uint8, device=group.device))
         header = json.loads(bytes(meta.cpu().tolist()))
-        if buffer[0] is None or buffer[0].numel() < payload_len:
-            buffer[0] = None   # the old one goes before the new one comes
-            buffer[0] = torch.empty(payload_len, dtype=torch.uint8, device=group.device)
-        payload = buffer[0][:payload_len]
+        payload = torch.empty(payload_len, dtype=torch.uint8, device=group.device)
         for start, end in header["chunks"]:
             group.broadcast(payload[start:end])
         return header["tensors"], payload
 
     def stream(self, push: Mapping[str, Any]) -> Iterator[Mapping[str, torch.Tensor]]:
-        """Receiver: the buckets in order. A bucket's tensors are views of one receive
-        buffer, reused for the next bucket (no page faults per bucket): they are valid
-        until the next one is taken, so a consumer copies what it keeps (a load does).
-        Closed early (a refused bucket), it still takes the rest of the push, so that
-        rank 0 and the other receivers are not left waiting."""
+        """Receiver: the buckets in order, each the views of its own buffer. Closed early
+        (a refused bucket), it still takes the rest of the push, so that rank 0 and the
+        other receivers are not left waiting."""
         import torch
 
         group = self._join(push)
-        buffer: list[Any] = [None]
         finished = False
         try:
             while True:
-                got = self._receive(group, buffer)
+                got = self._receive(group)
                 if got is None:
                     finished = True
                     return
@@ -244,15 +242,14 @@ class CollectiveTransport:
                     kind = getattr(torch, dtype)
                     size = kind.itemsize * _numel(shape)
                     bucket[name] = payload[offset:offset + size].view(kind).reshape(shape)
-                del payload
+                del payload, got
                 yield bucket
                 del bucket
         finally:
             try:
-                while not finished and self._receive(group, buffer) is not None:
+                while not finished and self._receive(group) is not None:
                     pass   # drain what rank 0 still sends
             finally:
-                buffer[0] = None
                 group.close()
 
 
