@@ -27,7 +27,7 @@ from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
 from learner.loss import policy_loss
 from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
-from weight_sync.group import interface_of, listen_on, tcp_store
+from weight_sync.group import join_world, listen_on
 from weight_sync.transport import make_transport
 
 TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
@@ -56,6 +56,8 @@ class LearnerWorker:
         self.ref_engine: Any = None
         self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use
         self._builder: Any = None
+        self._store_listener: Any = None     # rank 0: the world store's bound socket
+        self._weights_listener: Any = None   # rank 0: the weights group's, per push
 
     # -- rendezvous -------------------------------------------------------------------
     def node_info(self) -> dict[str, str]:
@@ -95,7 +97,11 @@ class LearnerWorker:
             torch.set_num_threads(max(1, int(cpus)))
         else:
             accel.set_device(0)
-        self._join_world(master_addr, master_port, accel.communication_backend_name())
+        # torch.distributed's world first, its store bound to rank 0's node address
+        # (DeepSpeed's env:// init would listen on every interface); DeepSpeed adopts it.
+        join_world(master_addr, master_port, self.rank, self.world_size,
+                   accel.communication_backend_name(), STORE_TIMEOUT_S, self._store_listener)
+        self._store_listener = None
         deepspeed.init_distributed(dist_backend=accel.communication_backend_name(),
                                    auto_mpi_discovery=False)
         train, learner = self.conf["train"], self.conf["learner"]
@@ -119,22 +125,6 @@ class LearnerWorker:
         return {"rank": self.rank, "accelerator": self.accelerator,
                 "trainable_params": sum(int(getattr(p, "ds_numel", p.numel())) for p in params),
                 "warmup_steps": warm}
-
-    def _join_world(self, master_addr: str, master_port: int, backend: str) -> None:
-        """torch.distributed's world over a store served on rank 0's pre-bound socket
-        (DeepSpeed's env:// init would open one on every interface); gloo's own sockets
-        on this node's address (GLOO_SOCKET_IFNAME). DeepSpeed then adopts the world."""
-        import ray
-
-        own = master_addr if master_addr.startswith("127.") else ray.util.get_node_ip_address()
-        interface = interface_of(own)
-        if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
-            os.environ["GLOO_SOCKET_IFNAME"] = interface
-        store = tcp_store(master_addr, master_port, self.world_size, self.rank,
-                          STORE_TIMEOUT_S, getattr(self, "_store_listener", None))
-        self._store_listener = None
-        torch.distributed.init_process_group(backend, store=store, rank=self.rank,
-                                             world_size=self.world_size)
 
     def _load_model(self, ds_config: dict) -> torch.nn.Module:
         from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
@@ -348,7 +338,7 @@ class LearnerWorker:
 
         transport = make_transport(str(weights["transport"]))
         if transport.live:
-            if push is None or getattr(self, "_weights_listener", None) is None:
+            if push is None or self._weights_listener is None:
                 raise RuntimeError("the collective transport needs open_weight_session on "
                                    "rank 0 and a push from WeightSync")
             listener, self._weights_listener = self._weights_listener, None

@@ -63,6 +63,24 @@ def tcp_store(host: str, port: int, world_size: int, rank: int, timeout_s: float
     return TCPStore(host, port, world_size, False, timeout)
 
 
+def join_world(master_addr: str, master_port: int, rank: int, world_size: int,
+               backend: str, timeout_s: float, listener: socket.socket | None) -> None:
+    """torch.distributed's default world (the learners') over a store that rank 0 serves
+    on `listener` (bound to `master_addr`), with gloo's sockets on this node's address
+    (GLOO_SOCKET_IFNAME, unless the user set it)."""
+    import os
+
+    import ray
+
+    own = master_addr if master_addr.startswith("127.") else ray.util.get_node_ip_address()
+    interface = interface_of(own)
+    if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
+        os.environ["GLOO_SOCKET_IFNAME"] = interface
+    store = tcp_store(master_addr, master_port, world_size, rank, timeout_s, listener)
+    torch.distributed.init_process_group(backend, store=store, rank=rank,
+                                         world_size=world_size)
+
+
 class WeightGroup:
     """Ranks 0..N-1 of one group (rank 0 the sender) over `backend`, outside torch's
     global process-group state; `broadcast` sends rank 0's tensor to every rank."""

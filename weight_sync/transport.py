@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # the conf loader imports TRANSPORTS; keep that free of torch
@@ -44,15 +43,20 @@ class Transport(Protocol):
     def stream(self, push: Any) -> Iterator[Mapping[str, torch.Tensor]]: ...
 
 
-@dataclass
-class PackedBucket:
+class PackedBucket(Mapping):
     """A bucket as the object store keeps it: each tensor's bytes as a numpy array (which
     Ray writes into the store in one copy and hands back zero-copy, mapped from the
     store's shared memory; a torch tensor would be copied out again on every `ray.get`),
-    with names, dtypes and shapes beside them (numpy has no bfloat16)."""
+    with names, dtypes and shapes beside them (numpy has no bfloat16). After `ray.get`
+    it reads as the dict of tensors it was packed from: read-only views of the arrays
+    (a load copies them into the engine)."""
 
-    specs: list[tuple[str, str, tuple[int, ...]]]
-    arrays: list[Any]
+    def __init__(self, specs: list[tuple[str, str, tuple[int, ...]]], arrays: list[Any]):
+        self.specs, self.arrays = specs, arrays
+        self._tensors: dict[str, torch.Tensor] | None = None
+
+    def __reduce__(self) -> tuple:
+        return (PackedBucket, (self.specs, self.arrays))   # the views are rebuilt there
 
     @classmethod
     def pack(cls, bucket: Mapping[str, torch.Tensor]) -> PackedBucket:
@@ -66,19 +70,29 @@ class PackedBucket:
             arrays.append(flat.view(torch.uint8).numpy())
         return cls(specs, arrays)
 
-    def unpack(self) -> dict[str, torch.Tensor]:
-        """Read-only tensor views of the arrays (a load copies them into the engine)."""
-        import warnings
+    def _unpacked(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            import warnings
 
-        import torch
+            import torch
 
-        out = {}
-        with warnings.catch_warnings():
-            # The store's arrays are read-only; nothing here writes to them.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            for (name, dtype, shape), array in zip(self.specs, self.arrays):
-                out[name] = torch.from_numpy(array).view(getattr(torch, dtype)).reshape(shape)
-        return out
+            out = {}
+            with warnings.catch_warnings():
+                # The store's arrays are read-only; nothing here writes to them.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                for (name, dtype, shape), array in zip(self.specs, self.arrays):
+                    out[name] = torch.from_numpy(array).view(getattr(torch, dtype)).reshape(shape)
+            self._tensors = out
+        return self._tensors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._unpacked()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._unpacked())
+
+    def __len__(self) -> int:
+        return len(self.specs)
 
 
 class ObjectStoreTransport:
@@ -95,13 +109,13 @@ class ObjectStoreTransport:
         return [ray.put(PackedBucket.pack(bucket)) for bucket in buckets]
 
     def stream(self, push: list[Any]) -> Iterator[Mapping[str, torch.Tensor]]:
-        """The push's buckets, fetched one by one (a plain dict of tensors, as some tests
-        put, is taken as it is)."""
+        """The push's buckets, fetched one by one (PackedBucket, or a plain dict of tensors
+        as some tests put)."""
         import ray
 
         for ref in push:
             got = ray.get(ref)
-            yield got.unpack() if isinstance(got, PackedBucket) else got
+            yield got
             del got
 
 
