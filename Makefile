@@ -1,4 +1,5 @@
-# The README's two commands are `make run` and `make test`. Both create the virtual
+# The README's two commands are `make run` and `make test`; `make bench`, `make reproduce`
+# (the README's "Does it learn?") and `make lint` are the others. Each creates the virtual
 # environment .venv on first use (and again whenever pyproject.toml or the repair script
 # changes), so a fresh clone needs nothing done by hand. Set EXTRA=gpu on a CUDA machine.
 PYTHON ?= python3
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.refine-iqa-$(EXTRA)-installed
 ARGS ?=
 
-.PHONY: setup run test lint bench clean browser
+.PHONY: setup run test lint bench reproduce clean browser
 setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml scripts/repair_cpu_env.py
@@ -42,6 +43,13 @@ test: $(STAMP) browser
 # outputs/bench/).
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The paper's experiments in miniature on the embedded model (README "Does it learn?"):
+# base / Stage-2 / Stage-1 -> Stage-2 / Stage-2 without PD, two seeds, about half an hour
+# on 2 cores; prints the table, writes outputs/bench/reproduce.json and plots.
+# `make reproduce ARGS="--seeds 1 --stage2-steps 10"` passes options (--help lists them).
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproduce.py $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,27 +1,42 @@
-"""The tiny model's cold start: a short supervised warm-up on template-following answers.
+"""The tiny model's warm-up: the answer format, and naming distortion classes.
 
 A random model never writes `[think]..[/think][answer]Score:x.x[/answer]`, so every
-rollout would score 0 and GRPO would have no signal. R1-style recipes start RL from a
-model that already follows the answer format (a "cold start"); so does `conf=tiny`.
+rollout would score 0 and GRPO would have no signal; and a random vision tower does not
+see distortions at all (a ridge probe on its pooled features predicts the mini set's
+synthetic MOS at SRCC ~0.1, leave-one-photo-out). A real base VLM both follows
+instructions and perceives distortions before RL, which the paper relies on. This
+supervised warm-up gives the tiny model a small share of both, and nothing more:
 
-What the warm-up teaches is the FORMAT, not the answers: every target is a well-formed
-answer whose content is drawn at random (a score uniform on 0.0..4.9, a random object /
-class / severity, a random box inside the image) with a think drawn from a few stock
-sentences. It is deliberately short (150 steps): sampled at temperature 1 the model then
-writes a well-formed think answer about a quarter of the time, and its scores do not
-depend on the image. RL starts from there; in `conf=tiny` the format reward climbs from
-~0.25 to ~0.75 within 30 steps (the paper's Fig. 8b shape), which is the learning the
-tiny run shows. (A 300-step warm-up reaches ~0.8 format at once and leaves the tiny model
-little it can learn in a few CPU minutes.)
+- FORMAT (a `1 - class_share` share of the samples): every target is a well-formed
+  answer to the sample's own prompt whose content is drawn at random: a score uniform on
+  0.0..4.9 (think or no-think), a random object / class / severity (Stage-1 choice), a
+  random box (grounding), a think drawn from a few stock sentences. No score and no
+  severity in these targets depends on the image.
+- PERCEPTION (a `class_share` share): a distorted Stage-2 training image and the question
+  CLASS_QUESTION ("what visual distortion appears in this image?"), answered with its
+  distortion class word (one of the 12 of conf's class_words). Levels 1..5 are all
+  present and never named; clean images are never shown in this task (naming them
+  "clean" would teach level 0 apart from the others, which is severity).
 
-The result is cached beside the base model, keyed by the base model, the manifests' bytes
-and the settings; one thread keeps it deterministic on any machine.
+So the warm-up never supervises severity or the score: severity is what Stage-1's RL
+teaches, the score what Stage-2's RL teaches. Test-split images are never used (the
+manifests given are training manifests; training refuses test samples in them).
+Measured on the mini set (2026-11-29, `make reproduce`): after the default 1500 steps the
+model names the class of a held-out photo's distorted crop 19% of the time (88 images;
+chance 1/12), and it starts RL writing a well-formed think answer about 30% of the time.
+What it does not give is a sense of severity: a linear probe on its vision features
+predicts the held-out synthetic MOS at SRCC 0.12 (0.14 before the warm-up;
+benchmarks/perception_probe.py); see the README's "Does it learn?".
+
+The result is cached beside the base model, keyed by the base model, the manifests' bytes,
+their images' bytes and the settings; one thread keeps it deterministic on any machine.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -34,7 +49,7 @@ import numpy as np
 from conf import prompts as P
 from synth.manifest import load_samples
 
-COLD_START_VERSION = 1
+COLD_START_VERSION = 2
 THINKS = (
     "The image looks sharp and the exposure is fine.",
     "There is visible blur and some noise in the picture.",
@@ -43,14 +58,37 @@ THINKS = (
     "The picture is dark and low in contrast.",
     "Fine details are clear; the overall quality is good.",
 )
+CLASS_QUESTION = ("{intro}, what visual distortion appears in this image? Choose only one "
+                  "from {classes}. Please answer in the following format: "
+                  "[answer]chosen distortion type[/answer].")
 
 
 @dataclass(frozen=True)
 class ColdStartSettings:
-    steps: int = 150   # leaves the think format at ~25%: RL visibly completes it (Fig. 8b)
+    steps: int = 1500        # ~4 min on one core; the class-naming accuracy still rises
     batch_size: int = 4
-    lr: float = 2e-3
+    lr: float = 5e-4         # cosine to 0; 2e-3 left class naming at chance (measured)
+    class_share: float = 0.6
     seed: int = 0
+
+
+def class_question(prompts: Any | None = None) -> str:
+    """The warm-up's perception question: name the distortion class of the image."""
+    p = P.default_prompts() if prompts is None else prompts
+    classes = ", ".join(f"'{w}'" for w in p.class_words)
+    return CLASS_QUESTION.format(intro=p.image_intro_nr, classes=classes)
+
+
+def class_sample(sample: dict) -> dict:
+    """The class-naming sample of a distorted Stage-2 image (task "choice", no-think)."""
+    return {**sample, "id": f"{sample['id']}-class", "task": "choice",
+            "question": class_question(), "answer": sample["meta"]["class"], "mos": None}
+
+
+def class_target(sample: dict) -> str:
+    """The class-naming answer, e.g. "[answer]noise[/answer]"."""
+    tags = P.tags()
+    return f"{tags.answer_open}{sample['meta']['class']}{tags.answer_close}"
 
 
 def random_target(sample: dict, mode: str, rng: np.random.Generator,
@@ -76,6 +114,12 @@ def random_target(sample: dict, mode: str, rng: np.random.Generator,
     raise ValueError(f"sample {sample.get('id')}: unknown task {task!r}")
 
 
+def _distorted(samples: list[dict]) -> list[dict]:
+    """The Stage-2 samples whose image carries a whole-image distortion of a known class."""
+    return [s for s in samples if s["task"] == "score"
+            and (s.get("meta") or {}).get("class") and (s["meta"].get("level") or 0) > 0]
+
+
 def _key(base_dir: Path, manifests: list[Path], settings: ColdStartSettings) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": COLD_START_VERSION, "base": base_dir.name,
@@ -89,8 +133,23 @@ def _key(base_dir: Path, manifests: list[Path], settings: ColdStartSettings) -> 
     return h.hexdigest()[:12]
 
 
+def _next_example(by_task: dict[str, list[dict]], distorted: list[dict],
+                  rng: np.random.Generator, class_share: float) -> tuple[dict, str, str | None]:
+    """(sample, mode, target or None for a random format target) of one warm-up example.
+    Format examples draw the task first (score, choice, grounding equally often), so the
+    few Stage-1 samples get their formats learned beside the many Stage-2 images."""
+    if distorted and rng.random() < class_share:
+        sample = distorted[int(rng.integers(len(distorted)))]
+        return class_sample(sample), "no_think", class_target(sample)
+    group = by_task[sorted(by_task)[int(rng.integers(len(by_task)))]]
+    sample = group[int(rng.integers(len(group)))]
+    mode = str(rng.choice(P.MODES)) if sample["task"] == "score" else "no_think"
+    return sample, mode, None
+
+
 def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) -> dict:
     import torch
+    from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from actors.prompting import PromptBuilder
@@ -100,38 +159,49 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
     rng = np.random.default_rng(settings.seed)
+    distorted = _distorted(samples)
+    by_task: dict[str, list[dict]] = {}
+    for sample in samples:
+        by_task.setdefault(sample["task"], []).append(sample)
     cache: dict[tuple[str, str], dict] = {}
     losses = []
-    for _ in range(settings.steps):
+    for _ in tqdm(range(settings.steps), desc="tiny model warm-up", unit="step"):
         opt.zero_grad()
         total = 0.0
         for _ in range(settings.batch_size):
-            sample = samples[int(rng.integers(len(samples)))]
-            mode = str(rng.choice(P.MODES)) if sample["task"] == "score" else "no_think"
+            sample, mode, target = _next_example(by_task, distorted, rng,
+                                                  settings.class_share)
             key = (str(sample["id"]), mode)
             if key not in cache:
                 cache[key] = builder.learner_inputs(sample, mode)
             inputs = cache[key]
-            size = builder.judged_sizes(sample)[1] if sample["task"] == "grounding" else None
-            target = builder.encode(random_target(sample, mode, rng, size)) + [end_id]
-            ids = torch.tensor([inputs["prompt_ids"] + target])
+            if target is None:
+                size = (builder.judged_sizes(sample)[1] if sample["task"] == "grounding"
+                        else None)
+                target = random_target(sample, mode, rng, size)
+            ids_target = builder.encode(target) + [end_id]
+            ids = torch.tensor([inputs["prompt_ids"] + ids_target])
             labels = ids.clone()
             labels[0, : len(inputs["prompt_ids"])] = -100
             extra = {}
             if inputs.get("mm_token_type_ids") is not None:
                 extra["mm_token_type_ids"] = torch.tensor(
-                    [inputs["mm_token_type_ids"] + [0] * len(target)])
+                    [inputs["mm_token_type_ids"] + [0] * len(ids_target)])
             out = model(input_ids=ids, labels=labels, pixel_values=inputs["pixel_values"],
                         image_grid_thw=inputs["image_grid_thw"], **extra)
             (out.loss / settings.batch_size).backward()
-            total += float(out.loss) / settings.batch_size
+            total += float(out.loss.detach()) / settings.batch_size
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        cosine.step()
         losses.append(total)
     model.eval()
     model.save_pretrained(model_dir, safe_serialization=True)
-    return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-10:]))}
+    return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
+            "class_images": len(distorted)}
 
 
 def _max_pixels(model_dir: Path) -> int:
@@ -139,6 +209,35 @@ def _max_pixels(model_dir: Path) -> int:
         if (model_dir / "preprocessor_config.json").is_file() else {}
     size = config.get("size", {})
     return int(size.get("longest_edge", config.get("max_pixels", 224 * 224)))
+
+
+def class_accuracy(model_dir: str | Path, samples: list[dict]) -> dict[str, float]:
+    """Greedy class-naming accuracy of a model on `samples`' distorted Stage-2 images
+    (the warm-up's perception, measured on held-out images); chance is 1/12."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from actors.prompting import PromptBuilder, decode
+
+    model_dir = Path(model_dir)
+    builder = PromptBuilder(model_dir, min_pixels=3136, max_pixels=_max_pixels(model_dir))
+    end_id = builder.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    distorted = _distorted(samples)
+    right = 0
+    with torch.no_grad():
+        for sample in distorted:
+            inputs = builder.learner_inputs(class_sample(sample), "no_think")
+            ids = torch.tensor([inputs["prompt_ids"]])
+            extra = ({"mm_token_type_ids": torch.tensor([inputs["mm_token_type_ids"]])}
+                     if inputs.get("mm_token_type_ids") is not None else {})
+            out = model.generate(input_ids=ids, pixel_values=inputs["pixel_values"],
+                                 image_grid_thw=inputs["image_grid_thw"], max_new_tokens=16,
+                                 do_sample=False, eos_token_id=end_id, **extra)
+            right += decode(builder.tokenizer, out[0, ids.shape[1]:]).strip() == \
+                class_target(sample)
+    return {"class_acc": right / max(1, len(distorted)), "images": float(len(distorted))}
 
 
 def cold_start(base_dir: str | Path, manifests: list[str | Path], cache_dir: str | Path,
@@ -154,6 +253,8 @@ def cold_start(base_dir: str | Path, manifests: list[str | Path], cache_dir: str
     samples = [s for manifest in manifests for s in load_samples(manifest)]
     if not samples:
         raise ValueError(f"no samples in {manifests} to warm up on")
+    if any(s.get("split") == "test" for s in samples):
+        raise ValueError(f"{manifests}: the warm-up takes training manifests only")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".cold-", dir=final.parent))
     import torch
@@ -183,7 +284,7 @@ def summary(model_dir: str | Path) -> dict[str, Any]:
 
 
 def embedded_model(cache_dir: str | Path) -> Path:
-    """What `model.path=tiny` names: the tiny model after its cold start on the mini
+    """What `model.path=tiny` names: the tiny model after its warm-up on the mini
     dataset's Stage-2 and Stage-1 training manifests (both built on the spot, cached)."""
     from synth.mini_dataset import build_mini_dataset
     from synth.tiny_model import build_tiny_model

@@ -1,17 +1,26 @@
-"""The embedded mini dataset of `conf=tiny` and the tests, built on the spot in seconds.
+"""The embedded mini dataset of `conf=tiny`, the tests and `make reproduce`, built in seconds.
 
-Photos: scikit-image's astronaut, chelsea, coffee, rocket and camera (grey, made RGB),
-CC0 / public domain, shipped with the package (no download), scaled to 224 px on the long
-side. Object boxes: synth/assets/mini_objects.json, placed by hand for this project.
+Photos, all shipped with scikit-image (no download), public domain or CC0 as its
+docstrings state: astronaut, rocket, hubble_deep_field (NASA / SpaceX, public domain),
+chelsea, coffee, camera, retina (CC0), and the CC0 textures brick, grass and gravel (grey
+photos are made RGB).
 
-- Stage-1 (stage1_train / stage1_test): the perception builder (synth.perception) on those
-  photos, one distorted object per annotation, four samples per distorted image.
-- Stage-2 (stage2_train / stage2_test, task "score"): every photo clean and once per
-  distortion class (type drawn within the class, levels cycling 1..5; a class that
-  leaves the photo unchanged, such as saturation on the grey camera photo, is left out). Its MOS is
+- Split by source photo: the test split holds every image made from TEST_PHOTOS (chelsea,
+  camera) and nothing made from another photo; training never sees those two photos, in
+  either stage, so held-out numbers measure generalisation to unseen content.
+- Stage-2 (stage2_train / stage2_test, task "score"): random square crops of each photo
+  (side 50-100 % of the photo's short side, anywhere in it; CROPS_TRAIN per training
+  photo, CROPS_TEST per test photo) scaled to 224 x 224; every crop clean and once per
+  distortion class (the type drawn within the class; the crop's 12 classes take the
+  levels 1..5 in turn from a random start, so the levels are balanced; a class that
+  leaves the crop unchanged, such as saturation on a grey photo, is left out). Its MOS is
   SYNTHETIC, a stand-in and not human opinion: MOS = 4.5 - 0.8 * level (clean = level 0:
-  4.5; levels 1..5: 3.7, 2.9, 2.1, 1.3, 0.5). The manifests name it as such
-  (source "mini-synthetic-mos"). About a fifth of each level goes to the test split.
+  4.5; levels 1..5: 3.7, 2.9, 2.1, 1.3, 0.5). The manifests name it as such (source
+  "mini-synthetic-mos"; meta.synthetic_mos spells out the formula).
+- Stage-1 (stage1_train / stage1_test): the perception builder (synth.perception) on the
+  photos with object boxes (synth/assets/mini_objects.json, placed by hand for this
+  project, at the sizes of `load_photos`), STAGE1_VARIANTS distorted images per object,
+  four samples per distorted image; an image of a test photo goes to the test split.
 
 The result lives in OUT/mini-v<version>-seed<seed>-<key>/, where the key hashes the
 settings, the annotation file, the prompts and the source of the code that builds it: a
@@ -33,16 +42,22 @@ import skimage.data
 from PIL import Image
 
 from synth import DISTORTIONS, distort
-from synth.manifest import write_manifest
+from synth.manifest import read_manifest, write_manifest
 from synth.perception import build_perception, write_png
 from synth.perception_plan import Settings
 
-MINI_VERSION = 1
+MINI_VERSION = 2
 ASSET = Path(__file__).resolve().parent / "assets" / "mini_objects.json"
 STAGE2_SOURCE = "mini-synthetic-mos"
 CLEAN_MOS, MOS_STEP = 4.5, 0.8
-STAGE1_TEST_FRACTION = 0.25
-STAGE2_TEST_FRACTION = 0.2
+# scikit-image function names of the Stage-2 photos; the first five carry object boxes.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
+          "retina", "brick", "grass", "gravel")
+TEST_PHOTOS = ("chelsea", "camera")   # one colour, one grey photo; both have object boxes
+CROPS_TRAIN, CROPS_TEST = 6, 4        # Stage-2 crops per training / test photo
+CROP_SIDE = 224
+CROP_SCALE = (0.5, 1.0)               # crop side as a fraction of the photo's short side
+STAGE1_VARIANTS = 3                   # distorted images per annotated object
 MIN_CHANGE = 0.5  # mean |distorted - clean|, 0..255: less is no visible distortion
 _ROOT = Path(__file__).resolve().parents[1]
 _KEYED_SOURCES = ("synth/mini_dataset.py", "synth/perception.py", "synth/perception_plan.py",
@@ -66,54 +81,83 @@ def _cache_key(seed: int) -> str:
     return h.hexdigest()[:12]
 
 
+def _rgb(name: str) -> np.ndarray:
+    pixels = getattr(skimage.data, name)()
+    return np.asarray(Image.fromarray(pixels).convert("RGB"))
+
+
 def load_photos() -> dict[str, np.ndarray]:
-    """The mini dataset's photos, uint8 RGB at the annotation file's sizes."""
+    """The photos with object boxes, uint8 RGB at the annotation file's sizes."""
     spec = json.loads(ASSET.read_text(encoding="utf-8"))
     photos = {}
     for im in spec["images"]:
-        pixels = getattr(skimage.data, im["skimage"])()
-        pil = Image.fromarray(pixels).convert("RGB")
+        pil = Image.fromarray(_rgb(im["skimage"]))
         pil = pil.resize((im["width"], im["height"]), Image.Resampling.LANCZOS)
         photos[im["file_name"]] = np.asarray(pil)
     return photos
 
 
-def _stage2_samples(photos: dict[str, np.ndarray], out: Path, seed: int) -> list[dict]:
-    """Whole-image distortions of every photo with their synthetic MOS."""
+def random_crops(photo: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`count` square crops of `photo` (side CROP_SCALE of its short side, anywhere in it),
+    each scaled to CROP_SIDE x CROP_SIDE."""
+    height, width = photo.shape[:2]
+    crops = []
+    for _ in range(count):
+        side = int(min(height, width) * rng.uniform(*CROP_SCALE))
+        y, x = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        pil = Image.fromarray(photo[y:y + side, x:x + side])
+        crops.append(np.asarray(pil.resize((CROP_SIDE, CROP_SIDE), Image.Resampling.LANCZOS)))
+    return crops
+
+
+def _stage2_samples(out: Path, seed: int) -> list[dict]:
+    """Clean and whole-image-distorted crops of every photo with their synthetic MOS."""
     classes: dict[str, list[str]] = {}
     for name, cls in DISTORTIONS.items():
         classes.setdefault(cls, []).append(name)
     (out / "stage2").mkdir()
     rng = np.random.default_rng(seed)
     samples = []
-    for p, (file_name, photo) in enumerate(sorted(photos.items())):
-        stem = Path(file_name).stem
-        items = [(None, None, 0, None, photo)]
-        for c, (cls, types) in enumerate(classes.items()):
-            level, image_seed = 1 + (p + c) % 5, seed * 1000 + p * 100 + c
-            for dist in rng.permutation(types):  # the first type of the class that shows
-                image = distort(photo, str(dist), level, seed=image_seed)
-                if np.abs(image.astype(np.int16) - photo).mean() >= MIN_CHANGE:
-                    items.append((str(dist), cls, level, image_seed, image))
-                    break
-        for dist, cls, level, image_seed, image in items:
-            sid = f"mini-{stem}-{dist or 'clean'}-l{level}"
-            write_png(out / "stage2" / f"{sid}.png", image)
-            samples.append({
-                "id": sid, "task": "score", "images": [f"stage2/{sid}.png"], "question": None,
-                "answer": None, "mos": synthetic_mos(level), "bbox": None,
-                "image_size": [photo.shape[1], photo.shape[0]], "source": STAGE2_SOURCE,
-                "split": "train",
-                "meta": {"photo": stem, "distortion": dist, "class": cls, "level": level,
-                         "seed": image_seed,
-                         "synthetic_mos": f"{CLEAN_MOS} - {MOS_STEP} * level"}})
-    # test: about a fifth of every level, picked by the seeded generator
-    for level in range(6):
-        group = [s for s in samples if s["meta"]["level"] == level]
-        n_test = max(1, round(STAGE2_TEST_FRACTION * len(group)))
-        for i in rng.permutation(len(group))[:n_test]:
-            group[i]["split"] = "test"
+    for p, photo_name in enumerate(PHOTOS):
+        split = "test" if photo_name in TEST_PHOTOS else "train"
+        crops = random_crops(_rgb(photo_name), CROPS_TEST if split == "test" else CROPS_TRAIN,
+                             rng)
+        for k, crop in enumerate(crops):
+            start = int(rng.integers(5))   # levels 1..5 in turn over the crop's classes
+            items = [(None, None, 0, None, crop)]
+            for c, (cls, types) in enumerate(classes.items()):
+                level, image_seed = 1 + (start + c) % 5, seed * 100_000 + p * 1000 + k * 20 + c
+                for dist in rng.permutation(types):  # the first type of the class that shows
+                    image = distort(crop, str(dist), level, seed=image_seed)
+                    if np.abs(image.astype(np.int16) - crop).mean() >= MIN_CHANGE:
+                        items.append((str(dist), cls, level, image_seed, image))
+                        break
+            for dist, cls, level, image_seed, image in items:
+                sid = f"mini-{photo_name}-c{k}-{dist or 'clean'}-l{level}"
+                write_png(out / "stage2" / f"{sid}.png", image)
+                samples.append({
+                    "id": sid, "task": "score", "images": [f"stage2/{sid}.png"],
+                    "question": None, "answer": None, "mos": synthetic_mos(level), "bbox": None,
+                    "image_size": [CROP_SIDE, CROP_SIDE], "source": STAGE2_SOURCE,
+                    "split": split,
+                    "meta": {"photo": photo_name, "crop": k, "distortion": dist, "class": cls,
+                             "level": level, "seed": image_seed,
+                             "synthetic_mos": f"{CLEAN_MOS} - {MOS_STEP} * level"}})
     return samples
+
+
+def _stage1_by_photo(stage1: Path) -> None:
+    """Rewrite the builder's manifests so that the test photos' images are the test split
+    (the builder splits per distorted image; here the split is by source photo)."""
+    spec = json.loads(ASSET.read_text(encoding="utf-8"))
+    test_files = {im["file_name"] for im in spec["images"] if im["skimage"] in TEST_PHOTOS}
+    samples = [s for split in ("train", "test") if (stage1 / f"stage1_{split}.jsonl").is_file()
+               for s in read_manifest(stage1 / f"stage1_{split}.jsonl")]
+    for s in samples:
+        s["split"] = "test" if s["meta"]["source_image"] in test_files else "train"
+    for split in ("train", "test"):
+        write_manifest(stage1 / f"stage1_{split}.jsonl",
+                       [s for s in samples if s["split"] == split])
 
 
 def _build(root: Path, seed: int) -> None:
@@ -122,14 +166,15 @@ def _build(root: Path, seed: int) -> None:
     photo_dir.mkdir(parents=True)
     for file_name, photo in photos.items():
         write_png(photo_dir / file_name, photo)
-    settings = Settings(seed=seed, test_size=STAGE1_TEST_FRACTION,
+    settings = Settings(seed=seed, test_size=0, variants=STAGE1_VARIANTS,
                         dataset_name="mini-refine-perception")
     summary = build_perception(photo_dir, ASSET, root / "stage1", settings, workers=1,
                                progress=False)
     if summary["skipped"]:
         raise RuntimeError(f"the mini dataset lost items: {summary['skipped']}; see "
                            f"{root / 'stage1' / 'skipped.jsonl'}")
-    samples = _stage2_samples(photos, root, seed)
+    _stage1_by_photo(root / "stage1")
+    samples = _stage2_samples(root, seed)
     for split in ("train", "test"):
         write_manifest(root / f"stage2_{split}.jsonl",
                        [s for s in samples if s["split"] == split])

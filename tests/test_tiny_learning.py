@@ -1,11 +1,13 @@
-"""The README's first command learns: `python launch.py conf=tiny`, 30 Stage-2 steps.
+"""The README's first command learns: `python launch.py conf=tiny`, 40 Stage-2 steps.
 
 Real Ray (a local cluster), real vLLM, the real scoring actor and a real DeepSpeed learner
 on the embedded tiny model. The bar: the mean final reward of the last 10 steps is clearly
-above that of the first 10, with the fixed seed. Measured on 2 CPU cores in a fresh clone
-(2026-11-29, the DepictQA-matched distortions, the strict score format, sample std, and
-conf/tiny.yaml's adv_shift 0, which says why): 0.13 -> 0.81, the format reward climbing
-from ~0.2 after the cold start, as in the paper's Fig. 8b; the test asks for +0.15.
+above that of the first 10, with the fixed seed. Measured on 2 CPU cores (2026-11-29, the
+warm-up that names distortion classes, lr 5e-4): 0.27 -> 0.48 with the default seed
+(run.seed 0, 1, 2 over 30 steps: +0.16, +0.20, +0.16); the test asks for +0.15. What rises
+is the format reward and the answer reward of a score prior (one score near the middle of
+the scale), not perception: the held-out SRCC stays near 0 (README "Does it learn?"), so
+this test does not ask for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 
+from conf.loader import load_config
 from driver import metrics as M
 from tests.conftest import REPO, TEST_CACHE
 
@@ -35,7 +38,7 @@ def test_tiny_stage2_reward_rises(tmp_path):
              .splitlines()]
     records = [r for r in lines if r["step"] > 0]   # step 0: validation of the start
     final = [r[M.SCORE.name("mean")] for r in records]
-    assert len(final) == 30
+    assert len(final) == load_config("tiny").train.max_steps
     first, last = np.mean(final[:10]), np.mean(final[-10:])
     assert last > first + 0.15, (first, last, final)
     fmt = [r[M.REWARD_FORMAT.name("mean")] for r in records]

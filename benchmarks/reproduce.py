@@ -1,0 +1,339 @@
+"""`make reproduce`: the paper's experiments in miniature, on the embedded model and a CPU.
+
+Every row is one or two `python launch.py` runs per seed (real Ray, vLLM, DeepSpeed), read
+back from their own metrics.jsonl; step 0 of a run is the validation of its starting model:
+
+  base            the tiny model after its warm-up (learner/cold_start.py), no RL: the
+                  step-0 validation of the Stage-2 runs (greedy, so the same for any seed)
+  stage2          Stage-2 only, think + PD reward (conf/repro_stage2.yaml)      Table 3
+  stage1->stage2  Stage-1 (conf/repro_stage1.yaml), then Stage-2 from its export Table 5
+  stage2 w/o PD   Stage-2 with reward.lambdas=[1,1,0]                  Fig. 2 / Fig. 5
+
+Numbers are on the mini set's test split: two photos (chelsea, camera) that no training
+image of either stage comes from, with the SYNTHETIC MOS 4.5 - 0.8 x level (not human
+opinion; synth/mini_dataset.py). Per row: SRCC / PLCC of the numeric answers and of Eq. 8,
+think and no-think; answer accuracy (|s - MOS| < 0.5); the think length (tokens) over the
+first and last 5 steps; the greedy no-think accuracy on the training batch (Fig. 5 right)
+at the start and end; Stage-1's held-out perception accuracy; the wall time. Each value is
+the mean over the seeds with [min, max] beside it.
+
+    .venv/bin/python benchmarks/reproduce.py                    # ~30 min on 2 cores
+    .venv/bin/python benchmarks/reproduce.py --seeds 1 --stage2-steps 10 --stage1-steps 5
+    .venv/bin/python benchmarks/reproduce.py --reuse            # redo the table and plots
+
+Writes outputs/bench/reproduce.json and, under outputs/bench/reproduce/: table.md, the
+plots (think length with / without PD, think vs no-think accuracy, held-out SRCC), the
+runs (runs/<row>-s<seed>/) and their logs (logs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from anywhere
+
+from benchmarks.perception_probe import probe  # noqa: E402
+from driver import metrics as M  # noqa: E402
+from driver.plots import read_metrics  # noqa: E402
+from evals.report import write_json  # noqa: E402
+
+# (row, title, the paper's result it mirrors)
+ROWS = (("base", "base model (after its warm-up), no RL", "the starting point"),
+        ("stage2", "Stage-2 only (think + PD)", "Table 3: RL raises SRCC / PLCC"),
+        ("stage1_stage2", "Stage-1 -> Stage-2", "Table 5: Stage-1 helps scoring"),
+        ("stage2_no_pd", "Stage-2 without PD (lambda_pd = 0)",
+         "Fig. 2 / 5: think collapse; no-think accuracy"))
+SCORING = [(mode, q) for mode in ("think", "no_think")
+           for q in ("srcc", "plcc", "eq8_srcc", "eq8_plcc", "answer_acc", "parse_fail")]
+EDGE_STEPS = 5   # steps averaged for "start" and "end" of a training curve
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="benchmarks/reproduce.py",
+                                description=__doc__.split("\n\n")[0],
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="run.seed of each run")
+    p.add_argument("--stage2-steps", type=int, default=None,
+                   help="train.max_steps of the Stage-2 runs (default: conf/repro_stage2.yaml)")
+    p.add_argument("--stage1-steps", type=int, default=None,
+                   help="train.max_steps of the Stage-1 runs (default: conf/repro_stage1.yaml)")
+    p.add_argument("--out-dir", type=Path, default=REPO / "outputs/bench/reproduce")
+    p.add_argument("--json", type=Path, default=REPO / "outputs/bench/reproduce.json")
+    p.add_argument("--cache-dir", type=Path, default=REPO / ".cache/refine-iqa",
+                   help="model.cache_dir: the tiny model, its warm-up and the mini set")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep runs that finished before (same name) instead of redoing them")
+    return p.parse_args(argv)
+
+
+# -- running ------------------------------------------------------------------------------
+def launch(conf: str, name: str, seed: int, overrides: list[str], args) -> float:
+    """Run `launch.py conf=<conf>` as run `name`; returns its wall seconds."""
+    runs, logs = args.out_dir / "runs", args.out_dir / "logs"
+    run_dir, timing = runs / name, runs / name / "wall_s.json"
+    if args.reuse and timing.is_file() and (run_dir / "export").is_dir():
+        return float(json.loads(timing.read_text())["wall_s"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "launch.py", f"conf={conf}", f"run.output_dir={runs}",
+           f"run.name={name}", f"run.seed={seed}", f"model.cache_dir={args.cache_dir}",
+           "ray.dashboard=false", *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster
+    start = time.perf_counter()
+    with open(logs / f"{name}.log", "w") as log:
+        done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"run {name} failed (exit {done.returncode}); see "
+                           f"{logs / f'{name}.log'}")
+    timing.write_text(json.dumps({"wall_s": wall, "command": cmd}, indent=1))
+    return wall
+
+
+def prepare(args) -> dict:
+    """The mini set and the warmed-up tiny model (built once, cached), and how well the
+    warm-up names the distortion class of the held-out photos' images."""
+    from learner.checkpoint import resolve_model_path
+    from learner.cold_start import class_accuracy, summary
+    from synth.manifest import load_samples
+    from synth.mini_dataset import build_mini_dataset
+    from synth.tiny_model import build_tiny_model
+
+    start = time.perf_counter()
+    model = resolve_model_path("tiny", args.cache_dir)
+    mini = build_mini_dataset(args.cache_dir / "mini")
+    sizes = {k: len(load_samples(v)) for k, v in mini.items() if k != "cached"}
+    warm_wall = time.perf_counter() - start
+    held_out = class_accuracy(model, load_samples(mini["stage2_test"]))
+    linear = probe(build_tiny_model(args.cache_dir), model, mini["stage2_train"],
+                   mini["stage2_test"])
+    return {"model": str(model), "warmup": summary(model), "warmup_wall_s": warm_wall,
+            "warmup_class_acc_test": held_out["class_acc"],
+            "warmup_class_images_test": held_out["images"], "mini_sizes": sizes,
+            "linear_probe_srcc": linear}
+
+
+def run_all(args) -> dict[str, list[dict]]:
+    """Every run of every row and seed: {row: [{"seed", "runs": {stage: dir}, "wall_s"}]}."""
+    from tqdm import tqdm
+
+    s2 = [f"train.max_steps={args.stage2_steps}"] if args.stage2_steps else []
+    s1 = [f"train.max_steps={args.stage1_steps}"] if args.stage1_steps else []
+    plan = []   # (row, seed, [(stage, conf, name, overrides)])
+    for seed in args.seeds:
+        plan += [("stage2", seed, [("s2", "repro_stage2", f"stage2-s{seed}", s2)]),
+                 ("stage2_no_pd", seed, [("s2", "repro_stage2", f"stage2-nopd-s{seed}",
+                                          s2 + ["reward.lambdas=[1,1,0]"])]),
+                 ("stage1_stage2", seed, [
+                     ("s1", "repro_stage1", f"stage1-s{seed}", s1),
+                     ("s2", "repro_stage2", f"stage1-stage2-s{seed}",
+                      s2 + [f"model.path={args.out_dir / 'runs' / f'stage1-s{seed}'}"])])]
+    results: dict[str, list[dict]] = {}
+    bar = tqdm(total=sum(len(stages) for _, _, stages in plan), desc="reproduce", unit="run")
+    for row, seed, stages in plan:
+        entry = {"seed": seed, "runs": {}, "wall_s": 0.0}
+        for stage, conf, name, overrides in stages:
+            bar.set_postfix_str(name)
+            entry["wall_s"] += launch(conf, name, seed, overrides, args)
+            entry["runs"][stage] = str(args.out_dir / "runs" / name)
+            bar.update(1)
+        results.setdefault(row, []).append(entry)
+    bar.close()
+    return results
+
+
+# -- reading ------------------------------------------------------------------------------
+def _mean(values: list) -> float:
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return float(sum(finite) / len(finite)) if finite else float("nan")
+
+
+def _val(record: dict, name: str) -> float:
+    value = record.get(name)
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def scoring_summary(run_dir: str | Path, at: str) -> dict[str, float]:
+    """Held-out scoring numbers of a Stage-2 run at its first ("start") or last ("end")
+    validation, and its training curves' start and end."""
+    records = read_metrics(Path(run_dir) / "metrics.jsonl")
+    validated = [r for r in records if M.VAL_SCORING[("think", "srcc")] in r]
+    point = validated[0] if at == "start" else validated[-1]
+    out = {f"{mode}/{q}": _val(point, M.VAL_SCORING[(mode, q)]) for mode, q in SCORING}
+    steps = [r for r in records if r[M.STEP] > 0]
+    think = [r.get(M.THINK_LENGTH.name("mean")) for r in steps]
+    nothink = [r[M.NO_THINK_ACC] for r in steps if M.NO_THINK_ACC in r]
+    answer = [r.get(M.REWARD_ANSWER.name("mean")) for r in steps]
+    out.update({"think_len_start": _mean(think[:EDGE_STEPS]),
+                "think_len_end": _mean(think[-EDGE_STEPS:]),
+                "train_answer_start": _mean(answer[:EDGE_STEPS]),
+                "train_answer_end": _mean(answer[-EDGE_STEPS:]),
+                "train_nothink_start": _mean(nothink[:2]),
+                "train_nothink_end": _mean(nothink[-2:]),
+                "steps": float(len(steps))})
+    return out
+
+
+def perception_summary(run_dir: str | Path) -> dict[str, float]:
+    """Stage-1's held-out perception accuracy at its first and last validation."""
+    records = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
+               if M.VAL_ACC_MEAN in r]
+    out = {}
+    for at, r in (("start", records[0]), ("end", records[-1])):
+        out[f"s1_acc_mean_{at}"] = _val(r, M.VAL_ACC_MEAN)
+        for part in ("class", "severity", "object"):
+            out[f"s1_{part}_{at}"] = _val(r, M.VAL_PERCEPTION[("all", part)])
+        out[f"s1_iou_{at}"] = _val(r, M.VAL_PERCEPTION[("all", "iou")])
+    return out
+
+
+def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
+    """{row: {"seeds": [per-seed numbers], "mean": {...}, "min": {...}, "max": {...}}}."""
+    per_row: dict[str, list[dict]] = {"base": []}
+    for row, entries in results.items():
+        for e in entries:
+            numbers = {"seed": e["seed"], "wall_s": e["wall_s"],
+                       **scoring_summary(e["runs"]["s2"], "end")}
+            if "s1" in e["runs"]:
+                numbers.update(perception_summary(e["runs"]["s1"]))
+            per_row.setdefault(row, []).append(numbers)
+            if row == "stage2":   # its step 0 is the base model
+                base = scoring_summary(e["runs"]["s2"], "start")
+                per_row["base"].append({"seed": e["seed"], **{
+                    k: v for k, v in base.items() if "/" in k}})
+    table = {}
+    for row, seeds in per_row.items():
+        keys = [k for k in seeds[0] if k != "seed"]
+        finite = {k: [s[k] for s in seeds if math.isfinite(s.get(k, math.nan))] for k in keys}
+        table[row] = {"seeds": seeds,
+                      "mean": {k: _mean(v) for k, v in finite.items()},
+                      "min": {k: min(v) if v else math.nan for k, v in finite.items()},
+                      "max": {k: max(v) if v else math.nan for k, v in finite.items()}}
+    return table
+
+
+# -- reporting ----------------------------------------------------------------------------
+def cell(table: dict, row: str, key: str, digits: int = 2) -> str:
+    """"mean [min, max]" over the seeds ("-" where it does not apply)."""
+    t = table.get(row)
+    if not t or key not in t["mean"] or not math.isfinite(t["mean"][key]):
+        return "-"
+    mean, lo, hi = t["mean"][key], t["min"][key], t["max"][key]
+    if len(t["seeds"]) < 2 or abs(hi - lo) < 10 ** -digits:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def markdown(table: dict) -> str:
+    """The results table, laid out like the paper's ablations."""
+    cols = [("SRCC", "think/srcc"), ("PLCC", "think/plcc"), ("Eq.8 SRCC", "think/eq8_srcc"),
+            ("Eq.8 PLCC", "think/eq8_plcc"), ("acc", "think/answer_acc"),
+            ("unread", "think/parse_fail"), ("no-think SRCC", "no_think/srcc"),
+            ("no-think Eq.8 SRCC", "no_think/eq8_srcc"), ("no-think acc", "no_think/answer_acc")]
+    head = "| run | " + " | ".join(c for c, _ in cols) + \
+        " | think len start -> end | train no-think acc start -> end | Stage-1 class / severity acc | wall |"
+    lines = [head, "|" + "---|" * (len(cols) + 5)]
+    for row, title, _ in ROWS:
+        if row not in table:
+            continue
+        t = table[row]
+        think = (f"{cell(table, row, 'think_len_start', 1)} -> "
+                 f"{cell(table, row, 'think_len_end', 1)}" if row != "base" else "-")
+        nothink = (f"{cell(table, row, 'train_nothink_start')} -> "
+                   f"{cell(table, row, 'train_nothink_end')}" if row != "base" else "-")
+        s1 = (f"{cell(table, row, 's1_class_start')} / {cell(table, row, 's1_severity_start')} -> "
+              f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}"
+              if "s1_class_end" in t["mean"] else "-")
+        wall = f"{t['mean']['wall_s'] / 60:.1f} min" if "wall_s" in t["mean"] else "-"
+        lines.append(f"| {title} | " + " | ".join(cell(table, row, k) for _, k in cols)
+                     + f" | {think} | {nothink} | {s1} | {wall} |")
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, list[dict]], out_dir: Path) -> list[Path]:
+    """Fig. 5 left (think length with / without PD), Fig. 5 right (think and no-think
+    accuracy during training) and the held-out SRCC over the steps of every run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(run: str, key: str) -> tuple[list, list]:
+        pts = [(r[M.STEP], r[key]) for r in read_metrics(Path(run) / "metrics.jsonl")
+               if isinstance(r.get(key), (int, float))]
+        return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+
+    figures = {
+        "think_length.png": ("think length (tokens), Stage-2 with / without PD",
+                             [("stage2", M.THINK_LENGTH.name("mean"), "with PD"),
+                              ("stage2_no_pd", M.THINK_LENGTH.name("mean"), "without PD")]),
+        "think_vs_nothink_accuracy.png": (
+            "training answer accuracy, Stage-2: think (rollouts) vs no-think (greedy)",
+            [("stage2", M.REWARD_ANSWER.name("mean"), "think"),
+             ("stage2", M.NO_THINK_ACC, "no-think")]),
+        "heldout_srcc.png": ("held-out SRCC of Eq. 8 (think), every row",
+                             [(row, M.VAL_SCORING[("think", "eq8_srcc")], row)
+                              for row in ("stage2", "stage1_stage2", "stage2_no_pd")])}
+    written = []
+    for name, (title, lines) in figures.items():
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for i, (row, key, label) in enumerate(lines):
+            for k, entry in enumerate(results.get(row, [])):
+                xs, ys = series(entry["runs"]["s2"], key)
+                ax.plot(xs, ys, color=f"C{i}", alpha=0.8, marker="." if len(xs) < 12 else None,
+                        label=f"{label} (seed {entry['seed']})", linestyle="-" if k == 0 else "--")
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out_dir = args.out_dir.resolve()
+    args.cache_dir = args.cache_dir.resolve()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    prep = prepare(args)
+    print(f"# warm-up: {prep['model']} ({prep['warmup_wall_s']:.0f} s incl. cache check); "
+          f"held-out class naming {prep['warmup_class_acc_test']:.2f} (chance 1/12)")
+    print("# held-out SRCC of a linear probe on the synthetic MOS (benchmarks/"
+          "perception_probe.py): " + ", ".join(
+              f"{k} {v:.2f}" for k, v in prep["linear_probe_srcc"].items() if "images" not in k))
+    results = run_all(args)
+    table = summarise(results)
+    md = markdown(table)
+    total = time.perf_counter() - start
+    (args.out_dir / "table.md").write_text(md + "\n")
+    written = plots(results, args.out_dir)
+    print(md)
+    print(f"# seeds {args.seeds}; total wall time {total / 60:.1f} min; "
+          f"plots: {', '.join(p.name for p in written)}")
+    write_json(args.json, {   # NaN (an undefined correlation) becomes null
+        "benchmark": "reproduce", "date": date.today().isoformat(), "seeds": args.seeds,
+        "total_wall_s": total, "machine": {"platform": platform.platform(),
+                                           "python": platform.python_version(),
+                                           "cpus": os.cpu_count()},
+        "prepare": prep, "rows": table, "runs": results, "table_md": md})
+    print(f"wrote {args.json} and {args.out_dir / 'table.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
