@@ -187,10 +187,13 @@ def scoring_summary(run_dir: str | Path, at: str) -> dict[str, float]:
 
 
 def perception_summary(run_dir: str | Path) -> dict[str, float]:
-    """Stage-1's held-out perception accuracy at its first and last validation."""
-    records = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl")
-               if M.VAL_ACC_MEAN in r]
-    out = {}
+    """Stage-1's held-out perception accuracy at its first and last validation, and its
+    training multi-choice reward over the first and last steps."""
+    every = read_metrics(Path(run_dir) / "metrics.jsonl")
+    records = [r for r in every if M.VAL_ACC_MEAN in r]
+    choice = [r.get(M.REWARD_CHOICE) for r in every if r[M.STEP] > 0]
+    out = {"s1_train_choice_start": _mean(choice[:EDGE_STEPS]),
+           "s1_train_choice_end": _mean(choice[-EDGE_STEPS:])}
     for at, r in (("start", records[0]), ("end", records[-1])):
         out[f"s1_acc_mean_{at}"] = _val(r, M.VAL_ACC_MEAN)
         for part in ("class", "severity", "object"):
@@ -243,7 +246,7 @@ def markdown(table: dict) -> str:
             ("unread", "think/parse_fail"), ("no-think SRCC", "no_think/srcc"),
             ("no-think Eq.8 SRCC", "no_think/eq8_srcc"), ("no-think acc", "no_think/answer_acc")]
     head = "| run | " + " | ".join(c for c, _ in cols) + \
-        " | think len start -> end | train no-think acc start -> end | Stage-1 class / severity acc | wall |"
+        " | think len start -> end | train no-think acc start -> end | Stage-1 held-out class / severity acc; train choice reward | wall |"
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     for row, title, _ in ROWS:
         if row not in table:
@@ -254,7 +257,9 @@ def markdown(table: dict) -> str:
         nothink = (f"{cell(table, row, 'train_nothink_start')} -> "
                    f"{cell(table, row, 'train_nothink_end')}" if row != "base" else "-")
         s1 = (f"{cell(table, row, 's1_class_start')} / {cell(table, row, 's1_severity_start')} -> "
-              f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}"
+              f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}; "
+              f"train {cell(table, row, 's1_train_choice_start')} -> "
+              f"{cell(table, row, 's1_train_choice_end')}"
               if "s1_class_end" in t["mean"] else "-")
         wall = f"{t['mean']['wall_s'] / 60:.1f} min" if "wall_s" in t["mean"] else "-"
         lines.append(f"| {title} | " + " | ".join(cell(table, row, k) for _, k in cols)

@@ -300,7 +300,8 @@ def test_export_accepted_and_perception_never_rebuilds_rejected(tmp_path, manife
     out = tmp_path / "sub" / "accepted.jsonl"
     assert main([str(manifest), "--export-accepted", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "accept=1  reject=1  unreviewed=2  total=4" in printed
+    total = len(items)   # distorted images of the mini Stage-1 test split (18 today)
+    assert total > 2 and f"accept=1  reject=1  unreviewed={total - 2}  total={total}" in printed
     kept = read_manifest(out)
     assert [s["id"] for s in kept] == [s["id"] for s in items[0][1]]
     assert all(p.is_file() for s in kept for p in resolve_images(s, out))
