@@ -45,7 +45,7 @@ bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 # The paper's experiments in miniature on the embedded model (README "Does it learn?"):
-# base / Stage-2 / Stage-1 -> Stage-2 / Stage-2 without PD, two seeds, about half an hour
+# base / Stage-2 / Stage-1 -> Stage-2 / Stage-2 without PD, two seeds, about 40 minutes
 # on 2 cores; prints the table, writes outputs/bench/reproduce.json and plots.
 # `make reproduce ARGS="--seeds 1 --stage2-steps 10"` passes options (--help lists them).
 reproduce: $(STAMP)
