@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-ranking", action="store_true",
                         help="leave out the optional ranking reward")
     parser.add_argument("--json", type=Path,
-                        default=Path("outputs/benchmarks/bench_rewards.json"),
+                        default=Path("outputs/bench/rewards.json"),
                         help="where to write the results")
     args = parser.parse_args(argv)
     if min(args.batch, args.group, args.tokens, args.repeats) < 1 or args.warmup < 0:
