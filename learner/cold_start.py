@@ -168,7 +168,8 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
         by_task.setdefault(sample["task"], []).append(sample)
     cache: dict[tuple[str, str], dict] = {}
     losses = []
-    for _ in tqdm(range(settings.steps), desc="tiny model warm-up", unit="step"):
+    for _ in tqdm(range(settings.steps), desc="tiny model warm-up", unit="step",
+                  mininterval=5.0):   # a few lines a minute in logs, not ten a second
         opt.zero_grad()
         total = 0.0
         for _ in range(settings.batch_size):

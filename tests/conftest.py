@@ -20,6 +20,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def embedded_model_built() -> Path:
+    """What `model.path=tiny` names (the tiny model after its warm-up), built once per
+    cache before any test runs: the warm-up takes minutes on 2 cores, which would
+    otherwise fall inside the first launched run's time limits."""
+    from learner.cold_start import embedded_model
+
+    return embedded_model(TEST_CACHE)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny Qwen2.5-VL model directory (synth.tiny_model), built on first use."""

@@ -64,21 +64,26 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
     title or None) names, as soon as it exists (a restarting actor may not, yet)."""
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", *args, f"run.output_dir={tmp_path}", "run.name=run",
-         f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    root, done = psutil.Process(proc.pid), {}
-    deadline = time.monotonic() + timeout_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        seen = _steps(run / "metrics.jsonl")
-        for step, (title, under) in kills.items():
-            if not done.get(step) and seen and max(seen) >= step:
-                done[step] = _kill(root, title, under)
-        time.sleep(0.5)
-    if proc.poll() is None:
-        proc.kill()
-    stderr = proc.stderr.read()
+    # stderr to a file, not a pipe: nobody reads a pipe while the run goes on, and a full
+    # one (64 KiB of logs) would block the run.
+    with open(tmp_path / "stderr.log", "w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "launch.py", *args, f"run.output_dir={tmp_path}", "run.name=run",
+             f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        root, done = psutil.Process(proc.pid), {}
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen = _steps(run / "metrics.jsonl")
+            for step, (title, under) in kills.items():
+                if not done.get(step) and seen and max(seen) >= step:
+                    done[step] = _kill(root, title, under)
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.seek(0)
+        stderr = log.read()
     assert proc.returncode == 0, stderr[-4000:]
     assert all(done.get(s) for s in kills), (done, stderr[-2000:])
     return run
