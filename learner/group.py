@@ -119,6 +119,7 @@ class LearnerGroup:
             )
         infos = ray.get(info_refs)
         self.rank0_ip = str(infos[0]["ip"])
+        self._pushes = 0   # collective pushes so far: each one's group gets its own id
         same_node = len({i["node_id"] for i in infos}) == 1
         host = "127.0.0.1" if same_node else self.rank0_ip
         try:
@@ -213,7 +214,7 @@ class LearnerGroup:
         host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
         port = ray.get(self.actors[0].open_weight_session.remote(host))
         weights = self.conf["weights"]
-        self._pushes = getattr(self, "_pushes", 0) + 1
+        self._pushes += 1
         push = {"host": host, "port": int(port), "world_size": int(num_receivers) + 1,
                 "backend": collective_backend(self.conf),
                 "timeout_s": float(weights["timeout_s"]),

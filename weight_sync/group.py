@@ -38,6 +38,17 @@ def listen_on(host: str) -> socket.socket:
     return sock
 
 
+def own_address(rendezvous_host: str, serving: bool = False) -> str:
+    """The address this process binds its sockets to for a group that rendezvous at
+    `rendezvous_host`: that host itself when this process serves the store or the group is
+    on loopback (one machine), else this node's own address."""
+    if serving or rendezvous_host.startswith("127."):
+        return rendezvous_host
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
 def interface_of(address: str) -> str | None:
     """The network interface that holds `address` (lo for 127.0.0.1), or None."""
     import psutil
@@ -70,10 +81,7 @@ def join_world(master_addr: str, master_port: int, rank: int, world_size: int,
     (GLOO_SOCKET_IFNAME, unless the user set it)."""
     import os
 
-    import ray
-
-    own = master_addr if master_addr.startswith("127.") else ray.util.get_node_ip_address()
-    interface = interface_of(own)
+    interface = interface_of(own_address(master_addr))
     if interface and "GLOO_SOCKET_IFNAME" not in os.environ:
         os.environ["GLOO_SOCKET_IFNAME"] = interface
     store = tcp_store(master_addr, master_port, world_size, rank, timeout_s, listener)

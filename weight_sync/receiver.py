@@ -212,7 +212,7 @@ class WeightReceiver:
         start = time.perf_counter()
         totals: dict[str, int] = {}
         try:
-            touched = self._stream_in(push, totals)
+            self._stream_in(push, totals)
         except Exception as err:
             touched = totals.get("loaded", 0) > 0
             if touched:
@@ -226,9 +226,11 @@ class WeightReceiver:
         self._last_good = push if not self.source.live else None
         return {"version": version, "bytes": totals.get("bytes", 0),
                 "tensors": totals.get("tensors", 0), "buckets": totals.get("buckets", 0),
-                "load_s": time.perf_counter() - start, "loaded": touched}
+                "load_s": time.perf_counter() - start}
 
-    def _stream_in(self, push: Any, totals: dict[str, int]) -> bool:
+    def _stream_in(self, push: Any, totals: dict[str, int]) -> None:
+        """Check and load the push's buckets one by one in one engine session (opened at
+        the first bucket that passed); totals["loaded"] counts the buckets loaded."""
         stream = self.source.stream(push)
         checked = checked_buckets(stream, self.spec, totals)
         try:
@@ -244,7 +246,6 @@ class WeightReceiver:
                 stream.close()   # a collective stream drains the rest of the push
             if totals.get("loaded"):
                 self.engine.finish()
-        return True
 
     def _roll_back(self, failed_version: int, cause: Exception) -> None:
         try:

@@ -14,10 +14,11 @@ to a receiver that restarted (Ray brings a dead actor back with the model's init
 weights: version 0). With the collective transport (`learners.live`) it starts rank 0's
 broadcast and every live receiver's intake together (`LearnerGroup.start_push`); nothing
 is kept, and a replay is a new push of the learners' weights to that receiver alone (the
-learners hold the current version's weights until their next step). Every result a receiver returns carries the `weights_version` it was
-computed with; a result older than the current version comes from such a restarted
-receiver, so the receiver is brought up to date and the call redone: a stale result is
-never used.
+learners hold the current version's weights until their next step).
+
+Every result a receiver returns carries the `weights_version` it was computed with; a
+result older than the current version comes from such a restarted receiver, so the
+receiver is brought up to date and the call redone: a stale result is never used.
 """
 
 from __future__ import annotations

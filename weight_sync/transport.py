@@ -23,6 +23,7 @@ broadcast per chunk: a large tensor straight from its own memory, small ones pac
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,6 +42,18 @@ class Transport(Protocol):
     live: bool        # True: sender and receivers run together (WeightSync starts both)
 
     def stream(self, push: Any) -> Iterator[Mapping[str, torch.Tensor]]: ...
+
+
+def dtype_name(tensor: torch.Tensor) -> str:
+    """How a tensor's dtype travels beside its bytes: "bfloat16", "float32", ..."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype `dtype_name` wrote."""
+    import torch
+
+    return getattr(torch, name)
 
 
 class PackedBucket(Mapping):
@@ -66,7 +79,7 @@ class PackedBucket(Mapping):
         specs, arrays = [], []
         for name, tensor in bucket.items():
             flat = tensor.detach().cpu().contiguous().reshape(-1)
-            specs.append((name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape)))
+            specs.append((name, dtype_name(tensor), tuple(tensor.shape)))
             arrays.append(flat.view(torch.uint8).numpy())
         return cls(specs, arrays)
 
@@ -81,7 +94,7 @@ class PackedBucket(Mapping):
                 # The store's arrays are read-only; nothing here writes to them.
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 for (name, dtype, shape), array in zip(self.specs, self.arrays):
-                    out[name] = torch.from_numpy(array).view(getattr(torch, dtype)).reshape(shape)
+                    out[name] = torch.from_numpy(array).view(dtype_of(dtype)).reshape(shape)
             self._tensors = out
         return self._tensors
 
@@ -170,15 +183,14 @@ class CollectiveTransport:
 
     @staticmethod
     def _join(push: Mapping[str, Any], listener: socket.socket | None = None) -> Any:
-        from weight_sync.group import WeightGroup, tcp_store
+        from weight_sync.group import WeightGroup, own_address, tcp_store
 
         rank, host = int(push["rank"]), str(push["host"])
         store = tcp_store(host, int(push["port"]), int(push["world_size"]), rank,
                           float(push["timeout_s"]), listener)
-        # On one machine everyone binds loopback; across nodes each end its own address.
-        own = host if rank == 0 or host.startswith("127.") else _node_address()
-        return WeightGroup(store, rank, int(push["world_size"]), str(push["backend"]), own,
-                           float(push["timeout_s"]), prefix=f"weights/{push['id']}/")
+        return WeightGroup(store, rank, int(push["world_size"]), str(push["backend"]),
+                           own_address(host, serving=rank == 0), float(push["timeout_s"]),
+                           prefix=f"weights/{push['id']}/")
 
     def send(self, buckets: Iterable[dict[str, torch.Tensor]], push: Mapping[str, Any],
              listener: socket.socket) -> None:
@@ -193,7 +205,7 @@ class CollectiveTransport:
                 for name, tensor in bucket.items():
                     raw = _bytes_of(tensor)
                     offset = _aligned(offset)
-                    tensors.append([name, str(tensor.dtype).removeprefix("torch."),
+                    tensors.append([name, dtype_name(tensor),
                                     list(tensor.shape), offset])
                     raws.append(raw)
                     starts.append(offset)
@@ -240,7 +252,6 @@ class CollectiveTransport:
         """Receiver: the buckets in order, each the views of its own buffer. Closed early
         (a refused bucket), it still takes the rest of the push, so that rank 0 and the
         other receivers are not left waiting."""
-        import torch
 
         group = self._join(push)
         finished = False
@@ -253,8 +264,8 @@ class CollectiveTransport:
                 tensors, payload = got
                 bucket = {}
                 for name, dtype, shape, offset in tensors:
-                    kind = getattr(torch, dtype)
-                    size = kind.itemsize * _numel(shape)
+                    kind = dtype_of(dtype)
+                    size = kind.itemsize * math.prod(shape)
                     bucket[name] = payload[offset:offset + size].view(kind).reshape(shape)
                 del payload, got
                 yield bucket
@@ -265,19 +276,6 @@ class CollectiveTransport:
                     pass   # drain what rank 0 still sends
             finally:
                 group.close()
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
-
-
-def _node_address() -> str:
-    import ray
-
-    return ray.util.get_node_ip_address()
 
 
 def collective_backend(conf: Mapping[str, Any]) -> str:
