@@ -13,6 +13,8 @@ keep their weights). Checked on the CPU build in both vLLM modes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -21,17 +23,21 @@ class WeightLoadExtension:
     an RPC by method name: vLLM's multiprocess RPC carries bytes but neither tensors nor
     functions."""
 
-    def _model_and_config(self) -> tuple[Any, Any]:
-        runner = self.model_runner  # type: ignore[attr-defined]  (the worker's)
-        return runner.get_model(), self.vllm_config  # type: ignore[attr-defined]
+    @contextmanager
+    def _model_in_config(self) -> Iterator[tuple[Any, Any]]:
+        """(the worker's model, its vLLM config), with that config current: vLLM's loaders
+        read it from there."""
+        from vllm.config import set_current_vllm_config
+
+        config = self.vllm_config  # type: ignore[attr-defined]  (the worker's)
+        with set_current_vllm_config(config):
+            yield self.model_runner.get_model(), config  # type: ignore[attr-defined]
 
     def begin_bucket_session(self) -> bool:
         """Start a load session."""
-        from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
-        model, config = self._model_and_config()
-        with set_current_vllm_config(config):
+        with self._model_in_config() as (model, _):
             initialize_layerwise_reload(model)
         return True
 
@@ -39,20 +45,16 @@ class WeightLoadExtension:
         """Load one bucket: a (name, tensor) list (in-process) or a safetensors blob
         (multiprocess); returns the number of tensors."""
         from safetensors.torch import load as load_blob
-        from vllm.config import set_current_vllm_config
 
         tensors = list(load_blob(part).items()) if isinstance(part, bytes) else list(part)
-        model, config = self._model_and_config()
-        with set_current_vllm_config(config):
+        with self._model_in_config() as (model, _):
             model.load_weights(iter(tensors))
         return len(tensors)
 
     def end_bucket_session(self) -> bool:
         """End the session: the layers still waiting are processed or given back."""
-        from vllm.config import set_current_vllm_config
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-        model, config = self._model_and_config()
-        with set_current_vllm_config(config):
+        with self._model_in_config() as (model, config):
             finalize_layerwise_reload(model, config.model_config)
         return True
