@@ -245,8 +245,9 @@ def markdown(table: dict) -> str:
             ("Eq.8 PLCC", "think/eq8_plcc"), ("acc", "think/answer_acc"),
             ("unread", "think/parse_fail"), ("no-think SRCC", "no_think/srcc"),
             ("no-think Eq.8 SRCC", "no_think/eq8_srcc"), ("no-think acc", "no_think/answer_acc")]
-    head = "| run | " + " | ".join(c for c, _ in cols) + \
-        " | think len start -> end | train no-think acc start -> end | Stage-1 held-out class / severity acc; train choice reward | wall |"
+    head = ("| run | " + " | ".join(c for c, _ in cols) + " | think len start -> end | "
+            "train no-think acc start -> end | Stage-1 held-out class / severity acc; "
+            "train choice reward | wall |")
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     for row, title, _ in ROWS:
         if row not in table:
