@@ -65,6 +65,13 @@ def stage1_choice_prompt(objects: Sequence[str], full_reference: bool,
     )
 
 
+def warmup_class_prompt(prompts: Any | None = None) -> str:
+    """The tiny model's warm-up question: name the distortion class of the image."""
+    p = _p(prompts)
+    return p.warmup_class_question.format(
+        image_intro=p.image_intro_nr, classes=", ".join(f"'{w}'" for w in p.class_words))
+
+
 def stage1_grounding_prompt(full_reference: bool, prompts: Any | None = None) -> str:
     """Stage-1 grounding prompt (answer: a box in the model-input pixel coordinates)."""
     p = _p(prompts)

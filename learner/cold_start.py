@@ -13,7 +13,7 @@ supervised warm-up gives the tiny model a small share of both, and nothing more:
   random box (grounding), a think drawn from a few stock sentences. No score and no
   severity in these targets depends on the image.
 - PERCEPTION (a `class_share` share): a distorted Stage-2 training image and the question
-  CLASS_QUESTION ("what visual distortion appears in this image?"), answered with its
+  `class_question` ("what visual distortion appears in this image?"), answered with its
   distortion class word (one of the 12 of conf's class_words). Levels 1..5 are all
   present and never named; clean images are never shown in this task (naming them
   "clean" would teach level 0 apart from the others, which is severity).
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from conf import prompts as P
 from synth.manifest import load_samples
@@ -58,9 +59,6 @@ THINKS = (
     "The picture is dark and low in contrast.",
     "Fine details are clear; the overall quality is good.",
 )
-CLASS_QUESTION = ("{intro}, what visual distortion appears in this image? Choose only one "
-                  "from {classes}. Please answer in the following format: "
-                  "[answer]chosen distortion type[/answer].")
 
 
 @dataclass(frozen=True)
@@ -73,10 +71,8 @@ class ColdStartSettings:
 
 
 def class_question(prompts: Any | None = None) -> str:
-    """The warm-up's perception question: name the distortion class of the image."""
-    p = P.default_prompts() if prompts is None else prompts
-    classes = ", ".join(f"'{w}'" for w in p.class_words)
-    return CLASS_QUESTION.format(intro=p.image_intro_nr, classes=classes)
+    """The warm-up's perception question (conf/prompts.yaml `warmup_class_question`)."""
+    return P.warmup_class_prompt(prompts)
 
 
 def class_sample(sample: dict) -> dict:
@@ -124,6 +120,8 @@ def _key(base_dir: Path, manifests: list[Path], settings: ColdStartSettings) -> 
     h = hashlib.sha256()
     h.update(json.dumps({"v": COLD_START_VERSION, "base": base_dir.name,
                          **asdict(settings)}, sort_keys=True).encode())
+    # The templates its prompts and targets are made from: a changed one is a new warm-up.
+    h.update(OmegaConf.to_yaml(P.default_prompts()).encode())
     for path in manifests:
         h.update(Path(path).read_bytes())
         # The pixels too: a changed distortion leaves the manifest text as it was.
@@ -147,9 +145,9 @@ def _next_example(by_task: dict[str, list[dict]], distorted: list[dict],
     return sample, mode, None
 
 
-def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) -> dict:
+def _load(model_dir: Path) -> tuple[Any, int, Any]:
+    """(prompt builder at the model's pixel limits, the <|im_end|> id, the fp32 model)."""
     import torch
-    from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from actors.prompting import PromptBuilder
@@ -157,6 +155,14 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
     builder = PromptBuilder(model_dir, min_pixels=3136, max_pixels=_max_pixels(model_dir))
     end_id = builder.tokenizer.convert_tokens_to_ids("<|im_end|>")
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    return builder, end_id, model
+
+
+def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    builder, end_id, model = _load(model_dir)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
     cosine = torch.optim.lr_scheduler.LambdaLR(
@@ -216,14 +222,10 @@ def class_accuracy(model_dir: str | Path, samples: list[dict]) -> dict[str, floa
     """Greedy class-naming accuracy of a model on `samples`' distorted Stage-2 images
     (the warm-up's perception, measured on held-out images); chance is 1/12."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from actors.prompting import PromptBuilder, decode
+    from actors.prompting import decode
 
-    model_dir = Path(model_dir)
-    builder = PromptBuilder(model_dir, min_pixels=3136, max_pixels=_max_pixels(model_dir))
-    end_id = builder.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    builder, end_id, model = _load(Path(model_dir))
     model.eval()
     distorted = _distorted(samples)
     right = 0
