@@ -143,7 +143,7 @@ class EngineHost:
         self.receiver.assert_usable()
         return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False)
 
-    def _watch_engine_core(self, period_s: float = 1.0) -> None:
+    def _watch_engine_core(self, period_s: float = 1.0, find_timeout_s: float = 60.0) -> None:
         """Exit this actor when a vLLM engine core process (a child, in multiprocess mode)
         is gone. vLLM notices the death too, but a call already waiting for the core's
         output then waits forever; exiting lets Ray restart the actor with a new engine."""
@@ -157,13 +157,20 @@ class EngineHost:
             except psutil.Error:
                 return False
 
-        cores = [proc for proc in psutil.Process().children(recursive=True) if is_core(proc)]
-        if not cores:
-            logging.getLogger("refine_iqa").warning(
-                "%s: no vLLM engine core process found to watch", self.role)
-            return
-
         def watch() -> None:
+            # The core titles itself with setproctitle, which may come after the engine
+            # is up (seen under load: no title yet when looked at once, so nothing was
+            # watched and a killed core left calls waiting forever): look for a while.
+            cores: list[psutil.Process] = []
+            deadline = time.monotonic() + find_timeout_s
+            while not cores and time.monotonic() < deadline:
+                cores = [p for p in psutil.Process().children(recursive=True) if is_core(p)]
+                if not cores:
+                    time.sleep(period_s)
+            if not cores:
+                logging.getLogger("refine_iqa").warning(
+                    "%s: no vLLM engine core process found to watch", self.role)
+                return
             while all(core.is_running() and core.status() != psutil.STATUS_ZOMBIE
                       for core in cores):
                 time.sleep(period_s)
