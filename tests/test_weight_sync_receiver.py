@@ -122,9 +122,11 @@ def push(handle, version, state, bucket_bytes=256 * 1024):
     return ray.get(handle.update_weights.remote(version, refs)), len(refs)
 
 
-def engine_logprobs(handle, case):
+def engine_logprobs(handle, case, timeout_s: float = 300.0):
+    # Bounded: an engine that hangs fails the test instead of stalling the suite.
     sample, completion = case
-    return ray.get(handle.completion_logprobs.remote([sample], "think", [completion]))[0]
+    return ray.get(handle.completion_logprobs.remote([sample], "think", [completion]),
+                   timeout=timeout_s)[0]
 
 
 def assert_close(actual, expected, tol=TOL):
