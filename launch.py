@@ -136,6 +136,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     from actors.launcher import start_vllm_actors
     from actors.prompting import check_sample
     from driver import metrics as M
+    from driver.async_rollout import ExperienceAhead
     from driver.cluster import check_resources, connect, requested
     from driver.data_stream import DataStream
     from driver.experience_maker import ExperienceMaker
@@ -198,6 +199,7 @@ def train(cfg, model_path: str, out: Path) -> None:
         model_path without one), its weights published to every receiver, the data stream
         and the logs taken back to that step; returns the step to go on from."""
         nonlocal learners, learner_restarts
+        ahead.discard()   # made for a step that will be redone
         if learner_restarts >= MAX_LEARNER_RESTARTS:
             raise RuntimeError(f"the learners died {learner_restarts + 1} times; giving up "
                                f"(last: {cause})") from cause
@@ -228,27 +230,35 @@ def train(cfg, model_path: str, out: Path) -> None:
         if best:
             best.update(0, before, learners)
     nothink_every = int(cfg.eval.nothink_acc_every)
+    ahead = ExperienceAhead(maker, stream, bool(cfg.train.async_rollout))
     bar = tqdm(total=steps, initial=step, desc=f"stage {cfg.stage}", unit="step")
     while step < steps:
         step += 1
         t_step = time.perf_counter()
-        epoch, batch = stream.next_batch()
-        exp = maker.make(batch)
-        t = time.perf_counter()
+        drawn = ahead.take()   # made during the last update with async_rollout, else now
+        epoch, batch, exp = drawn.epoch, drawn.batch, drawn.experience
         try:
+            ahead.start_next(step < steps)   # async_rollout: the next batch, old weights
+            t = time.perf_counter()
             stats = learners.step(exp.groups)
             update_s = time.perf_counter() - t
+            ahead.wait()   # no engine is loaded while it generates
             push = sync.publish(learners)
         except ray.exceptions.RayActorError as err:
             step = restart_learners(err)
             bar.n = step
             continue
         metrics = {**exp.metrics, **M.learner_metrics(stats), M.EPOCH: epoch,
-                   M.TIMING_UPDATE: update_s,
+                   M.TIMING_UPDATE: update_s, M.TIMING_UPDATE_MODEL: stats["compute_s"],
                    M.TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"]}
-        if stage2 and nothink_every > 0 and (step % nothink_every == 0 or step == 1):
-            metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
         metrics[M.TIMING_STEP] = time.perf_counter() - t_step
+        model_s = (metrics[M.TIMING_GEN_MODEL] + metrics.get(M.TIMING_PD_MODEL, 0.0)
+                   + metrics[M.TIMING_UPDATE_MODEL])
+        metrics[M.STEP_OVERHEAD] = metrics[M.TIMING_STEP] / max(model_s, 1e-9)
+        if stage2 and nothink_every > 0 and (step % nothink_every == 0 or step == 1):
+            t = time.perf_counter()   # an evaluation (Fig. 5, right): timed apart
+            metrics[M.NO_THINK_ACC] = maker.no_think_accuracy(batch)
+            metrics[M.TIMING_NO_THINK] = time.perf_counter() - t
         metrics.update(M.throughput(metrics[M.TOTAL_TOKENS], metrics[M.TIMING_STEP], devices))
         if validator.due(step, steps):   # timed apart from the step (timing_s/testing)
             metrics.update(validator.run())
@@ -272,12 +282,13 @@ def train(cfg, model_path: str, out: Path) -> None:
         if should_save(step, int(cfg.checkpoint.every), step == steps):
             try:
                 learners.save_checkpoint(out, step, {
-                    "step": step, "weights_version": sync.version, "data": stream.state(),
+                    "step": step, "weights_version": sync.version, "data": ahead.stream_state(),
                     "data_fingerprint": data_id, "think_early": watch.early})
             except ray.exceptions.RayActorError as err:   # a half-written one is never used
                 step = restart_learners(err)
                 bar.n = step
     bar.close()
+    ahead.close()
     export = learners.export_hf(out / "export")
     logger.close()
     plots = plot_run(out)

@@ -22,6 +22,34 @@ from weight_sync.transport import make_transport
 ENGINE_DEAD_EXIT = 75   # the actor's exit status when its vLLM engine core has died
 
 
+class OncePerKind(logging.Filter):
+    """Lets each warning (logger and message template) through once. In-process on CPU,
+    vLLM's renderer sets torch's thread count around every multimodal request and the CPU
+    worker, which forbids that after binding threads, warns twice per request; the weight
+    reload warns per push about layers it rebuilds. One line each is enough."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        kind = (record.name, str(record.msg))
+        if kind in self.seen:
+            return False
+        self.seen.add(kind)
+        return True
+
+
+def warn_once_per_kind(logger_name: str = "vllm") -> None:
+    """Install OncePerKind on the handlers of `logger_name` (vLLM logs through its own
+    handler, without propagating), once per process."""
+    for handler in logging.getLogger(logger_name).handlers:
+        if not any(isinstance(f, OncePerKind) for f in handler.filters):
+            handler.addFilter(OncePerKind())
+
+
 class EngineHost:
     """A vLLM engine with its prompt builder and weight receiver (one per actor process)."""
 
@@ -29,6 +57,7 @@ class EngineHost:
 
     def __init__(self, settings: EngineSettings):
         self.settings = settings
+        self.last_run_s = 0.0   # seconds of the latest vLLM call (_run)
         self.cores = self._bind_cpu() if not settings.use_gpu else None
         os.environ.update(engine_env(settings, self.cores))
         from vllm import LLM
@@ -49,6 +78,7 @@ class EngineHost:
             mm_processor_kwargs={"min_pixels": settings.min_pixels,
                                  "max_pixels": settings.max_pixels},
             **kwargs)
+        warn_once_per_kind()   # after LLM(): vLLM configures its logging on engine start
         if settings.multiprocessing:
             self._watch_engine_core()
         self.receiver = WeightReceiver(
@@ -140,8 +170,14 @@ class EngineHost:
 
     # --- engine calls ----------------------------------------------------------------
     def _run(self, prompts: list[dict], params: Any) -> list[Any]:
+        """vLLM's generate on `prompts`; its wall seconds are kept in `last_run_s` (the
+        results report them, so the driver can tell model work from overhead)."""
         self.receiver.assert_usable()
-        return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False)
+        start = time.perf_counter()
+        try:
+            return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False)
+        finally:
+            self.last_run_s = time.perf_counter() - start
 
     def _watch_engine_core(self, period_s: float = 1.0, find_timeout_s: float = 60.0) -> None:
         """Exit this actor when a vLLM engine core process (a child, in multiprocess mode)

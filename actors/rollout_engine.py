@@ -37,6 +37,7 @@ class PromptRollouts:
     # grounding boxes convert between the two (actors.prompting.box_to_model).
     original_size: tuple[int, int] = (0, 0)
     input_size: tuple[int, int] = (0, 0)
+    vllm_s: float = 0.0            # seconds inside vLLM of the call that made this chunk
 
 
 class RolloutEngine(EngineHost):
@@ -68,7 +69,8 @@ class RolloutEngine(EngineHost):
                                prompt_token_ids=list(out.prompt_token_ids),
                                rollouts=[self._rollout(c) for c in out.outputs],
                                weights_version=self.receiver.version,
-                               original_size=p.original_sizes[-1], input_size=p.input_sizes[-1])
+                               original_size=p.original_sizes[-1], input_size=p.input_sizes[-1],
+                               vllm_s=self.last_run_s)
                 for p, out in zip(prepared, outs)]
 
     def _rollout(self, completion: Any) -> Rollout:

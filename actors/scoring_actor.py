@@ -63,6 +63,7 @@ class PDScores:
     z_ref: list[float]                   # no-think prompt + fixed prefix
     z_think: list[list[float] | None]    # per given rollout; None: no score prefix in it
     weights_version: int = 0
+    vllm_s: float = 0.0                  # seconds inside vLLM of the whole pd_scores call
 
 
 @dataclass
@@ -114,6 +115,7 @@ class ScoringActor(EngineHost):
         from vllm import SamplingParams
 
         if not prompts:
+            self.last_run_s = 0.0
             return []
         params = SamplingParams(max_tokens=1, temperature=0.0,
                                 logprob_token_ids=list(self.digit_ids))
@@ -195,7 +197,7 @@ class ScoringActor(EngineHost):
             results.append(PDScores(
                 sample_id=str(sample["id"]), gt=gt, z_ref=list(ref),
                 z_think=[None if s is None else probs[s] for s in slices],
-                weights_version=version))
+                weights_version=version, vllm_s=self.last_run_s))
         return results
 
     def digit_distribution(self, samples: list[dict], mode: str,

@@ -297,6 +297,12 @@ def _check_values(cfg: DictConfig) -> None:
             f"reward.max_tied_push={r.max_tied_push:g} allows. The paper prints shift 0.02 "
             "without eps; the authors' code uses 2e-5 with eps 1e-4. To run it anyway, set "
             f"reward.max_tied_push={push:g}")
+    if cfg.train.async_rollout and cfg.learner.recompute_old_logprobs:
+        raise ConfigError(
+            "train.async_rollout=true writes each step's rollouts with the weights of the "
+            "step before, so the policy ratio must be taken against the sampling policy's "
+            "logprobs (vLLM's); learner.recompute_old_logprobs=true would take it against "
+            "the learner's current weights. Set one of them to false")
     name = cfg.run.name
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"'run.name' is {name!r}; it must be a folder name (text without "

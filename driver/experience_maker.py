@@ -82,7 +82,8 @@ class ExperienceMaker:
         t0 = time.perf_counter()
         rollouts = self.engines.generate(samples, self.mode, int(self.cfg.rollout.n),
                                          self.sampling)
-        metrics: dict[str, float] = {M.TIMING_GEN: time.perf_counter() - t0}
+        metrics: dict[str, float] = {M.TIMING_GEN: time.perf_counter() - t0,
+                                     M.TIMING_GEN_MODEL: max(pr.vllm_s for pr in rollouts)}
         texts = [[r.text for r in pr.rollouts] for pr in rollouts]
         if self.stage == 2:
             final, qualified, parts = self._stage2_rewards(samples, rollouts, texts, metrics)
@@ -119,7 +120,8 @@ class ExperienceMaker:
                                 strict=bool(r.strict_score_format))
         metrics[M.TIMING_REWARD] = time.perf_counter() - t
         t = time.perf_counter()
-        z_think, z_ref = self._pd_probabilities(samples, rollouts, base.qualified)
+        z_think, z_ref, metrics[M.TIMING_PD_MODEL] = self._pd_probabilities(
+            samples, rollouts, base.qualified)
         metrics[M.TIMING_PD] = time.perf_counter() - t
         t = time.perf_counter()
         weights = R.pd_weight_vector(int(r.pd_digits), str(r.pd_weights))
@@ -142,14 +144,15 @@ class ExperienceMaker:
                                        "score": full.score, "think_tokens": think}
 
     def _pd_probabilities(self, samples, rollouts, qualified):
-        """z_think [B, G, M] (NaN where not scored) and z_ref [B, M] (NaN for images with
-        no qualified rollout), asking the scoring actor about qualified rollouts only."""
+        """z_think [B, G, M] (NaN where not scored), z_ref [B, M] (NaN for images with no
+        qualified rollout) and the scorer's seconds inside vLLM, asking the scoring actor
+        about qualified rollouts only."""
         m = int(self.cfg.reward.pd_digits)
         z_think = np.full(qualified.shape + (m,), np.nan)
         z_ref = np.full((len(samples), m), np.nan)
         rows = [i for i in range(len(samples)) if qualified[i].any()]
         if not rows:
-            return z_think, z_ref
+            return z_think, z_ref, 0.0
         chosen = [np.flatnonzero(qualified[i]) for i in rows]
         results = self.sync.call(
             SCORER_NAME, "pd_scores", [samples[i] for i in rows],
@@ -161,7 +164,7 @@ class ExperienceMaker:
                     raise RuntimeError(f"sample {res.sample_id}: rollout {j} is qualified but "
                                        "the scoring actor found no score prefix in it")
                 z_think[i, j] = z
-        return z_think, z_ref
+        return z_think, z_ref, results[0].vllm_s   # one call: every result carries its time
 
     def _stage1_rewards(self, samples, rollouts, texts, metrics):
         t = time.perf_counter()

@@ -128,7 +128,21 @@ TIMING_PD = _declare("timing_s/pd_score", "PD teacher forcing on the scoring act
 TIMING_UPDATE = _declare("timing_s/update_actor", "the learners' optimizer step")
 TIMING_WEIGHTS = _declare("timing_s/update_weights",
                           "gathering the new weights and loading them into every receiver")
-TIMING_STEP = _declare("timing_s/step", "the whole step")
+TIMING_STEP = _declare("timing_s/step", "the whole step (validation and the no-think "
+                       "accuracy are timed apart)")
+# The model work inside those phases; what the step spends beyond their sum is overhead
+# (Ray calls, prompt building, rewards, weight pushes, bookkeeping).
+TIMING_GEN_MODEL = _declare("timing_s/gen_model", "of timing_s/gen: seconds inside vLLM "
+                            "(the slowest engine)")
+TIMING_PD_MODEL = _declare("timing_s/pd_model", "of timing_s/pd_score: seconds inside vLLM",
+                           "stage2")
+TIMING_UPDATE_MODEL = _declare("timing_s/update_model", "of timing_s/update_actor: forward + "
+                               "backward + optimizer (the slowest rank)")
+TIMING_NO_THINK = _declare("timing_s/no_think_acc", "the no-think accuracy's generation",
+                           "periodic")
+STEP_OVERHEAD = _declare("perf/step_overhead", "timing_s/step over the model work it "
+                         "contains (gen_model + pd_model + update_model); 1 = no overhead, "
+                         "below 1 when train.async_rollout overlaps generation and update")
 TOTAL_TOKENS = _declare("perf/total_num_tokens", "prompt + response tokens of all rollouts")
 TIME_PER_STEP = _declare("perf/time_per_step", "seconds of the step (verl's name)")
 THROUGHPUT = _declare("perf/throughput", "total_num_tokens / (time_per_step x devices)")

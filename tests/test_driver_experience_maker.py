@@ -29,9 +29,12 @@ TEXTS = {
 # What the stand-in scorer answers: z_ref of A, z_think of a0 and a3 (M = 2 digits).
 Z_REF_A = [0.2, 0.1]
 Z_THINK = {0: [0.6, 0.5], 3: [0.1, 0.9]}
+# Seconds inside vLLM the stand-ins report: per engine chunk (here one chunk per image).
+VLLM_S = {"A": 0.3, "B": 0.5}
 # What launch.py adds to a step's metrics (the update, the weights, events, the step's time).
 LOOP_KEYS = {M.STEP, M.EPOCH, M.PG_LOSS, M.PG_CLIPFRAC, M.PPO_KL, M.ENTROPY, M.GRAD_NORM, M.LR,
              M.TIMING_UPDATE, M.TIMING_WEIGHTS, M.TIMING_STEP, M.TIME_PER_STEP, M.THROUGHPUT,
+             M.TIMING_UPDATE_MODEL, M.STEP_OVERHEAD,
              M.RESENDS, M.RESTARTS, M.REPLAYS, M.REDOS, M.UNREACHABLE, M.SKIPPED,
              M.LEARNER_RESTARTS}
 
@@ -53,7 +56,7 @@ class FakeEngines:
                 ids = self.tokenizer.encode(text, add_special_tokens=False)
                 rollouts.append(Rollout(text, ids, [-0.5] * len(ids), "stop"))
             out.append(PromptRollouts(s["id"], mode, [1, 2, 3], rollouts, self.version,
-                                      (100, 200), (56, 112)))
+                                      (100, 200), (56, 112), vllm_s=VLLM_S.get(s["id"], 0.1)))
         return out
 
 
@@ -70,8 +73,8 @@ class FakeSync:
         assert (name, method) == ("scoring-actor", "pd_scores")
         self.asked.append(([s["id"] for s in samples], rollout_ids))
         texts = {tuple(ids): k for k, ids in enumerate(self._ids)}
-        return [PDScores(s["id"], "3.0", Z_REF_A, [Z_THINK[texts[tuple(r)]] for r in rs], 7)
-                for s, rs in zip(samples, rollout_ids)]
+        return [PDScores(s["id"], "3.0", Z_REF_A, [Z_THINK[texts[tuple(r)]] for r in rs], 7,
+                         vllm_s=0.04) for s, rs in zip(samples, rollout_ids)]
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +157,14 @@ def test_think_length_counts_the_rollouts_own_tokens(tokenizer):
 def test_the_maker_writes_every_per_step_key_the_loop_does_not(tokenizer):
     _, _, _, exp = _stage2(tokenizer)
     assert set(exp.metrics) == set(M.required_keys(2)) - LOOP_KEYS
+
+
+def test_model_seconds_are_the_slowest_chunk_and_the_scoring_call(tokenizer):
+    _, _, _, exp = _stage2(tokenizer)
+    # chunks run side by side on their engines: the slowest one is the generation's model
+    # work; the scorer answered in one call, whose seconds every result repeats
+    assert exp.metrics[M.TIMING_GEN_MODEL] == 0.5
+    assert exp.metrics[M.TIMING_PD_MODEL] == 0.04
 
 
 def test_stage1_boxes_convert_with_the_engines_sizes(tokenizer):

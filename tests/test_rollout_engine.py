@@ -74,6 +74,28 @@ def test_split_evenly():
         split_evenly(3, 0)
 
 
+def test_engine_warnings_pass_once_per_kind():
+    import io
+    import logging
+
+    from actors.engine_host import warn_once_per_kind
+
+    stream = io.StringIO()
+    logger = logging.getLogger("refine-iqa-test-once")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(stream))
+    warn_once_per_kind(logger.name)
+    warn_once_per_kind(logger.name)   # installed once however often it is called
+    for n in (2, 3, 4):   # the same template with other arguments is the same kind
+        logger.warning("skip set_num_threads(%d)", n)
+        logger.warning("other %s", "x")
+    logger.error("an error is never dropped")
+    logger.error("an error is never dropped")
+    assert stream.getvalue().splitlines() == [
+        "skip set_num_threads(2)", "other x", "an error is never dropped",
+        "an error is never dropped"]
+
+
 def test_strip_tokens():
     ids, logprobs = strip_tokens([5, 12, 7, 12], [-1.0, -2.0, -3.0, -4.0], {12})
     assert ids == [5, 7] and logprobs == [-1.0, -3.0]
