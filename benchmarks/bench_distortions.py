@@ -14,8 +14,6 @@ plug-ins, OpenCV's first-call set-up) are not charged to whichever type runs fir
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from benchmarks.report import Column, report  # noqa: E402
 from synth.distortions import DISTORTIONS, LEVELS, distort  # noqa: E402
 
 BUDGET_S = 4.0
@@ -76,37 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         per_type[name] = min(time_type(image, name, args.seed) for _ in range(args.repeats))
     total = sum(per_type.values())
 
-    print(f"\n{'type':30s} {'class':15s} {'CPU s / 5 levels':>17s} {'ms / call':>10s} "
-          f"{'share':>6s}")
-    for name, seconds in sorted(per_type.items(), key=lambda item: -item[1]):
-        print(f"{name:30s} {DISTORTIONS[name]:15s} {seconds:17.3f} "
-              f"{1000 * seconds / len(LEVELS):10.1f} {seconds / total:6.1%}")
-    print(f"\ntotal CPU time: {total:.2f} s for {len(per_type)} types x {len(LEVELS)} levels "
-          f"on {args.photo} {args.size}x{args.size}")
+    rows = [{"type": name, "class": DISTORTIONS[name], "cpu_s": seconds,
+             "ms_per_call": 1000 * seconds / len(LEVELS), "share": seconds / total}
+            for name, seconds in sorted(per_type.items(), key=lambda item: -item[1])]
     verdict = "within" if total <= BUDGET_S else "OVER"
-    print(f"  / budget {BUDGET_S:.1f} s = {total / BUDGET_S:.2f} ({verdict} budget)   "
-          f"reference {REFERENCE_S:.1f} s / ours = {REFERENCE_S / total:.1f}x")
-
-    result = {
-        "benchmark": "distortions",
-        "photo": args.photo,
-        "size": args.size,
-        "repeats": args.repeats,
-        "levels": len(LEVELS),
-        "total_cpu_s": total,
-        "budget_cpu_s": BUDGET_S,
-        "total_over_budget": total / BUDGET_S,
-        "reference_cpu_s": REFERENCE_S,
-        "speedup_over_reference": REFERENCE_S / total,
-        "per_type_cpu_s": per_type,
-        "opencv_threads": cv2.getNumThreads(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    notes = [f"total CPU time: {total:.2f} s for {len(per_type)} types x {len(LEVELS)} levels "
+             f"on {args.photo} {args.size}x{args.size}",
+             f"  / budget {BUDGET_S:.1f} s = {total / BUDGET_S:.2f} ({verdict} budget)   "
+             f"reference {REFERENCE_S:.1f} s / ours = {REFERENCE_S / total:.1f}x"]
+    report("distortions", rows, [
+        Column("type", "type"), Column("class", "class"),
+        Column("CPU s / 5 levels", "cpu_s", ".3f"), Column("ms / call", "ms_per_call", ".1f"),
+        Column("share", "share", ".1%")], args.out, notes=notes, extra={
+        "photo": args.photo, "size": args.size, "repeats": args.repeats,
+        "levels": len(LEVELS), "total_cpu_s": total, "budget_cpu_s": BUDGET_S,
+        "total_over_budget": total / BUDGET_S, "reference_cpu_s": REFERENCE_S,
+        "speedup_over_reference": REFERENCE_S / total, "opencv_threads": cv2.getNumThreads()})
     return 0
 
 

@@ -17,13 +17,14 @@ receiver that loads the weights into a transformers model]. Reported per world s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import Column, report  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -145,7 +146,7 @@ def bench_world(args, world: int, receiver, model_dir: str) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     import ray
 
@@ -161,21 +162,17 @@ def main(argv: list[str] | None = None) -> dict:
         results = [bench_world(args, w, receiver, model_dir) for w in args.worlds]
     finally:
         ray.shutdown()
-    print(f"{'ranks':>5} {'ZeRO':>4} {'seqs':>5} {'step s':>8} {'compute s':>10} "
-          f"{'push s':>8} {'push MB':>8} {'overhead':>9}")
-    for r in results:
-        print(f"{r['world']:>5} {r['zero_stage']:>4} {r['sequences']:>5} {r['step_s_median']:>8.3f} "
-              f"{r['compute_s_median']:>10.3f} {r['push_s_median']:>8.3f} {r['push_mb']:>8.2f} "
-              f"{r['overhead_fraction']:>9.1%}")
+    notes = []
     if len(results) > 1:
-        print(f"step time, {results[-1]['world']} vs {results[0]['world']} ranks: "
-              f"{results[-1]['step_s_median'] / results[0]['step_s_median']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"conf": args.conf, "overrides": args.overrides, "results": results}
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
-    return report
+        notes.append(f"step time, {results[-1]['world']} vs {results[0]['world']} ranks: "
+                     f"{results[-1]['step_s_median'] / results[0]['step_s_median']:.2f}x")
+    report("learner", results, [
+        Column("ranks", "world", "d"), Column("ZeRO", "zero_stage", "d"),
+        Column("seqs", "sequences", ".0f"), Column("step s", "step_s_median", ".3f"),
+        Column("compute s", "compute_s_median", ".3f"), Column("push s", "push_s_median", ".3f"),
+        Column("push MB", "push_mb", ".2f"), Column("overhead", "overhead_fraction", ".1%")],
+        args.out, notes=notes, extra={"conf": args.conf, "overrides": args.overrides})
+    return results
 
 
 if __name__ == "__main__":

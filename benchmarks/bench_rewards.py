@@ -13,8 +13,6 @@ fraction of a reference step (1 s, far shorter than any real step) and of a real
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
 import statistics
 import sys
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 
+from benchmarks.report import Column, report  # noqa: E402
 from conf.prompts import score_answer  # noqa: E402
 from rewards import (  # noqa: E402
     batch_advantages,
@@ -148,31 +147,24 @@ def main(argv: list[str] | None = None) -> dict:
     total = rows[-1]
     n = args.batch * args.group
 
-    print(f"\nrewards for one step: B={args.batch} x G={args.group} rollouts, "
-          f"~{args.tokens} tokens ({chars:.0f} chars) each; "
-          f"{check.fmt.mean():.0%} well-formed; median of {args.repeats} steps")
-    print(f"{'part':<26}{'median ms':>11}{'p90 ms':>10}{'% of ' + str(args.step_seconds) + ' s':>11}"
-          f"{'% of ' + str(args.real_step_seconds) + ' s':>12}")
-    for row in rows:
-        print(f"{row['part']:<26}{row['median_ms']:>11.2f}{row['p90_ms']:>10.2f}"
-              f"{100 * row['of_ref_step']:>10.3f}%{100 * row['of_real_step']:>11.4f}%")
-    print(f"per rollout: {1e3 * total['median_ms'] / n:.1f} us; budget (1% of the reference "
-          f"step): {'met' if total['of_ref_step'] < 0.01 else 'NOT met'}")
-
+    title = (f"rewards for one step: B={args.batch} x G={args.group} rollouts, "
+             f"~{args.tokens} tokens ({chars:.0f} chars) each; "
+             f"{check.fmt.mean():.0%} well-formed; median of {args.repeats} steps")
+    budget_met = bool(total["of_ref_step"] < 0.01)
+    notes = [f"per rollout: {1e3 * total['median_ms'] / n:.1f} us; budget (1% of the reference "
+             f"step): {'met' if budget_met else 'NOT met'}"]
     result = {
-        "benchmark": "bench_rewards",
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "mean_chars_per_rollout": chars,
-        "well_formed_fraction": float(check.fmt.mean()),
-        "rows": rows,
-        "per_rollout_us": 1e3 * total["median_ms"] / n,
-        "budget_met": bool(total["of_ref_step"] < 0.01),
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "processor": platform.processor() or platform.machine()},
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.json}")
+        "mean_chars_per_rollout": chars, "well_formed_fraction": float(check.fmt.mean()),
+        "per_rollout_us": 1e3 * total["median_ms"] / n, "budget_met": budget_met,
+        "numpy": np.__version__}
+    report("rewards", rows, [
+        Column("part", "part"), Column("median ms", "median_ms", ".2f"),
+        Column("p90 ms", "p90_ms", ".2f"),
+        Column(f"of {args.step_seconds:g} s", "of_ref_step", ".3%"),
+        Column(f"of {args.real_step_seconds:g} s", "of_real_step", ".4%")],
+        args.json, title=title, notes=notes, extra=result)
+    result["rows"] = rows
     return result
 
 

@@ -15,7 +15,6 @@ through the Ray object store) to 1 and to 2 engines, as seconds per GB.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import statistics
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.report import Column, report  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")   # scikit-image, CC0
 
@@ -189,9 +190,9 @@ def main() -> None:
         sync.restore(publisher, 100 * count)   # above any version the engines already hold
         times, reports = [], []
         for _ in tqdm(range(args.pushes), desc=f"weight push to {count} engine(s)"):
-            seconds, report = push_seconds(sync, publisher)
+            seconds, pushed = push_seconds(sync, publisher)
             times.append(seconds)
-            reports.append(report)
+            reports.append(pushed)
         nbytes = reports[0]["bytes"]
         pushes[count] = {"seconds": statistics.median(times), "bytes": nbytes,
                          "seconds_per_gb": statistics.median(times) / (nbytes / 1e9),
@@ -199,7 +200,7 @@ def main() -> None:
                          "deliver_s": statistics.median(r["deliver_s"] for r in reports)}
     ray.shutdown()
 
-    report = {
+    report_extra = {
         "setting": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
                     "rounds": args.rounds, "model": "tiny", "threads": 1,
                     "bucket_mb": int(cfg.weights.bucket_mb)},
@@ -210,21 +211,21 @@ def main() -> None:
         "weight_push": {str(k): v for k, v in pushes.items()},
         "rounds": {k: [{"tokens": t, "seconds": s} for t, s in v] for k, v in runs.items()},
     }
-    print(f"\n{'setting':<28}{'tokens/s':>12}{'vs (a)':>10}")
     labels = {"vllm_direct": "(a) vLLM direct", "rollout_engine": "(b) RolloutEngine/Ray",
               "transformers": "(c) transformers"}
-    for key, label in labels.items():
-        ratio = throughput[key] / throughput["vllm_direct"]
-        print(f"{label:<28}{throughput[key]:>12.0f}{ratio:>10.2f}")
-    print(f"\n{'weight push':<28}{'seconds':>12}{'MB':>10}{'s/GB':>10}{'deliver s':>10}")
-    for count, p in pushes.items():
-        print(f"{f'to {count} engine(s)':<28}{p['seconds']:>12.3f}{p['bytes'] / 1e6:>10.2f}"
-              f"{p['seconds_per_gb']:>10.2f}{p['deliver_s']:>10.3f}")
-    print("(a small model's push is mostly fixed per-push cost; s/GB falls with size)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"\nwrote {out}")
+    rows = [{"setting": label, "tokens_per_s": throughput[key],
+             "vs_direct": throughput[key] / throughput["vllm_direct"]}
+            for key, label in labels.items()]
+    rows += [{"setting": f"push to {count} engine(s)", "push_s": p["seconds"],
+              "push_mb": p["bytes"] / 1e6, "s_per_gb": p["seconds_per_gb"],
+              "deliver_s": p["deliver_s"]} for count, p in pushes.items()]
+    report("rollout", rows, [
+        Column("setting", "setting"), Column("tokens/s", "tokens_per_s", ".0f"),
+        Column("vs (a)", "vs_direct", ".2f"), Column("push s", "push_s", ".3f"),
+        Column("MB", "push_mb", ".2f"), Column("s/GB", "s_per_gb", ".2f"),
+        Column("deliver s", "deliver_s", ".3f")], args.out,
+        notes=["(a small model's push is mostly fixed per-push cost; s/GB falls with size)"],
+        extra=report_extra)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ sender's, computed on the sender from its own tensors.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,6 +32,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from benchmarks.report import Column, report  # noqa: E402
 
 TENSOR_MB = 16
 
@@ -243,20 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["s_per_gb"] = row["best_s"] / gb
         row["ratio_to_memcpy"] = row["s_per_gb"] / copy
-    print(f"model {nbytes / 2**20:.0f} MB in {len(shapes)} tensors, buckets of "
-          f"{args.bucket_mb:g} MB; memcpy {copy:.3f} s/GB; best of {args.repeats} pushes")
-    print(f"{'transport':<13}{'recv':>5}{'best s':>9}{'median s':>10}{'s/GB':>8}"
-          f"{'x memcpy':>10}{'peak extra MB':>15}")
-    for row in rows:
-        print(f"{row['transport']:<13}{row['receivers']:>5}{row['best_s']:>9.3f}"
-              f"{row['median_s']:>10.3f}{row['s_per_gb']:>8.3f}{row['ratio_to_memcpy']:>10.1f}"
-              f"{row['peak_extra_mb']:>15.0f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model_bytes": nbytes, "bucket_mb": args.bucket_mb,
-                               "memcpy_s_per_gb": copy, "repeats": args.repeats,
-                               "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    report("weight_push", rows, [
+        Column("transport", "transport"), Column("recv", "receivers", "d"),
+        Column("best s", "best_s", ".3f"), Column("median s", "median_s", ".3f"),
+        Column("s/GB", "s_per_gb", ".3f"), Column("x memcpy", "ratio_to_memcpy", ".1f"),
+        Column("peak extra MB", "peak_extra_mb", ".0f")], args.out,
+        title=f"model {nbytes / 2**20:.0f} MB in {len(shapes)} tensors, buckets of "
+              f"{args.bucket_mb:g} MB; memcpy {copy:.3f} s/GB; best of {args.repeats} pushes",
+        extra={"model_bytes": nbytes, "bucket_mb": args.bucket_mb,
+               "memcpy_s_per_gb": copy, "repeats": args.repeats})
     return 0
 
 

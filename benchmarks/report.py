@@ -27,9 +27,9 @@ OUT_DIR = Path("outputs/bench")
 
 @dataclass(frozen=True)
 class Column:
-    """One table column: its header, the row key it shows and the format of the value
-    (a format spec such as ".3f", "d", "%" for a share shown as a percentage, or "" for
-    str())."""
+    """One table column: its header, the row key it shows and the format spec of the
+    value (".3f", "d", ".1%" for a share shown as a percentage, "%" the same as ".1%";
+    "" for text, str())."""
 
     header: str
     key: str
@@ -39,11 +39,9 @@ class Column:
         value = row.get(self.key)
         if value is None:
             return "-"
-        if self.fmt == "%":
-            return f"{100 * float(value):.1f}%"
-        if self.fmt == "x":
-            return f"{float(value):.2f}x"
-        return format(value, self.fmt) if self.fmt else str(value)
+        if not self.fmt:
+            return str(value)
+        return format(value, ".1%" if self.fmt == "%" else self.fmt)
 
 
 def machine() -> dict[str, Any]:
@@ -53,13 +51,13 @@ def machine() -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
-    """Rows under their headers: the first column left-aligned, the others right-aligned,
-    each as wide as its widest cell."""
+    """Rows under their headers, each column as wide as its widest cell: text (no format)
+    left-aligned, numbers right-aligned."""
     cells = [[c.header for c in columns]] + [[c.cell(r) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = []
     for n, line in enumerate(cells):
-        parts = [line[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(line[1:], widths[1:])]
+        parts = [v.rjust(w) if c.fmt else v.ljust(w) for v, w, c in zip(line, widths, columns)]
         lines.append("  ".join(parts).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -70,6 +68,7 @@ def report(name: str, rows: Sequence[dict], columns: Sequence[Column], out: str 
            title: str = "", extra: dict | None = None, notes: Sequence[str] = ()) -> Path:
     """Print `title`, the table and `notes`, and write {benchmark, argv, machine, rows,
     notes, **extra} to `out` (its folder made on the way); returns the path."""
+    print()   # below any progress bar left on the line
     if title:
         print(title)
     print(format_table(rows, columns))
