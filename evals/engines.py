@@ -16,6 +16,7 @@ start them once per module and run several evaluations on them.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -93,26 +94,16 @@ class EvalEngines:
         return cls(group, scorer_handle, sampling=sampling, batch_size=batch_size, sync=sync,
                    owned=True)
 
-    def _batches(self, n: int, desc: str) -> Iterator[tuple[int, int]]:
-        bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=not self.progress)
-        for start in range(0, n, self.batch_size):
-            end = min(n, start + self.batch_size)
-            yield start, end
-            bar.update(end - start)
-        bar.close()
+    def _batches(self, n: int) -> list[tuple[int, int]]:
+        return [(start, min(n, start + self.batch_size))
+                for start in range(0, n, self.batch_size)]
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not self.progress)
 
     def generate(self, samples: list[dict], mode: str, desc: str = "generate") -> list[Generation]:
         """One greedy answer per sample, in order."""
-        if self.group is None:
-            raise RuntimeError("answers need the rollout engines; start EvalEngines with "
-                               "engines=True")
-        out: list[Generation] = []
-        for start, end in self._batches(len(samples), desc):
-            for pr in self.group.generate(samples[start:end], mode, 1, self.sampling):
-                r = pr.rollouts[0]
-                out.append(Generation(r.text, r.finish_reason, list(r.token_ids),
-                                      pr.original_size, pr.input_size))
-        return out
+        return dict(self.stream(samples, mode, digits=False, desc=desc))["answers"]
 
     def digit_probs(self, samples: list[dict], mode: str,
                     token_ids: list[list[int] | None] | None = None, digits_before: str = "",
@@ -121,16 +112,84 @@ class EvalEngines:
         fixed prefix "[answer]Score:"; think: after each sample's own answer (its
         `Generation.token_ids`, one per sample) cut after its score prefix, None where the
         answer block holds none. `digits_before` ("3.") asks about a later digit."""
-        if self.scorer is None:
+        return dict(self.stream(samples, mode, answers=False, token_ids=token_ids,
+                                digits_before=digits_before, desc=desc))["digits"]
+
+    def stream(self, samples: list[dict], mode: str, answers: bool = True,
+               digits: bool = True, token_ids: list[list[int] | None] | None = None,
+               digits_before: str = "", desc: str = "evaluate"
+               ) -> Iterator[tuple[str, Any]]:
+        """Yield ("answers", list[Generation]) and ("digits", list of p("0") .. p("9"),
+        as `digit_probs`), each once its last batch is back, in the order they finish.
+        Think-mode digits read the answers written here (`token_ids` when `answers` is
+        False).
+
+        The rollout engines and the scoring actor work at the same time: no-think digits
+        need no answer, think digits of batch k are asked for as soon as batch k's answers
+        are back, while the engines write batch k + 1; and each side has its next batch
+        queued behind the one it works on (no round trip through this process in
+        between). The caller's thread is free between the yields: the scoring evaluation
+        draws its plots there while the actors work.
+        """
+        if answers and self.group is None:
+            raise RuntimeError("answers need the rollout engines; start EvalEngines with "
+                               "engines=True")
+        if digits and self.scorer is None:
             raise RuntimeError("probability-based inference needs the scoring actor; start "
                                "EvalEngines with scorer=True")
-        if mode == "think" and (token_ids is None or len(token_ids) != len(samples)):
+        own_ids = digits and mode == "think" and answers
+        if digits and mode == "think" and not own_ids and (
+                token_ids is None or len(token_ids) != len(samples)):
             raise ValueError("think mode needs the answer's token ids, one per sample")
-        out: list[list[float] | None] = []
-        for start, end in self._batches(len(samples), desc):
-            ids = None if token_ids is None else list(token_ids[start:end])
-            out += self._digit_distribution(samples[start:end], mode, ids, digits_before).probs
+        chunks = self._batches(len(samples))
+        if self.sync is None or self.sync.version == 0:
+            # Two calls in flight per side. The threads only wait on Ray (GIL released).
+            answer_pool, digit_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
+        else:
+            # Once weights were pushed, an actor that died is replayed them by the thread
+            # that notices (WeightSync.bring_current); two threads could replay at once, so
+            # calls go one at a time, as before (answers first, then digits).
+            answer_pool = digit_pool = ThreadPoolExecutor(1)
+        answer_fs = [answer_pool.submit(self._answer_batch, samples[a:b], mode)
+                     for a, b in chunks] if answers else []
+        digit_fs = [digit_pool.submit(self._digit_batch, samples[a:b], mode,
+                                      answer_fs[k] if own_ids else
+                                      None if token_ids is None else list(token_ids[a:b]),
+                                      digits_before)
+                    for k, (a, b) in enumerate(chunks)] if digits else []
+        groups = {kind: fs for kind, fs, asked in (("answers", answer_fs, answers),
+                                                   ("digits", digit_fs, digits)) if asked}
+        pending = {f for fs in groups.values() for f in fs}
+        bar = self._bar(len(samples) * len(groups), desc)
+        try:
+            while groups:
+                for kind in [k for k, fs in groups.items() if all(f.done() for f in fs)]:
+                    # result() raises an actor's error here, in the caller's thread
+                    yield kind, [x for f in groups.pop(kind) for x in f.result()]
+                if pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        bar.update(len(f.result()))
+        finally:
+            bar.close()
+            for f in pending:
+                f.cancel()
+            answer_pool.shutdown()
+            digit_pool.shutdown()
+
+    def _answer_batch(self, samples: list[dict], mode: str) -> list[Generation]:
+        out = []
+        for pr in self.group.generate(samples, mode, 1, self.sampling):
+            r = pr.rollouts[0]
+            out.append(Generation(r.text, r.finish_reason, list(r.token_ids),
+                                  pr.original_size, pr.input_size))
         return out
+
+    def _digit_batch(self, samples: list[dict], mode: str, ids: Any,
+                     digits_before: str) -> list[list[float] | None]:
+        if isinstance(ids, Future):   # think mode: this batch's own answers, once written
+            ids = [g.token_ids for g in ids.result()]
+        return self._digit_distribution(samples, mode, ids, digits_before).probs
 
     def _digit_distribution(self, *args: Any) -> DigitProbs:
         from actors.launcher import SCORER_NAME

@@ -52,15 +52,16 @@ def score_images(engines: Any, images: list[Path], mode: str = "no_think",
         raise ValueError(f"inference must be 'numeric' or 'prob', got {inference!r}")
     samples = [{"id": str(p), "task": "score", "images": [str(p)], "question": None}
                for p in images]
-    # No-think Eq. 8 reads the fixed prefix: only then is no answer written.
-    gens = (engines.generate(samples, mode, desc="scoring")
-            if inference == "numeric" or mode == "think" else None)
+    # No-think Eq. 8 reads the fixed prefix: only then is no answer written. Think Eq. 8
+    # reads each batch's answers while the engines write the next batch (EvalEngines.stream).
+    got = dict(engines.stream(samples, mode, answers=inference == "numeric" or mode == "think",
+                              digits=inference == "prob", desc="scoring"))
+    gens = got.get("answers")
     texts = [None] * len(samples) if gens is None else [g.text for g in gens]
-    if gens is not None and inference == "numeric":
+    if inference == "numeric":
         scores = [numeric_score(g.text) for g in gens]
     else:
-        ids = None if gens is None else [g.token_ids for g in gens]
-        scores = [prob_score(d) for d in engines.digit_probs(samples, mode, ids, desc="Eq. 8")]
+        scores = [prob_score(d) for d in got["digits"]]
     thinks = [think_content(t, prompts) if t is not None and mode == "think" else None
               for t in texts]
     return [{"image": str(p), "score": s, "mode": mode, "inference": inference,

@@ -22,13 +22,15 @@ Outputs under --out: results.json, results.md, predictions.jsonl, scatter_*.png.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evals.engines import MODE_CHOICES, EvalEngines
+from evals.engines import MODE_CHOICES, EvalEngines, Generation
 from evals.metrics import SCORE_DIGITS, MetricWarning, expected_score, fit_logistic4, plcc, srcc
 from evals.report import (
     fmt,
@@ -45,6 +47,8 @@ from synth.manifest import SPLIT_CHOICES, load_samples, select_split
 INFERENCES = ("numeric", "prob")
 INFERENCE_CHOICES = {"numeric": ("numeric",), "prob": ("prob",), "both": INFERENCES}
 SCORE_RANGE = (0.0, 5.0)
+# evaluate_samples' on_summary: (mode, inference, predictions, summary)
+SummaryHook = Callable[[str, str, list, dict], None]
 
 
 def dataset_name(manifest: str | Path, samples: list[dict]) -> str:
@@ -103,11 +107,17 @@ def summarize(preds: list[float | None], mos: list[float]) -> dict[str, Any]:
 
 
 def evaluate_samples(engines: EvalEngines, samples: list[dict], name: str,
-                      modes: tuple[str, ...], inferences: tuple[str, ...]
-                      ) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, Any]]:
+                     modes: tuple[str, ...], inferences: tuple[str, ...],
+                     on_summary: SummaryHook | None = None
+                     ) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, Any]]:
     """One dataset's answers and their summaries: results[mode][inference] (summarize,
     plus format_rate), per-sample records, preds[(mode, inference)]. Training's
-    validation calls it too, on the running engines."""
+    validation calls it too, on the running engines.
+
+    `on_summary(mode, inference, preds, summary)` is called as soon as one inference's
+    summary is known, while the actors may still work on the other one (the scoring
+    evaluation draws its plots there, off the critical path).
+    """
     from rewards import format_reward
 
     mos = [float(s["mos"]) for s in samples]
@@ -117,7 +127,28 @@ def evaluate_samples(engines: EvalEngines, samples: list[dict], name: str,
     for mode in modes:
         # No-think probability inference reads the fixed prefix and needs no answer.
         need_text = "numeric" in inferences or mode == "think"
-        gens = engines.generate(samples, mode, desc=f"{name} {mode}") if need_text else None
+        gens: list[Generation] | None = None
+        dists: list[list[float] | None] = []
+        values: dict[str, list[float | None]] = {}
+        summaries: dict[str, dict[str, Any]] = {}
+        # Answers and digit distributions come back in the order they finish: each is
+        # summarised at once, while the actors still work on the other.
+        for kind, got in engines.stream(samples, mode, answers=need_text,
+                                        digits="prob" in inferences, desc=f"{name} {mode}"):
+            if kind == "answers":
+                gens = got
+                if "numeric" not in inferences:
+                    continue
+                inference = "numeric"
+                values[inference] = [numeric_score(g.text) for g in got]
+            else:
+                dists, inference = got, "prob"
+                values[inference] = [prob_score(d) for d in got]
+            summaries[inference] = summarize(values[inference], mos)
+            if on_summary is not None:
+                on_summary(mode, inference, values[inference], summaries[inference])
+        # Records, predictions and results are filled in one fixed order, whichever
+        # inference finished first: the reports do not depend on the actors' timing.
         results[mode] = {}
         if gens is not None:
             formats = [format_reward(g.text, mode) for g in gens]
@@ -125,20 +156,18 @@ def evaluate_samples(engines: EvalEngines, samples: list[dict], name: str,
                 rec[f"{mode}_text"] = g.text
                 rec[f"{mode}_finish"] = g.finish_reason
                 rec[f"{mode}_format_ok"] = bool(ok)
-        if "numeric" in inferences:
-            preds[(mode, "numeric")] = [numeric_score(g.text) for g in gens]
+        for inference in INFERENCES:
+            if inference in values:
+                preds[(mode, inference)] = values[inference]
         if "prob" in inferences:
-            ids = [g.token_ids for g in gens] if mode == "think" else None
-            dists = engines.digit_probs(samples, mode, ids, desc=f"{name} {mode} Eq.8")
-            preds[(mode, "prob")] = [prob_score(d) for d in dists]
             for rec, d in zip(records, dists):
                 rec[f"{mode}_digit_probs"] = None if d is None else d[:SCORE_DIGITS]
         for inference in inferences:
-            summary = summarize(preds[(mode, inference)], mos)
+            summary = summaries[inference]
             if gens is not None:
                 summary["format_rate"] = sum(formats) / len(formats)
             results[mode][inference] = summary
-            for rec, p in zip(records, preds[(mode, inference)]):
+            for rec, p in zip(records, values[inference]):
                 rec[f"{mode}_{inference}"] = p
     return results, records, preds
 
@@ -190,26 +219,15 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
         name = dataset_name(manifest, samples)
         if name in datasets:
             name = f"{name}-{Path(manifest).stem}"
-        results, records, preds = evaluate_samples(engines, samples, name, modes, inferences)
+        mos = [float(s["mos"]) for s in samples]
+        plots: dict[tuple[str, str], str] = {}
+        # Each plot is drawn as soon as its summary is known, while the actors still work.
+        draw = functools.partial(_scatter, out_dir, name, mos, plots)
+        results, records, preds = evaluate_samples(engines, samples, name, modes, inferences,
+                                                   on_summary=draw)
         datasets[name] = {"manifest": str(manifest), "n": len(samples), "results": results}
         all_records += records
-        mos = [float(s["mos"]) for s in samples]
-        for (mode, inference), values in preds.items():
-            pairs = [(p, m) for p, m in zip(values, mos) if p is not None]
-            if not pairs:
-                continue
-            xs, ys = [p for p, _ in pairs], [m for _, m in pairs]
-            r = results[mode][inference]
-            curve = None
-            if r["logistic"] and r["logistic"]["converged"]:
-                from evals.metrics import logistic4
-
-                curve = lambda x, prm=tuple(r["logistic"]["params"]): logistic4(x, *prm)  # noqa: E731
-            title = (f"{name} {mode}/{inference}\nSRCC {fmt(r['srcc'])}  PLCC {fmt(r['plcc'])}"
-                     f"  PLCC (logistic) {fmt(r['plcc_logistic'])}  n={len(xs)}, "
-                     f"{r['n_failed']} unread")
-            path = out_dir / f"scatter_{safe_name(name)}_{mode}_{inference}.png"
-            scatters.append(str(scatter_png(path, xs, ys, title, curve=curve)))
+        scatters += [plots[key] for key in preds if key in plots]
     payload = {"evaluation": "scoring", **(meta or {}), "split": split, "modes": list(modes),
                "inferences": list(inferences), "datasets": datasets, "plots": scatters,
                "seconds": time.perf_counter() - started,
@@ -225,6 +243,26 @@ def evaluate_scoring(engines: EvalEngines, manifests: list[str | Path], out_dir:
     write_markdown(out_dir / "results.md", f"Scoring evaluation: {payload.get('model', '')}",
                    _markdown(datasets, modes, inferences), notes)
     return payload
+
+
+def _scatter(out_dir: Path, name: str, mos: list[float], plots: dict[tuple[str, str], str],
+             mode: str, inference: str, values: list[float | None], r: dict[str, Any]) -> None:
+    """Draw scatter_<dataset>_<mode>_<inference>.png (prediction vs MOS, with the fitted
+    logistic when it converged) into `plots`; nothing when no prediction was read."""
+    pairs = [(p, m) for p, m in zip(values, mos) if p is not None]
+    if not pairs:
+        return
+    xs, ys = [p for p, _ in pairs], [m for _, m in pairs]
+    curve = None
+    if r["logistic"] and r["logistic"]["converged"]:
+        from evals.metrics import logistic4
+
+        curve = lambda x, prm=tuple(r["logistic"]["params"]): logistic4(x, *prm)  # noqa: E731
+    title = (f"{name} {mode}/{inference}\nSRCC {fmt(r['srcc'])}  PLCC {fmt(r['plcc'])}"
+             f"  PLCC (logistic) {fmt(r['plcc_logistic'])}  n={len(xs)}, "
+             f"{r['n_failed']} unread")
+    path = out_dir / f"scatter_{safe_name(name)}_{mode}_{inference}.png"
+    plots[(mode, inference)] = str(scatter_png(path, xs, ys, title, curve=curve))
 
 
 def _split_samples(manifest: str | Path, split: str) -> list[dict]:
