@@ -45,8 +45,9 @@ GOAL = 1.6  # issue 16: 2 workers at least 1.6x faster than 1 on 2 cores
 COLUMNS = [Column("workers", "workers", "d"), Column("images", "distorted_images", "d"),
            Column("build s", "build_seconds", ".2f"), Column("img/s", "images_per_second", ".1f"),
            Column("e2e img/s", "end_to_end_images_per_second", ".1f"),
-           Column("CPU ms/img", "cpu_ms_per_image", ".2f"), Column("speed-up", "speedup", "x"),
-           Column("e2e", "end_to_end_speedup", "x"), Column("machine", "machine_speedup", "x"),
+           Column("CPU ms/img", "cpu_ms_per_image", ".2f"), Column("speed-up", "speedup", ".2f"),
+           Column("e2e", "end_to_end_speedup", ".2f"),
+           Column("machine", "machine_speedup", ".2f"),
            Column("of machine", "of_machine", "%"), Column("load 1m", "load_1m", ".2f")]
 SPIN = 2_000_000  # loop steps of one control task: ~0.1 s
 
