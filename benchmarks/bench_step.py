@@ -1,11 +1,12 @@
 """The tiny training step: its time split, its overhead over the model work, the PD
 scorer's cost against generation, and train.async_rollout against the on-policy loop.
 
-Runs `python launch.py conf=tiny` (real Ray, vLLM, DeepSpeed) twice on the same seed, one
-after the other in this one command: on-policy (the default) and with
-train.async_rollout=true. Validation runs only before the first and after the last step
-and the no-think accuracy is off, so every step is a plain training step. From each run's
-metrics.jsonl, over the steps after --skip:
+Runs `python launch.py conf=tiny` (real Ray, vLLM, DeepSpeed) on the same seed, on-policy
+(the default) and with train.async_rollout=true, in --rounds rounds of one run each,
+the order swapped every round (A B, B A, ...) so that a load that comes and goes on a
+shared machine hits both alike. Validation runs only before the first and after the last
+step and the no-think accuracy is off, so every step is a plain training step. From each
+run's metrics.jsonl, over the steps after --skip:
 
   step s        timing_s/step (median), and the wall seconds between two steps' records
                 (bookkeeping and logging included)
@@ -19,10 +20,11 @@ metrics.jsonl, over the steps after --skip:
                 cost if every rollout qualified (few do on the tiny run, so the call's
                 fixed cost is spread over one or two)
 
-and each run's reward curve (critic/score/mean per step), side by side, in the JSON and
-a PNG beside it.
+Each figure of a loop is the median over its runs; the async / on-policy step-time ratio
+is also given per round. The first round's reward curves (critic/score/mean per step)
+are drawn side by side in a PNG beside the JSON.
 
-    python benchmarks/bench_step.py [--steps 24] [--skip 4] [--out outputs/bench/step.json]
+    python benchmarks/bench_step.py [--steps 40] [--skip 4] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ def summarise(label: str, records: list[dict], skip: int, rollouts: int) -> dict
     return row
 
 
+def combine(label: str, runs: list[dict]) -> dict:
+    """One loop's row: the median of each figure over its runs."""
+    row: dict = {"run": label, "runs": len(runs)}
+    for key, value in runs[0].items():
+        if key not in row and isinstance(value, int | float):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+    return row
+
+
 def plot_rewards(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path:
     """Both runs' reward per step on one axis."""
     import matplotlib
@@ -118,16 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--steps", type=int, default=24, help="steps per run (default 24)")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="steps per run (default 40, conf=tiny's max_steps)")
     parser.add_argument("--skip", type=int, default=4,
                         help="first steps left out of the medians (warm-up; default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="run.seed of both runs")
+    parser.add_argument("--seed", type=int, default=0, help="run.seed of every run")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds of one run per loop, order swapped each round (default 2)")
     parser.add_argument("--only", choices=("sync", "async"), default=None,
                         help="run one of the two (default: both)")
     parser.add_argument("--out", default="outputs/bench/step.json", help="JSON output path")
     args = parser.parse_args(argv)
-    if args.steps <= args.skip:
-        parser.error("--steps must be larger than --skip")
+    if args.steps <= args.skip or args.rounds < 1:
+        parser.error("--steps must be larger than --skip, --rounds at least 1")
 
     from conf import load_config
 
@@ -136,14 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"on-policy": [], "async_rollout": ["train.async_rollout=true"]}
     if args.only:
         runs = {k: v for k, v in runs.items() if (k == "async_rollout") == (args.only == "async")}
-    rows, curves = [], {}
+    per_run, curves = [], {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-step-") as tmp:
-        for label, overrides in runs.items():
-            records = run_tiny(Path(tmp), label.replace("-", "_"), args.steps, args.seed,
-                               overrides)
-            rows.append(summarise(label, records, args.skip, rollouts))
-            curves[label] = [(r[M.STEP], r[M.SCORE.name("mean")]) for r in records]
+        for k in range(args.rounds):
+            for label in (list(runs) if k % 2 == 0 else list(runs)[::-1]):
+                load = os.getloadavg()[0]
+                records = run_tiny(Path(tmp), f"{label.replace('-', '_')}_{k}", args.steps,
+                                   args.seed, runs[label])
+                per_run.append({**summarise(label, records, args.skip, rollouts),
+                                "round": k, "load_1m": load})
+                curves.setdefault(label, [(r[M.STEP], r[M.SCORE.name("mean")])
+                                          for r in records])
+    rows = [combine(label, [r for r in per_run if r["run"] == label]) for label in runs]
     columns = [Column("run", "run"), Column("step s", "step_s", ".3f"),
                Column("wall/step", "wall_per_step_s", ".3f"),
                Column("gen", "gen_s", ".3f"), Column("(vLLM)", "gen_model_s", ".3f"),
@@ -156,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     by = {r["run"]: r for r in rows}
     if "on-policy" in by:
         r = by["on-policy"]
+        met = r["overhead"] <= OVERHEAD_GOAL
         notes.append(f"step overhead (on-policy): {r['overhead']:.2f} (goal <= "
-                     f"{OVERHEAD_GOAL:.2f}: {'met' if r['overhead'] <= OVERHEAD_GOAL else 'missed'})")
+                     f"{OVERHEAD_GOAL:.2f}: {'met' if met else 'missed'})")
         notes.append(f"PD / generation time: {r['pd_over_gen']:.2f} (goal <= {PD_GOAL:.2f}: "
                      f"{'met' if r['pd_over_gen'] <= PD_GOAL else 'missed'}); scored share "
                      f"{r['scored_share']:.3f}")
@@ -170,8 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         a, b = by["on-policy"], by["async_rollout"]
         notes.append(f"async_rollout step time: {b['step_s'] / a['step_s']:.2f}x of on-policy "
                      f"(wall per step {b['wall_per_step_s'] / a['wall_per_step_s']:.2f}x)")
+        for k in range(args.rounds):
+            on, ahead = (next(r for r in per_run if r["round"] == k and r["run"] == label)
+                         for label in ("on-policy", "async_rollout"))
+            notes.append(f"  round {k}: {ahead['step_s'] / on['step_s']:.2f}x (load "
+                         f"{on['load_1m']:.1f} / {ahead['load_1m']:.1f} at the runs' starts)")
         last = {k: statistics.mean(v for _, v in pts[-5:]) for k, pts in curves.items()}
-        notes.append("reward, mean of the last 5 steps: " + ", ".join(
+        notes.append("reward, mean of the last 5 steps (round 0): " + ", ".join(
             f"{k} {v:.3f}" for k, v in last.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     report("step", rows, columns, out, title=f"conf=tiny step: B*G = {rollouts} rollouts, "
            f"{args.steps} steps per run, medians after step {args.skip}",
            extra={"goals": {"overhead": OVERHEAD_GOAL, "pd_over_gen": PD_GOAL,
-                             "pd_scored_over_gen": PD_GOAL},
+                             "pd_scored_over_gen": PD_GOAL}, "runs": per_run,
                   "reward_curves": curves, "wall_s": time.perf_counter() - start},
            notes=notes)
     return 0
