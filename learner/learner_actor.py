@@ -25,6 +25,7 @@ import torch
 from learner import checkpoint as ckpt
 from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
+from learner.image_inputs import StepImageInputs
 from learner.loss import policy_loss
 from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
 from weight_sync.group import join_world, listen_on
@@ -203,12 +204,8 @@ class LearnerWorker:
                 entropy = log_norm - (torch.softmax(selected, dim=-1) * selected).sum(-1)
         return logp, entropy
 
-    def _vision_inputs(self, micro: MicroBatch, cache: dict) -> list | None:
-        """Each sequence's (pixel_values, image_grid_thw), built here from its sample by
-        the prompt builder the engines use; None for text-only sequences. The prompt ids
-        built here must be the ones the engine fed, or the logprobs would not match."""
-        if micro.samples[0].sample is None:
-            return None
+    def _prompt_builder(self) -> Any:
+        """The prompt builder the engines use (made on first use)."""
         if self._builder is None:
             from actors.prompting import PromptBuilder
 
@@ -216,21 +213,11 @@ class LearnerWorker:
             self._builder = PromptBuilder(self.model_path, model["min_pixels"],
                                           model["max_pixels"], self.conf.get("prompts"),
                                           model["trust_remote_code"])
-        out = []
-        for seq in micro.samples:
-            key = (str(seq.sample["id"]), seq.mode)
-            if key not in cache:
-                inputs = self._builder.learner_inputs(seq.sample, seq.mode)
-                if inputs["prompt_ids"] != list(seq.prompt_ids):
-                    raise RuntimeError(f"sample {key[0]}: the learner's prompt ids differ from "
-                                       "the engine's; prompt building is out of sync")
-                cache[key] = (inputs["pixel_values"], inputs["image_grid_thw"])
-            out.append(cache[key])
-        return out
+        return self._builder
 
-    def _collate(self, micro: MicroBatch, cache: dict) -> dict[str, torch.Tensor]:
+    def _collate(self, micro: MicroBatch, images: StepImageInputs) -> dict[str, torch.Tensor]:
         return collate(micro.samples, self.pad_token_id, self.image_token_id,
-                       self.video_token_id, self._vision_inputs(micro, cache))
+                       self.video_token_id, images.of(micro))
 
     # -- training ---------------------------------------------------------------------
     def train_step(self, micro_batches: list[MicroBatch], total_units: float) -> dict[str, float]:
@@ -240,16 +227,22 @@ class LearnerWorker:
         units_m / total_units * world_size, so that after DeepSpeed averages gradients over
         ranks the update is the one of the loss averaged over the whole global batch, for
         any split into ranks and micro-batches. Returns partial sums the group combines.
+        The images of later micro-batches are prepared while earlier ones run
+        (learner/image_inputs.py).
         """
+        with StepImageInputs(self._prompt_builder, micro_batches) as images:
+            return self._train_micro_batches(micro_batches, total_units, images)
+
+    def _train_micro_batches(self, micro_batches: list[MicroBatch], total_units: float,
+                             images: StepImageInputs) -> dict[str, float]:
         train = self.conf["train"]
         agg = str(train["loss_agg"])
         recompute = bool(self.conf["learner"]["recompute_old_logprobs"])
         sums: dict[str, float] = {"tokens": 0.0, "ratio_max": 0.0}
         timings = {"forward_s": 0.0, "backward_s": 0.0}
         self.engine.train()
-        cache: dict = {}   # image inputs of this step's prompts, built once each
         for micro in micro_batches:
-            batch = self._collate(micro, cache)
+            batch = self._collate(micro, images)
             start = time.perf_counter()
             logp_new, entropy = self._forward_logprobs(self.engine, batch, want_entropy=True)
             logp_ref = None
@@ -293,14 +286,15 @@ class LearnerWorker:
     @torch.no_grad()
     def compute_logprobs(self, micro_batches: list[MicroBatch]) -> list[tuple[int, list[float]]]:
         """(sequence index, logprob of each completion token) under the current weights."""
-        out, cache = [], {}
-        for micro in micro_batches:
-            batch = self._collate(micro, cache)
-            logp, _ = self._forward_logprobs(self.engine, batch, want_entropy=False)
-            if not micro.active:
-                continue
-            for row, (index, sample) in enumerate(zip(micro.indices, micro.samples)):
-                out.append((index, logp[row, : len(sample.completion_ids)].cpu().tolist()))
+        out = []
+        with StepImageInputs(self._prompt_builder, micro_batches) as images:
+            for micro in micro_batches:
+                logp, _ = self._forward_logprobs(self.engine, self._collate(micro, images),
+                                                 want_entropy=False)
+                if not micro.active:
+                    continue
+                for row, (index, sample) in enumerate(zip(micro.indices, micro.samples)):
+                    out.append((index, logp[row, : len(sample.completion_ids)].cpu().tolist()))
         return out
 
     # -- weights ----------------------------------------------------------------------

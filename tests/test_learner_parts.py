@@ -266,3 +266,57 @@ def test_resave_of_a_step_keeps_a_complete_copy_at_every_moment(tmp_path):
     # A save of the same step then completes normally and leaves one copy.
     again = _fake_checkpoint(root, 10)
     assert ckpt.list_complete(root) == [(10, again)] and not prev.exists()
+
+
+# -- learner/image_inputs.py: a step's image inputs, built ahead ----------------------
+class RecordingBuilder:
+    """A PromptBuilder stand-in: prompt ids [len(id)] and a "pixel" tensor per sample,
+    with the thread each was built on."""
+
+    def __init__(self) -> None:
+        self.built: list[tuple[str, str]] = []
+
+    def learner_inputs(self, sample, mode):
+        import threading
+
+        self.built.append((sample["id"], threading.current_thread().name))
+        return {"prompt_ids": [len(sample["id"])], "pixel_values": torch.full((1,), 1.0),
+                "image_grid_thw": torch.tensor([[1, 1, 1]])}
+
+
+def _micro(*ids, prompt=None):
+    from learner.experience import MicroBatch, SequenceSample
+
+    return MicroBatch([SequenceSample([len(i)] if prompt is None else prompt, [5], [-1.0],
+                                      0.0, {"id": i}, "think") for i in ids])
+
+
+def test_step_image_inputs_are_built_once_per_prompt_ahead():
+    from learner.image_inputs import StepImageInputs
+
+    builder = RecordingBuilder()
+    micros = [_micro("a", "a"), _micro("bb", "a"), _micro("ccc")]
+    with StepImageInputs(lambda: builder, micros) as images:
+        got = [images.of(m) for m in micros]
+    assert [name for name, _ in builder.built] == ["a", "bb", "ccc"]   # in order, once each
+    assert all(t.startswith("image-inputs") for _, t in builder.built)
+    assert got[0][0] is got[0][1] is got[1][1]   # one prompt, one tensor
+    assert [len(g) for g in got] == [2, 2, 1]
+
+
+def test_step_image_inputs_refuse_prompt_ids_unlike_the_engines():
+    from learner.image_inputs import StepImageInputs
+
+    micro = _micro("a", prompt=[7, 7])   # the engine fed other ids than the builder makes
+    with StepImageInputs(RecordingBuilder, [micro]) as images, \
+            pytest.raises(RuntimeError, match="prompt ids differ"):
+        images.of(micro)
+
+
+def test_text_only_micro_batches_have_no_image_inputs():
+    from learner.experience import MicroBatch, SequenceSample
+    from learner.image_inputs import StepImageInputs
+
+    micro = MicroBatch([SequenceSample([1], [2], [-1.0], 0.0)])
+    with StepImageInputs(RecordingBuilder, [micro]) as images:
+        assert images.of(micro) is None
