@@ -142,14 +142,10 @@ class EvalEngines:
                 token_ids is None or len(token_ids) != len(samples)):
             raise ValueError("think mode needs the answer's token ids, one per sample")
         chunks = self._batches(len(samples))
-        if self.sync is None or self.sync.version == 0:
-            # Two calls in flight per side. The threads only wait on Ray (GIL released).
-            answer_pool, digit_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
-        else:
-            # Once weights were pushed, an actor that died is replayed them by the thread
-            # that notices (WeightSync.bring_current); two threads could replay at once, so
-            # calls go one at a time, as before (answers first, then digits).
-            answer_pool = digit_pool = ThreadPoolExecutor(1)
+        # Two calls in flight per side. The threads only wait on Ray (GIL released); an
+        # actor found restarted is brought current by one of them (WeightSync is
+        # thread-safe there).
+        answer_pool, digit_pool = ThreadPoolExecutor(2), ThreadPoolExecutor(2)
         answer_fs = [answer_pool.submit(self._answer_batch, samples[a:b], mode)
                      for a, b in chunks] if answers else []
         digit_fs = [digit_pool.submit(self._digit_batch, samples[a:b], mode,

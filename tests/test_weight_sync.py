@@ -124,6 +124,35 @@ def test_a_restarted_receiver_is_replayed_and_its_stale_answer_redone(actors):
     assert sync.counts == {"replays": 1, "redos": 1, "restarts": 1, "unreachable": 0}
 
 
+def test_two_threads_finding_one_restarted_receiver_replay_once(actors):
+    import threading
+
+    sync, learners = WeightSync(ready_timeout_s=60), Learners()
+    for name, handle in actors.items():
+        sync.register(name, handle)
+    sync.restore(learners, 7)
+    restart_actor(actors["engine-a"])   # back with version 0
+    start, infos, errors = threading.Barrier(2), [], []
+
+    def bring() -> None:
+        start.wait()
+        try:
+            infos.append(sync.bring_current("engine-a", StaleResultError("by the test")))
+        except Exception as err:   # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=bring) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    # Unserialised, both would see version 0 and replay; the second push of version 7
+    # would be refused by the receiver ("stale push 7 <= 7").
+    assert errors == [] and sorted(i["version"] for i in infos) == [0, 7]
+    assert sync.counts["replays"] == 1
+    assert ray.get(actors["engine-a"].measure.remote()) == Measured(4.0, 7)
+
+
 def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
     sync, learners = WeightSync(ready_timeout_s=60), Learners()
     for name, handle in actors.items():

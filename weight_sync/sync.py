@@ -23,6 +23,7 @@ receiver is brought up to date and the call redone: a stale result is never used
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -53,6 +54,10 @@ class WeightSync:
         self.ready_timeout_s = ready_timeout_s
         self.max_redos = max_redos
         self.counts = {"replays": 0, "redos": 0, "restarts": 0, "unreachable": 0}
+        # Callers on several threads (an evaluation's answers and digits, rollouts made
+        # ahead) may find the same restarted receiver at once: one replays, the other
+        # then finds it current.
+        self._bringing = threading.Lock()
         self._handles: list[Any] = []
         self._learners: Any = None   # the collective transport replays from them
 
@@ -155,7 +160,12 @@ class WeightSync:
 
     def bring_current(self, name: str, cause: BaseException) -> dict:
         """Wait until receiver `name` answers again (Ray restarts a dead actor) and replay
-        the newest weights to it when it is behind; returns its ready() info."""
+        the newest weights to it when it is behind; returns its ready() info. One caller
+        at a time (thread-safe)."""
+        with self._bringing:
+            return self._bring_current(name, cause)
+
+    def _bring_current(self, name: str, cause: BaseException) -> dict:
         import ray
 
         handle = self.receivers[name]
