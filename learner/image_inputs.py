@@ -33,16 +33,14 @@ class StepImageInputs:
     make the learner's logprobs differ from the sampler's, so it is an error.
     """
 
-    def __init__(self, builder: Callable[[], Any], micro_batches: Sequence[MicroBatch],
-                 ahead: bool = True) -> None:
+    def __init__(self, builder: Callable[[], Any], micro_batches: Sequence[MicroBatch]) -> None:
         self._builder = builder
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="image-inputs") if ahead else None
-        self._built: dict[Key, Future | tuple[Any, Any]] = {}
-        if self._pool is not None:
-            for micro in micro_batches:
-                for seq in micro.samples:
-                    if seq.sample is not None and _key(seq) not in self._built:
-                        self._built[_key(seq)] = self._pool.submit(self._build, seq)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="image-inputs")
+        self._built: dict[Key, Future] = {}
+        for micro in micro_batches:
+            for seq in micro.samples:
+                if seq.sample is not None and _key(seq) not in self._built:
+                    self._built[_key(seq)] = self._pool.submit(self._build, seq)
 
     def _build(self, seq: Any) -> tuple[Any, Any]:
         inputs = self._builder().learner_inputs(seq.sample, seq.mode)
@@ -55,21 +53,12 @@ class StepImageInputs:
         """Each sequence's (pixel_values, image_grid_thw); None for text-only sequences."""
         if micro.samples[0].sample is None:
             return None
-        out = []
-        for seq in micro.samples:
-            built = self._built.get(_key(seq))
-            if built is None:
-                built = self._build(seq)
-            elif isinstance(built, Future):
-                built = built.result()   # raises the builder's error here
-            self._built[_key(seq)] = built
-            out.append(built)
-        return out
+        # result() raises the builder's error here, in the training thread
+        return [self._built[_key(seq)].result() for seq in micro.samples]
 
     def close(self) -> None:
         """Stop the background thread (after an error, without waiting for the rest)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> StepImageInputs:
         return self
