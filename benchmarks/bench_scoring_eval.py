@@ -60,16 +60,22 @@ def covered(intervals: list[Interval], start: float, end: float) -> float:
 class _TimedRun:
     """Notes the (start, end) of every call into vLLM's generate (`_run`)."""
 
+    vllm_spans: list[Interval]   # set in __init__ (mixed in before an EngineHost)
+
+    def __init__(self, *args, **kwargs):
+        self.vllm_spans = []
+        super().__init__(*args, **kwargs)
+
     def _run(self, prompts, params):
         start = time.monotonic()
         try:
             return super()._run(prompts, params)
         finally:
-            self.__dict__.setdefault("vllm_spans", []).append((start, time.monotonic()))
+            self.vllm_spans.append((start, time.monotonic()))
 
     def vllm_intervals(self) -> list[Interval]:
         """The intervals noted so far (and forgets them)."""
-        spans, self.vllm_spans = self.__dict__.get("vllm_spans", []), []
+        spans, self.vllm_spans = self.vllm_spans, []
         return spans
 
     def clear_caches(self) -> None:

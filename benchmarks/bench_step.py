@@ -100,7 +100,7 @@ def combine(label: str, runs: list[dict]) -> dict:
     """One loop's row: the median of each figure over its runs."""
     row: dict = {"run": label, "runs": len(runs)}
     for key, value in runs[0].items():
-        if key not in row and isinstance(value, int | float):
+        if key not in (*row, "round") and isinstance(value, int | float):
             values = [r[key] for r in runs if r.get(key) is not None]
             row[key] = statistics.median(values) if values else None
     return row
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['scored_share']:.3f}")
         if r["pd_scored_over_gen"] is not None:
             notes.append(f"PD per scored rollout / gen per rollout: "
-                         f"{r['pd_scored_over_gen']:.2f} over {r['pd_steps']} steps with "
+                         f"{r['pd_scored_over_gen']:.2f} over {r['pd_steps']:.0f} steps with "
                          f"scored rollouts (goal <= {PD_GOAL:.2f}: "
                          f"{'met' if r['pd_scored_over_gen'] <= PD_GOAL else 'missed'})")
     if len(by) == 2:
