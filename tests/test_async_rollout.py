@@ -45,7 +45,7 @@ def _stream() -> DataStream:
 
 
 def _steps(enabled: bool, steps: int) -> tuple[list[list[str]], RecordingMaker]:
-    maker, ahead, seen = RecordingMaker(), None, []
+    maker, seen = RecordingMaker(), []
     ahead = ExperienceAhead(maker, _stream(), enabled)
     for step in range(1, steps + 1):
         drawn = ahead.take()
@@ -119,6 +119,7 @@ def test_tiny_run_one_step_ahead(tmp_path):
         assert 0 < r[M.TIMING_GEN_MODEL] <= r[M.TIMING_GEN]
         assert 0 < r[M.TIMING_UPDATE_MODEL] <= r[M.TIMING_UPDATE]
         assert r[M.STEP_OVERHEAD] == pytest.approx(r[M.TIMING_STEP] / model)
+    # launch.py's rule: step 1 and every eval.nothink_acc_every (2) steps, timed apart
     assert [r["step"] for r in steps if M.TIMING_NO_THINK in r] == [1, 2, 4]
     # The last checkpoint (step 4) holds the position after four batches of 4; with a
     # batch made ahead at step 2's save, that one held 8, not 12.
