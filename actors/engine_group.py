@@ -106,7 +106,7 @@ class EngineGroup:
         self.max_resends = max_resends
         self.sync = sync if sync is not None else WeightSync(ready_timeout_s)
         self.names = [f"rollout-engine-{i}" for i in range(num_engines)]
-        # placement: driver.placement.Placement (engine i into its node's bundle) or None
+        # placement: cluster.placement.Placement (engine i into its node's bundle) or None
         self.handles = [start_rollout_engine(
             settings, i, num_cpus, num_gpus, max_restarts,
             placement.options("rollout", i) if placement is not None else None)

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from actors.engine_settings import EngineSettings, cpu_cores_for, engine_env
-from actors.prompting import PromptBuilder
+from model_inputs.prompting import PromptBuilder
 from weight_sync.receiver import WeightReceiver, weight_spec
 from weight_sync.transport import make_transport
 
@@ -256,7 +256,7 @@ def start_engine_actor(cls: type, settings: EngineSettings, name: str, num_cpus:
 
     `max_restarts` lets Ray bring a dead engine back (WeightSync replays its weights, the
     caller redoes its work); task retries stay off so that no call reaches a restarted
-    engine before its weights are. `placement`: actor options from driver.placement (a
+    engine before its weights are. `placement`: actor options from cluster.placement (a
     placement-group bundle; a restarted actor comes back in the same bundle).
     """
     import ray

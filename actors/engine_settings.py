@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-MAX_IMAGES_PER_PROMPT = 2   # full-reference prompts carry two images
+from model_inputs.prompting import MAX_IMAGES_PER_PROMPT
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> En
         max_pixels=cfg.model.max_pixels, trust_remote_code=cfg.model.trust_remote_code,
         use_gpu=gpus > 0, num_threads=max(1, int(cpus)), seed=cfg.run.seed,
         prompts=OmegaConf.to_container(cfg.prompts) if "prompts" in cfg else None,
-        weights_transport=str(cfg.weights.transport))
+        weights_transport=cfg.weights.transport)
 
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")
@@ -68,8 +68,8 @@ def sampling_from_config(cfg: Any, greedy: bool = False) -> dict:
     """The sampling dict `RolloutEngine.generate` takes, from conf `rollout`; greedy=True
     is the evaluations' decoding (temperature 0, as the paper evaluates)."""
     r = cfg.rollout
-    sampling = {"temperature": float(r.temperature), "top_p": float(r.top_p),
-                "max_new_tokens": int(r.max_new_tokens)}
+    sampling = {"temperature": r.temperature, "top_p": r.top_p,
+                "max_new_tokens": r.max_new_tokens}
     if greedy:
         sampling.update(temperature=0.0, top_p=1.0)
     return sampling

@@ -34,7 +34,7 @@ class PromptRollouts:
     rollouts: list[Rollout] = field(default_factory=list)
     weights_version: int = 0
     # The judged (last) image's size as loaded and as the model reads it: Stage-1
-    # grounding boxes convert between the two (actors.prompting.box_to_model).
+    # grounding boxes convert between the two (model_inputs.prompting.box_to_model).
     original_size: tuple[int, int] = (0, 0)
     input_size: tuple[int, int] = (0, 0)
     vllm_s: float = 0.0            # seconds inside vLLM of the call that made this chunk

@@ -29,8 +29,9 @@ from typing import Any
 
 from actors.engine_host import EngineHost, start_engine_actor
 from actors.engine_settings import EngineSettings
-from actors.prompting import decode, tokens_covering
+from model_inputs.prompting import decode, tokens_covering
 
+SCORER_NAME = "scoring-actor"   # its Ray actor name and its name among the weights receivers
 DIGITS = "0123456789"
 
 
@@ -247,5 +248,5 @@ def start_scoring_actor(settings: EngineSettings, num_cpus: float, num_gpus: flo
 
     if cpu_slot is not None:
         settings = replace(settings, cpu_slot=cpu_slot)
-    return start_engine_actor(ScoringActor, settings, "scoring-actor", num_cpus, num_gpus,
+    return start_engine_actor(ScoringActor, settings, SCORER_NAME, num_cpus, num_gpus,
                               max_restarts, placement, pd_digits=pd_digits)

@@ -55,8 +55,8 @@ def make_batch(cfg, model_dir: str, prompts: int, rollouts: int, length: int, se
     import numpy as np
     from PIL import Image
 
-    from actors.prompting import PromptBuilder
     from learner.experience import Completion, PromptGroup
+    from model_inputs.prompting import PromptBuilder
 
     builder = PromptBuilder(model_dir, cfg.model.min_pixels, cfg.model.max_pixels)
     folder = Path(tempfile.mkdtemp(prefix="bench-learner-"))
@@ -105,9 +105,9 @@ def bench_world(args, world: int, receiver, model_dir: str) -> dict:
     from weight_sync.sync import WeightSync
 
     cfg = load_config(args.conf, [*args.overrides, f"learner.num_learners={world}"])
-    prompts = args.prompts or int(cfg.train.batch_size)
-    rollouts = args.rollouts or int(cfg.rollout.n)
-    length = args.completion_len or int(cfg.rollout.max_new_tokens)
+    prompts = args.prompts or cfg.train.batch_size
+    rollouts = args.rollouts or cfg.rollout.n
+    length = args.completion_len or cfg.rollout.max_new_tokens
     groups = make_batch(cfg, model_dir, prompts, rollouts, length)
     start = time.perf_counter()
     group = LearnerGroup(cfg, total_steps=args.warmup + args.steps, model_path=model_dir,
@@ -134,7 +134,7 @@ def bench_world(args, world: int, receiver, model_dir: str) -> dict:
     compute_s = sum(r["compute_s"] for r in rows)
     push_s = sum(r["push_s"] for r in rows)
     return {
-        "world": world, "zero_stage": int(cfg.learner.zero_stage), "setup_s": setup_s,
+        "world": world, "zero_stage": cfg.learner.zero_stage, "setup_s": setup_s,
         "sequences": prompts * rollouts, "completion_len": length,
         "step_s_median": statistics.median(r["step_s"] for r in rows),
         "compute_s_median": statistics.median(r["compute_s"] for r in rows),

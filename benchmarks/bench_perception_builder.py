@@ -40,7 +40,7 @@ from synth.mini_dataset import ASSET, load_photos  # noqa: E402
 from synth.perception import build_perception  # noqa: E402
 from synth.perception_plan import Settings  # noqa: E402
 
-GOAL = 1.6  # issue 16: 2 workers at least 1.6x faster than 1 on 2 cores
+GOAL = 1.6  # the target: 2 workers at least 1.6x faster than 1 on 2 cores
 
 COLUMNS = [Column("workers", "workers", "d"), Column("images", "distorted_images", "d"),
            Column("build s", "build_seconds", ".2f"), Column("img/s", "images_per_second", ".1f"),

@@ -134,10 +134,10 @@ def main() -> None:
 
     from actors.engine_host import wait_ready
     from actors.engine_settings import settings_from_config
-    from actors.prompting import PromptBuilder
     from actors.rollout_engine import start_rollout_engine
     from conf.loader import load_config
     from learner.checkpoint import resolve_model_path
+    from model_inputs.prompting import PromptBuilder
     from weight_sync.sync import WeightSync
 
     cfg = load_config("tiny")
@@ -178,7 +178,7 @@ def main() -> None:
 
     throughput = {k: statistics.median(t / s for t, s in v) for k, v in runs.items()}
     state = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    bucket_bytes = int(cfg.weights.bucket_mb) * 2**20
+    bucket_bytes = cfg.weights.bucket_mb * 2**20
     second = start_rollout_engine(settings, 1, num_cpus=1)
     wait_ready([second], 900)
     pushes = {}
@@ -203,7 +203,7 @@ def main() -> None:
     report_extra = {
         "setting": {"prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
                     "rounds": args.rounds, "model": "tiny", "threads": 1,
-                    "bucket_mb": int(cfg.weights.bucket_mb)},
+                    "bucket_mb": cfg.weights.bucket_mb},
         "completion_tokens_per_s": throughput,
         "ratio_engine_to_direct": throughput["rollout_engine"] / throughput["vllm_direct"],
         "ratio_transformers_to_direct": throughput["transformers"] / throughput["vllm_direct"],

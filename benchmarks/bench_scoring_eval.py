@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                 replace(settings_from_config(cfg, model, "rollout"), cpu_slot=0),
                                 "bench-rollout-engine", cfg.rollout.num_cpus_per_engine)
     scorer_settings = settings_from_config(cfg, model, "scoring")
-    # CPU slot 1, as actors.launcher gives the scoring actor after one engine.
+    # CPU slot 1, as cluster.start gives the scoring actor after one engine.
     scorer = start_engine_actor(TimedScoringActor, replace(scorer_settings, cpu_slot=1),
                                 "bench-scoring-actor", cfg.scoring.num_cpus,
                                 pd_digits=cfg.reward.pd_digits)

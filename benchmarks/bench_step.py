@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from conf import load_config
 
     cfg = load_config("tiny")
-    rollouts = int(cfg.train.batch_size) * int(cfg.rollout.n)
+    rollouts = cfg.train.batch_size * cfg.rollout.n
     runs = {"on-policy": [], "async_rollout": ["train.async_rollout=true"]}
     if args.only:
         runs = {k: v for k, v in runs.items() if (k == "async_rollout") == (args.only == "async")}

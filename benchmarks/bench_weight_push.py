@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-# Before `import ray` (benchmark-local cluster on loopback, driver/cluster.py says why).
+# Before `import ray` (benchmark-local cluster on loopback, cluster/connect.py says why).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

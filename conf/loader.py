@@ -17,9 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from conf.choices import CHOICES
+
 CONF_DIR = Path(__file__).resolve().parent
 BASE_NAME = "base"
-STAGES = (1, 2)   # 1 = Refine-Perception (no-think), 2 = scoring (think + PD)
 # Keys whose value is one of a few of mixed types (the default's type alone cannot say).
 UNIONS = {"run.resume": (True, False, "force")}
 
@@ -180,29 +181,6 @@ def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
-def _choices() -> dict[str, tuple]:
-    """Each enumerated key and its allowed values, taken from the module that owns them
-    (imported here, not at the top: conf sits below every other package)."""
-    from learner.ds_config import LR_SCHEDULES, PRECISIONS, ZERO_STAGES
-    from learner.loss import AGGREGATIONS
-    from rewards import ADVANTAGE_MODES, CHOICE_MODES, PD_WEIGHT_SCHEMES, STD_KINDS
-    from weight_sync.transport import COLLECTIVE_BACKENDS, TRANSPORTS
-
-    return {
-        "stage": STAGES,
-        "reward.advantage": ADVANTAGE_MODES,
-        "reward.adv_std": STD_KINDS,
-        "reward.pd_weights": PD_WEIGHT_SCHEMES,
-        "reward.choice_mode": CHOICE_MODES,
-        "train.loss_agg": AGGREGATIONS,
-        "train.precision": PRECISIONS,
-        "train.lr_schedule": LR_SCHEDULES,
-        "weights.transport": tuple(TRANSPORTS),
-        "weights.backend": COLLECTIVE_BACKENDS,
-        "learner.zero_stage": ZERO_STAGES,
-    }
-
-
 def _at_least(low: float) -> Callable[[Any], bool]:
     return lambda v: v >= low
 
@@ -275,7 +253,7 @@ def _shown(value: Any) -> str:
 
 def _check_values(cfg: DictConfig) -> None:
     """The few constraints a type cannot express."""
-    for key, allowed in _choices().items():
+    for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}' is {value!r}; choose one of {list(allowed)}")

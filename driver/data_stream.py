@@ -95,7 +95,12 @@ class DataStream:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
                 "skipped": dict(self.skipped)}
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any] | None) -> None:
+        """Go to a `state()` taken earlier; None: the start (samples found unusable stay
+        skipped)."""
+        if state is None:
+            self.epoch, self.position = 0, 0
+            return
         if state.get("seed", self.seed) != self.seed:
             raise ValueError("the checkpoint's data seed differs from run.seed; resume with "
                              f"run.seed={state['seed']} or start a new run.name")

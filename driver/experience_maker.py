@@ -1,6 +1,6 @@
 """One step's experience: rollouts -> rewards -> advantages -> the learner's PromptGroups.
 
-This is the middle of DESIGN.md's "one training step", driven from launch.py:
+The middle of one training step (docs/architecture.md), driven by driver.trainer:
 
     Stage-2: G think rollouts per image (EngineGroup: token ids, text, logprobs)
              format + answer rewards (rewards.stage2_rewards)
@@ -27,10 +27,10 @@ import numpy as np
 
 import rewards as R
 from actors.engine_settings import sampling_from_config
-from actors.launcher import SCORER_NAME
-from actors.prompting import box_to_model, tokens_covering
+from actors.scoring_actor import SCORER_NAME
 from driver import metrics as M
 from learner.experience import Completion, PromptGroup
+from model_inputs.prompting import box_to_model, tokens_covering
 
 
 @dataclass
@@ -73,14 +73,14 @@ class ExperienceMaker:
     def __init__(self, cfg: Any, engines: Any, sync: Any, tokenizer: Any) -> None:
         self.cfg, self.engines, self.sync, self.tokenizer = cfg, engines, sync, tokenizer
         self.prompts = cfg.prompts
-        self.stage = int(cfg.stage)
+        self.stage = cfg.stage
         self.sampling = sampling_from_config(cfg)
         self.mode = "think" if self.stage == 2 else "no_think"
 
     def make(self, samples: list[dict]) -> StepExperience:
         """Generate, reward and pack one batch (blocking)."""
         t0 = time.perf_counter()
-        rollouts = self.engines.generate(samples, self.mode, int(self.cfg.rollout.n),
+        rollouts = self.engines.generate(samples, self.mode, self.cfg.rollout.n,
                                          self.sampling)
         metrics: dict[str, float] = {M.TIMING_GEN: time.perf_counter() - t0,
                                      M.TIMING_GEN_MODEL: max(pr.vllm_s for pr in rollouts)}
@@ -91,9 +91,8 @@ class ExperienceMaker:
             final, qualified, parts = self._stage1_rewards(samples, rollouts, texts, metrics)
         t1 = time.perf_counter()
         r = self.cfg.reward
-        adv = R.batch_advantages(final, qualified, mode=str(r.advantage),
-                                 shift=float(r.adv_shift), eps=float(r.adv_eps),
-                                 std=str(r.adv_std))
+        adv = R.batch_advantages(final, qualified, mode=r.advantage, shift=r.adv_shift,
+                                 eps=r.adv_eps, std=r.adv_std)
         groups = [PromptGroup(sample=sample, mode=self.mode,
                               prompt_ids=list(pr.prompt_token_ids),
                               completions=[Completion(list(x.token_ids), list(x.logprobs),
@@ -115,21 +114,20 @@ class ExperienceMaker:
         r = self.cfg.reward
         mos = [float(s["mos"]) for s in samples]
         t = time.perf_counter()
-        base = R.stage2_rewards(texts, mos, mode="think", eps=float(r.eps),
-                                lambdas=list(r.lambdas), prompts=self.prompts,
-                                strict=bool(r.strict_score_format))
+        base = R.stage2_rewards(texts, mos, mode="think", eps=r.eps, lambdas=list(r.lambdas),
+                                prompts=self.prompts, strict=r.strict_score_format)
         metrics[M.TIMING_REWARD] = time.perf_counter() - t
         t = time.perf_counter()
         z_think, z_ref, metrics[M.TIMING_PD_MODEL] = self._pd_probabilities(
             samples, rollouts, base.qualified)
         metrics[M.TIMING_PD] = time.perf_counter() - t
         t = time.perf_counter()
-        weights = R.pd_weight_vector(int(r.pd_digits), str(r.pd_weights))
+        weights = R.pd_weight_vector(r.pd_digits, r.pd_weights)
         pd = R.batch_pd_rewards(z_think, z_ref, scored=base.qualified, weights=weights)
         full = base.with_pd(pd)
         final = full.final
-        if float(r.ranking_weight) > 0:  # the optional PreResQ-style extra (off by default)
-            final = final + float(r.ranking_weight) * R.ranking_reward(full.score, mos)
+        if r.ranking_weight > 0:  # the optional PreResQ-style extra (off by default)
+            final = final + r.ranking_weight * R.ranking_reward(full.score, mos)
         metrics.update(M.REWARD_FORMAT(full.fmt))
         metrics.update(M.REWARD_ANSWER(full.ans))
         scored = full.pd[full.qualified]
@@ -147,7 +145,7 @@ class ExperienceMaker:
         """z_think [B, G, M] (NaN where not scored), z_ref [B, M] (NaN for images with no
         qualified rollout) and the scorer's seconds inside vLLM, asking the scoring actor
         about qualified rollouts only."""
-        m = int(self.cfg.reward.pd_digits)
+        m = self.cfg.reward.pd_digits
         z_think = np.full(qualified.shape + (m,), np.nan)
         z_ref = np.full((len(samples), m), np.nan)
         rows = [i for i in range(len(samples)) if qualified[i].any()]
@@ -173,7 +171,7 @@ class ExperienceMaker:
                    if s["task"] == "grounding" else s["answer"]
                    for s, pr in zip(samples, rollouts)]
         lam = list(self.cfg.reward.lambdas)
-        out = R.stage1_rewards(texts, tasks, answers, choice_mode=str(self.cfg.reward.choice_mode),
+        out = R.stage1_rewards(texts, tasks, answers, choice_mode=self.cfg.reward.choice_mode,
                                lambdas=(lam[0], lam[1]), prompts=self.prompts)
         is_choice = np.array([t == "choice" for t in tasks])
         metrics.update(M.REWARD_FORMAT(out["fmt"]))
@@ -206,5 +204,5 @@ class ExperienceMaker:
                                     sampling_from_config(self.cfg, greedy=True))
         texts = [[pr.rollouts[0].text] for pr in out]
         r = R.stage2_rewards(texts, [float(s["mos"]) for s in samples], mode="no_think",
-                             eps=float(self.cfg.reward.eps), prompts=self.prompts)
+                             eps=self.cfg.reward.eps, prompts=self.prompts)
         return float(r.ans.mean())

@@ -1,7 +1,7 @@
 """Every metric name the run logs, declared once, with verl's names where verl has one.
 
-Producers (driver.experience_maker, launch.py, the learner statistics below) import the
-names from here; MetricsLogger refuses a name that is not declared, and metrics.jsonl,
+Producers (driver.experience_maker, and the step's assembly below: `step_metrics`,
+`event_metrics`, the learner statistics) import the names from here; MetricsLogger refuses a name that is not declared, and metrics.jsonl,
 wandb, the Ray gauges, the plots and the tests all read this one catalogue
 (tests/test_driver_metrics.py also checks that no other module spells a name out).
 
@@ -191,6 +191,33 @@ LEARNER_STATS = {"pg_loss": PG_LOSS, "clip_frac": PG_CLIPFRAC, "approx_kl": PPO_
 def learner_metrics(stats: dict[str, float]) -> dict[str, float]:
     """The learner group's step statistics under their catalogue names."""
     return {name: float(stats[key]) for key, name in LEARNER_STATS.items() if key in stats}
+
+
+def step_metrics(experience: dict[str, float], stats: dict[str, float], *, epoch: int,
+                 update_s: float, push: dict[str, float], step_s: float,
+                 gpus: float) -> dict[str, float]:
+    """A training step's metrics from what its parts measured: the experience's own
+    (driver.experience_maker), the learners' statistics, the update's and the weight
+    push's seconds (WeightSync.publish's gather_s + deliver_s), the step's seconds, and
+    what follows from them: the overhead over the model work and the throughput."""
+    out = {**experience, **learner_metrics(stats), EPOCH: epoch, TIMING_UPDATE: update_s,
+           TIMING_UPDATE_MODEL: stats["compute_s"],
+           TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"], TIMING_STEP: step_s}
+    model_s = (out[TIMING_GEN_MODEL] + out.get(TIMING_PD_MODEL, 0.0)
+               + out[TIMING_UPDATE_MODEL])
+    out[STEP_OVERHEAD] = step_s / max(model_s, 1e-9)
+    out.update(throughput(out[TOTAL_TOKENS], step_s, gpus))
+    return out
+
+
+def event_metrics(resends: int, sync_counts: dict[str, int], skipped: int,
+                  learner_restarts: int) -> dict[str, float]:
+    """The recoveries so far (validation's included): chunks the engines redid, the
+    WeightSync's counts (weight_sync.sync), samples skipped, learner restarts."""
+    return {RESENDS: resends, RESTARTS: sync_counts["restarts"],
+            REPLAYS: sync_counts["replays"], REDOS: sync_counts["redos"],
+            UNREACHABLE: sync_counts["unreachable"], SKIPPED: skipped,
+            LEARNER_RESTARTS: learner_restarts}
 
 
 def throughput(total_tokens: float, seconds: float, devices: float) -> dict[str, float]:

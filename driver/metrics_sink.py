@@ -2,7 +2,7 @@
 
 Names come from the catalogue (driver/metrics.py); a name not declared there is refused.
 Every step writes one JSON line to `<run dir>/metrics.jsonl`; on resume the lines of steps
-after the checkpoint are dropped first (written to a temporary file and renamed, so a crash
+after the checkpoint are dropped first (`rewind`) (written to a temporary file and renamed, so a crash
 there loses nothing), so each step appears once. The same numbers go to wandb
 (`logging.wandb=true`; `WANDB_MODE=offline` works) and to Ray custom metrics (gauges named
 `refine_iqa_<name>`, shown by the Ray dashboard's metrics view when Prometheus is set up).
@@ -57,10 +57,9 @@ class MetricsLogger:
     """Writes step metrics to metrics.jsonl, wandb and Ray gauges."""
 
     def __init__(self, run_dir: Path, config: Mapping[str, Any], use_wandb: bool,
-                 project: str, resume_from_step: int = 0) -> None:
+                 project: str) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        cut_jsonl(self.path, resume_from_step)
         self._file = self.path.open("a")
         self._gauges: dict[str, Any] = {}
         self.wandb_run = None
@@ -114,8 +113,9 @@ class MetricsLogger:
             self.wandb_run.alert(title=title, text=text, level=wandb.AlertLevel.WARN)
 
     def rewind(self, step: int) -> None:
-        """Drop the lines after `step` (a learner restart goes back to a checkpoint and
-        redoes the later steps). wandb keeps what it got: its steps only go forward."""
+        """Drop the lines after `step` (a resume or a learner restart goes back to a
+        checkpoint and redoes the later steps; -1: every line). wandb keeps what it got:
+        its steps only go forward."""
         self._file.close()
         cut_jsonl(self.path, step)
         self._file = self.path.open("a")

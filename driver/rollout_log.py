@@ -5,7 +5,7 @@ one image's G rollouts; the batch order is the data stream's shuffle, so the sam
 over the data): step, sample id, judged image, prompt mode, the full text, every reward
 component, the advantage and the lengths. The same rows go to a wandb Table
 (`rollouts/samples`) when wandb is on. On resume the lines of steps after the checkpoint
-are dropped first (driver.metrics_sink.cut_jsonl), so every step appears once.
+are dropped first (`rewind`, driver.metrics_sink.cut_jsonl), so every step appears once.
 """
 
 from __future__ import annotations
@@ -47,12 +47,10 @@ def rollout_records(step: int, mode: str, samples: list[dict], exp: Any,
 class RolloutLog:
     """Appends rollout rows to <run>/rollouts.jsonl (and a wandb Table)."""
 
-    def __init__(self, run_dir: Path, groups_per_step: int, wandb_run: Any = None,
-                 resume_from_step: int = 0) -> None:
+    def __init__(self, run_dir: Path, groups_per_step: int, wandb_run: Any = None) -> None:
         self.path = Path(run_dir) / FILE
-        self.groups = int(groups_per_step)
+        self.groups = groups_per_step
         self.wandb_run = wandb_run
-        cut_jsonl(self.path, resume_from_step)
 
     def rewind(self, step: int) -> None:
         """Drop the rows after `step` (see MetricsLogger.rewind)."""

@@ -160,3 +160,67 @@ def fingerprint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[
     else:
         changes += [f"{p} changed content" for (p, a), (_, b) in zip(old, new) if a != b]
     return changes
+
+
+@dataclass
+class RunData:
+    """What a training run reads: the stream of training batches, the held-out samples,
+    the number of steps and the fingerprint of the data order."""
+
+    stream: Any   # driver.data_stream.DataStream
+    test: list[dict]
+    steps: int
+    fingerprint: dict[str, Any]
+
+
+def configured_manifests(cfg: Any) -> tuple[Any, Any]:
+    """(train, test) manifests as configured, or the embedded mini dataset's of this stage
+    when `data.train_manifest` is null."""
+    train_m, test_m = cfg.data.train_manifest, cfg.data.test_manifest
+    if train_m is None:
+        from synth.mini_dataset import build_mini_dataset
+
+        mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
+        train_m = str(mini[f"stage{cfg.stage}_train"])
+        test_m = test_m or str(mini[f"stage{cfg.stage}_test"])
+    return train_m, test_m
+
+
+def run_data(cfg: Any) -> RunData:
+    """The run's data as conf `data` and `train` say: its samples (load_training_data),
+    batches of train.batch_size x train.grad_accum images (one optimizer step weighs every
+    token of them in one update, which is what accumulation over rounds would give), every
+    sample checked as the engines will read it before it is trained on, train.max_steps
+    or train.epochs of them."""
+    import functools
+
+    from driver.data_stream import DataStream
+    from model_inputs.prompting import MAX_IMAGES_PER_PROMPT, check_sample
+
+    stage2 = cfg.stage == 2
+    data = load_training_data(*configured_manifests(cfg), cfg.data.drop_test_split,
+                              ("score",) if stage2 else ("choice", "grounding"))
+    per_step = cfg.train.batch_size * cfg.train.grad_accum
+    check = functools.partial(check_sample, mode="think" if stage2 else "no_think",
+                              min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
+                              max_images=MAX_IMAGES_PER_PROMPT, prompts=cfg.prompts)
+    stream = DataStream(data.train, per_step, cfg.run.seed, cfg.data.shuffle, check=check)
+    steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
+    return RunData(stream, data.test, steps, fingerprint(
+        data.manifests, per_step, cfg.data.shuffle, cfg.run.seed, cfg.data.drop_test_split))
+
+
+def check_resumable(cfg: Any, run_dir: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume a run whose data order changed (unless run.resume=force): the
+    newest checkpoint's data fingerprint must be `current`. DataError says what to do."""
+    from learner.checkpoint import checkpoint_root, newest_resumable
+
+    found = newest_resumable(checkpoint_root(run_dir)) if cfg.run.resume else None
+    if found is None or cfg.run.resume == "force":
+        return
+    newest, state = found
+    changes = fingerprint_changes(state.get("data_fingerprint", {}), current)
+    if changes:
+        raise DataError(f"the data order differs from {newest}'s ({'; '.join(changes)}): "
+                        "resuming would repeat or skip samples. Use another run.name, or "
+                        "run.resume=force to continue anyway")

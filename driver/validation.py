@@ -30,8 +30,25 @@ from typing import Any
 import numpy as np
 
 from driver import metrics as M
+from driver.cadence import due
 
 BEST_DIR = "best"
+
+
+def best_metric(cfg: Any) -> str | None:
+    """The val/* name conf `checkpoint.best_metric` selects (None: no best/ export)."""
+    from conf import ConfigError
+
+    name = cfg.checkpoint.best_metric
+    if name == "none":
+        return None
+    if name == "auto":
+        return M.BEST_DEFAULT[cfg.stage]
+    if not name.startswith("val/") or name not in M.CATALOGUE:
+        valid = sorted(n for n in M.CATALOGUE if n.startswith("val/"))
+        raise ConfigError(f"checkpoint.best_metric={name} is not a validation metric; "
+                          f"choose auto, none or one of {valid}")
+    return name
 
 
 def _nan(value: Any) -> float:
@@ -54,20 +71,18 @@ class Validator:
         from actors.engine_settings import sampling_from_config
         from evals.engines import EvalEngines
 
-        self.stage = int(cfg.stage)
-        self.every = int(cfg.eval.every)
-        self.eps = float(cfg.reward.eps)
+        self.stage = cfg.stage
+        self.every = cfg.eval.every
+        self.eps = cfg.reward.eps
         self.prompts = cfg.prompts
-        self.samples = held_out_subset(samples, cfg.eval.max_samples, int(cfg.run.seed))
+        self.samples = held_out_subset(samples, cfg.eval.max_samples, cfg.run.seed)
         self.engines = EvalEngines(engines, scorer, sampling=sampling_from_config(cfg, True),
                                    batch_size=max(1, len(self.samples)), sync=sync,
                                    progress=False)
 
     def due(self, step: int, last_step: int) -> bool:
         """Before the first step (0), every `eval.every` steps, after the last one."""
-        if not self.samples:
-            return False
-        return step in (0, last_step) or (self.every > 0 and step % self.every == 0)
+        return bool(self.samples) and due(step, self.every, always=(0, last_step))
 
     def run(self) -> dict[str, float]:
         """The val/* metrics of the current weights and the seconds they took."""

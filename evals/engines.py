@@ -1,13 +1,13 @@
 """The model side of every evaluation: the project's rollout engines and scoring actor.
 
 Evaluations run the model exactly as training does: the rollout engines (an
-actors.engine_group.EngineGroup, prompts built by actors.prompting) write the answers and
+actors.engine_group.EngineGroup, prompts built by model_inputs.prompting) write the answers and
 the scoring actor (actors.scoring_actor) gives the digit distribution of Eq. 8. Decoding
 is greedy (`actors.engine_settings.sampling_from_config(cfg, greedy=True)`: temperature 0,
 one answer per sample), as the paper evaluates ("model.generate() with greedy search").
 
-`EvalEngines.start(cfg, model_path)` starts the actors through actors.launcher, the one
-start-up training uses too, in the cluster driver.cluster.connect joins.
+`EvalEngines.start(cfg, model_path)` starts the actors through cluster.start, the one
+start-up training uses too.
 `EvalEngines(group, scorer, sampling=..., sync=...)` wraps actors someone else started:
 training's validation passes its running engines, scoring actor and WeightSync; tests
 start them once per module and run several evaluations on them.
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 if TYPE_CHECKING:
     from actors.scoring_actor import DigitProbs
+    from cluster.start import RunningActors
     from weight_sync.sync import WeightSync
 
 # A CLI's --mode value -> the prompt modes it runs (no-think first: it is the cheaper one).
@@ -47,52 +48,48 @@ class EvalEngines:
 
     `sampling` is the decoding dict the engines take (`sampling_from_config(cfg,
     greedy=True)` for the paper's evaluation). With `sync`, a WeightSync in which the
-    scoring actor is registered as `actors.launcher.SCORER_NAME`, scorer calls go through
+    scoring actor is registered as `actors.scoring_actor.SCORER_NAME`, scorer calls go through
     it: an answer of a restarted actor with stale weights is redone, never used.
-    `shutdown` stops the actors only when this object started them (`owned`).
+    `shutdown` stops the actors only when this object started them (`start`).
     """
 
     def __init__(self, group: Any, scorer: Any = None, *, sampling: dict,
                  batch_size: int = 16, sync: WeightSync | None = None,
-                 owned: bool = False, progress: bool = True) -> None:
+                 progress: bool = True) -> None:
         self.group = group
         self.scorer = scorer
         self.sampling = dict(sampling)
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = max(1, batch_size)
         self.sync = sync
-        self.owned = owned
         self.progress = progress   # training's validation keeps the step bar alone
+        self.running: RunningActors | None = None   # set by `start`: the actors it owns
 
     @classmethod
     def start(cls, cfg: Any, model_path: str, engines: bool = True, scorer: bool = False,
               max_new_tokens: int | None = None, batch_size: int = 16,
               log_to_driver: bool = True) -> EvalEngines:
         """Start the rollout engines (`engines`) and the scoring actor (`scorer`) of
-        `model_path` with the config's engine settings, in the cluster of `ray.address`,
-        of RAY_ADDRESS, or a new local one. Only Eq. 8 in the no-think mode needs no
-        engines (it reads a fixed prefix). `max_new_tokens` overrides the config's
-        rollout.max_new_tokens. Raises driver.cluster.ResourceError, before starting
-        anything, when the cluster cannot place the actors.
+        `model_path` with the config's engine settings, through cluster.start (the
+        start-up training uses), in the cluster of `ray.address`, of RAY_ADDRESS, or a new
+        local one. Only Eq. 8 in the no-think mode needs no engines (it reads a fixed
+        prefix). `max_new_tokens` overrides the config's rollout.max_new_tokens. Raises
+        cluster.resources.ResourceError, before starting anything, when the cluster cannot
+        place the actors.
         """
         from actors.engine_settings import sampling_from_config
-        from actors.launcher import start_vllm_actors
-        from driver.cluster import check_resources, connect
-        from weight_sync.sync import WeightSync
+        from cluster.start import start_actors
 
         if not (engines or scorer):
             raise ValueError("nothing to start: engines and scorer are both False")
-        available = connect(cfg, log_to_driver=log_to_driver)
-        check_resources(cfg, available, engines=engines, scorer=scorer, learners=False)
-        # Evaluations push no weights; the WeightSync still owns the version every answer
-        # is checked against and replays to an engine that Ray restarted.
-        sync = WeightSync()
-        group, scorer_handle = start_vllm_actors(cfg, model_path, sync, engines=engines,
-                                                 scorer=scorer)
+        running = start_actors(cfg, model_path, engines=engines, scorer=scorer, learners=False,
+                               log_to_driver=log_to_driver)
         sampling = sampling_from_config(cfg, greedy=True)
         if max_new_tokens is not None:
-            sampling["max_new_tokens"] = int(max_new_tokens)
-        return cls(group, scorer_handle, sampling=sampling, batch_size=batch_size, sync=sync,
-                   owned=True)
+            sampling["max_new_tokens"] = max_new_tokens
+        out = cls(running.engines, running.scorer, sampling=sampling, batch_size=batch_size,
+                  sync=running.sync)
+        out.running = running
+        return out
 
     def _batches(self, n: int) -> list[tuple[int, int]]:
         return [(start, min(n, start + self.batch_size))
@@ -188,7 +185,7 @@ class EvalEngines:
         return self._digit_distribution(samples, mode, ids, digits_before).probs
 
     def _digit_distribution(self, *args: Any) -> DigitProbs:
-        from actors.launcher import SCORER_NAME
+        from actors.scoring_actor import SCORER_NAME
 
         if self.sync is not None and self.sync.receivers.get(SCORER_NAME) == self.scorer:
             return self.sync.call(SCORER_NAME, "digit_distribution", *args)
@@ -198,11 +195,6 @@ class EvalEngines:
 
     def shutdown(self) -> None:
         """Stop the actors this object started (not ones it was handed)."""
-        if not self.owned:
-            return
-        import ray
-
-        if self.group is not None:
-            self.group.shutdown()
-        if self.scorer is not None:
-            ray.kill(self.scorer, no_restart=True)
+        if self.running is not None:
+            self.running.shutdown()
+            self.running = None

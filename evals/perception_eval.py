@@ -10,7 +10,7 @@ paper evaluates perception without think; the manifest's questions are the full 
 - description ("choice" samples): right only when object, distortion class and severity
   are all right (`rewards.choice_reward(mode="all")`); also the mean fraction of parts right;
 - grounding: IoU of the answered box (model-input pixels, as the prompt asks) with the
-  ground-truth box converted to the same pixels (actors.prompting, as in training).
+  ground-truth box converted to the same pixels (model_inputs.prompting, as in training).
 
 Both per distortion class (Table 1 column order), for the paper's Easy group (blur, noise,
 compression, overexposure, underexposure), its Hard group (the other seven classes) and
@@ -152,8 +152,8 @@ def perception_records(engines: Any, samples: list[dict],
                        prompts: Any | None = None) -> list[dict[str, Any]]:
     """Greedy no-think answers to Stage-1 samples, each scored by `score_answer`. The
     ground-truth box is converted to the pixels the model read with the sizes the engine
-    reports (actors.prompting.box_to_model), as training's reward does."""
-    from actors.prompting import box_to_model
+    reports (model_inputs.prompting.box_to_model), as training's reward does."""
+    from model_inputs.prompting import box_to_model
 
     gens = engines.generate(samples, "no_think", desc="perception")
     return [score_answer(sample, gen.text,

@@ -11,7 +11,7 @@ the rest, in this order:
    starts: a missing file or a bad manifest is a usage error (exit status 2) that costs
    no Ray start-up;
 3. start the actors (EvalEngines.start), run the evaluation, stop the actors whatever
-   happens; a cluster too small for them (driver.cluster.ResourceError) is one line on
+   happens; a cluster too small for them (cluster.resources.ResourceError) is one line on
    stderr and exit status 1;
 4. print what the command shows.
 """
@@ -131,7 +131,7 @@ def prepare(command: EvalCommand, argv: list[str] | None = None) -> Prepared:
 
 def run(command: EvalCommand, argv: list[str] | None = None) -> int:
     """Run one evaluation command (module docstring); returns the exit status."""
-    from driver.cluster import ResourceError
+    from cluster.resources import ResourceError
 
     prepared = prepare(command, argv)
     args = prepared.args

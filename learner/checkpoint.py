@@ -67,11 +67,6 @@ def tmp_dir_for(root: Path, step: int) -> Path:
     return root / f"{TMP_PREFIX}{step_dir_name(step)}"
 
 
-def should_save(step: int, every: int, is_last: bool) -> bool:
-    """Save every `every` steps (conf checkpoint.every; 0 = only at the end) and at the end."""
-    return is_last or (every > 0 and step > 0 and step % every == 0)
-
-
 def write_trainer_state(directory: Path, state: dict[str, Any]) -> Path:
     """Write the loop's state as JSON; non-JSON values are an error that names the key."""
     for key, value in state.items():

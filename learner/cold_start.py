@@ -150,7 +150,7 @@ def _load(model_dir: Path) -> tuple[Any, int, Any]:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from actors.prompting import PromptBuilder
+    from model_inputs.prompting import PromptBuilder
 
     builder = PromptBuilder(model_dir, min_pixels=3136, max_pixels=_max_pixels(model_dir))
     end_id = builder.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -223,7 +223,7 @@ def class_accuracy(model_dir: str | Path, samples: list[dict]) -> dict[str, floa
     (the warm-up's perception, measured on held-out images); chance is 1/12."""
     import torch
 
-    from actors.prompting import decode
+    from model_inputs.prompting import decode
 
     builder, end_id, model = _load(Path(model_dir))
     model.eval()

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from conf.choices import LR_SCHEDULES, PRECISIONS, ZERO_STAGES
+
 ACCELERATORS = ("cpu", "cuda")
-ZERO_STAGES = (0, 1, 2, 3)
-PRECISIONS = ("bf16", "fp32")
-LR_SCHEDULES = ("cosine", "constant")
 
 
 def build_ds_config(train: Any, learner: Any, world_size: int, accelerator: str) -> dict:

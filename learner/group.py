@@ -95,16 +95,16 @@ class LearnerGroup:
 
         self.conf = _plain_conf(cfg)
         learner = self.conf["learner"]
-        self.world_size = int(learner["num_learners"])
+        self.world_size = learner["num_learners"]
         self.model_path = str(model_path)
         actor_cls = ray.remote(Learner)
         self.actors = [
             actor_cls.options(
-                name=f"{name_prefix}-{rank}", num_cpus=float(learner["num_cpus"]),
-                num_gpus=float(learner["num_gpus"]),
-                # driver.placement.Placement: rank r into its node's bundle
+                name=f"{name_prefix}-{rank}", num_cpus=learner["num_cpus"],
+                num_gpus=learner["num_gpus"],
+                # cluster.placement.Placement: rank r into its node's bundle
                 **(placement.options("learners", rank) if placement is not None else {}),
-            ).remote(self.conf, rank, self.world_size, self.model_path, int(total_steps))
+            ).remote(self.conf, rank, self.world_size, self.model_path, total_steps)
             for rank in range(self.world_size)
         ]
         info_refs = [a.node_info.remote() for a in self.actors]
@@ -123,32 +123,51 @@ class LearnerGroup:
         same_node = len({i["node_id"] for i in infos}) == 1
         host = "127.0.0.1" if same_node else self.rank0_ip
         try:
-            port = ray.get(self.actors[0].pick_port.remote(host))
-            self.setup_info = ray.get([a.setup.remote(host, port) for a in self.actors])
+            port = self.run_on_rank0("pick_port", host)
+            self.setup_info = self.run_method("setup", host, port)
         except Exception:
             self.shutdown()  # a half-started world would hold its CPUs/GPUs for nothing
             raise
 
+    # -- calling the ranks ------------------------------------------------------------
+    def run_method(self, method: str, *args: Any) -> list[Any]:
+        """Call `method` on every rank with the same arguments; the results in rank order
+        (a rank's error is raised here)."""
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def run_method_per_rank(self, method: str, args_per_rank: list[tuple]) -> list[Any]:
+        """Call `method` on rank r with `args_per_rank[r]`; the results in rank order."""
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args)
+                        for a, args in zip(self.actors, args_per_rank, strict=True)])
+
+    def run_on_rank0(self, method: str, *args: Any) -> Any:
+        """Call `method` on rank 0 alone (file operations of checkpoints and exports)."""
+        import ray
+
+        return ray.get(getattr(self.actors[0], method).remote(*args))
+
     # -- training ---------------------------------------------------------------------
     def _split(self, groups: list[PromptGroup]):
         samples = flatten_groups(groups)
-        micro = int(self.conf["train"]["micro_batch_size"])
+        micro = self.conf["train"]["micro_batch_size"]
         return samples, split_for_ranks(samples, self.world_size, micro)
 
     def step(self, groups: list[PromptGroup]) -> dict[str, float]:
         """One optimizer step on all `groups`; returns loss statistics, grad norm, lr,
         timings (step_s: wall seconds here; forward_s/backward_s/optimizer_s: the slowest
         rank's), and the counts of sequences and tokens."""
-        import ray
-
-        agg = str(self.conf["train"]["loss_agg"])
+        agg = self.conf["train"]["loss_agg"]
         samples, per_rank = self._split(groups)
         total_units = float(loss_units(samples, agg))
         if total_units == 0:
             raise ValueError("every completion is empty: there is no token to train on")
         start = time.perf_counter()
-        results = ray.get([a.train_step.remote(per_rank[r], total_units)
-                           for r, a in enumerate(self.actors)])
+        results = self.run_method_per_rank("train_step",
+                                           [(part, total_units) for part in per_rank])
         step_s = time.perf_counter() - start
         tokens = sum(r["tokens"] for r in results)
         stats: dict[str, float] = {}
@@ -171,11 +190,10 @@ class LearnerGroup:
     def compute_logprobs(self, groups: list[PromptGroup]) -> list[list[list[float]]]:
         """Logprob of every completion token under the current weights, shaped like the
         input: result[group][completion][token] (to compare with the engines' values)."""
-        import ray
-
         samples, per_rank = self._split(groups)
-        pairs = [p for part in ray.get([a.compute_logprobs.remote(per_rank[r])
-                                        for r, a in enumerate(self.actors)]) for p in part]
+        pairs = [p for part in self.run_method_per_rank("compute_logprobs",
+                                                        [(part,) for part in per_rank])
+                 for p in part]
         by_index = dict(pairs)
         if len(by_index) != len(samples):
             raise RuntimeError(f"got logprobs for {len(by_index)} of {len(samples)} sequences")
@@ -190,15 +208,13 @@ class LearnerGroup:
     def live(self) -> bool:
         """Whether conf weights.transport sends while the receivers take in (collective):
         WeightSync then starts both ends together (`start_push`)."""
-        return bool(TRANSPORTS[str(self.conf["weights"]["transport"])].live)
+        return TRANSPORTS[self.conf["weights"]["transport"]].live
 
     def publish_weights(self) -> tuple[list[Any], dict[str, float]]:
         """Object-store transport: gather the full weights on every rank and publish them
         in buckets (conf weights.bucket_mb) from rank 0: (bucket refs, {bytes, buckets,
         gather_s}). WeightSync (weight_sync/sync.py) versions and delivers them."""
-        import ray
-
-        return ray.get([a.publish_weights.remote() for a in self.actors])[0]
+        return self.run_method("publish_weights")[0]
 
     def start_push(self, num_receivers: int) -> tuple[dict[str, Any], list[Any]]:
         """Collective transport: open a weights group of rank 0 and `num_receivers`
@@ -212,62 +228,50 @@ class LearnerGroup:
 
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
-        port = ray.get(self.actors[0].open_weight_session.remote(host))
-        weights = self.conf["weights"]
+        port = self.run_on_rank0("open_weight_session", host)
         self._pushes += 1
-        push = {"host": host, "port": int(port), "world_size": int(num_receivers) + 1,
+        push = {"host": host, "port": port, "world_size": num_receivers + 1,
                 "backend": collective_backend(self.conf),
-                "timeout_s": float(weights["timeout_s"]),
-                "id": f"{port}-{self._pushes}"}
+                "timeout_s": self.conf["weights"]["timeout_s"], "id": f"{port}-{self._pushes}"}
         return push, [a.publish_weights.remote(push) for a in self.actors]
 
     def full_state_dict(self) -> dict:
         """The full weights as CPU tensors (transformers state-dict names)."""
-        import ray
-
-        return ray.get([a.full_state_dict.remote() for a in self.actors])[0]
+        return self.run_method("full_state_dict")[0]
 
     # -- checkpoints ------------------------------------------------------------------
     def save_checkpoint(self, run_dir: str | Path, step: int, trainer_state: dict) -> Path:
         """Atomically write `checkpoints/step_<step>/` (DeepSpeed state, RNG, the loop's
         trainer_state as JSON, an HF export) and keep the last conf checkpoint.keep_last."""
-        import ray
-
-        tmp = ray.get(self.actors[0].begin_checkpoint.remote(str(run_dir), int(step)))
-        ray.get([a.save_state.remote(tmp) for a in self.actors])
-        ray.get([a.export_hf.remote(str(Path(tmp) / ckpt.HF_DIR)) for a in self.actors])
-        meta = {"step": int(step), "world_size": self.world_size,
-                "zero_stage": int(self.conf["learner"]["zero_stage"])}
-        keep = int(self.conf["checkpoint"]["keep_last"])
-        final = ray.get(self.actors[0].end_checkpoint.remote(tmp, int(step), dict(trainer_state),
-                                                             keep, meta))
-        return Path(final)
+        tmp = self.run_on_rank0("begin_checkpoint", str(run_dir), step)
+        self.run_method("save_state", tmp)
+        self.run_method("export_hf", str(Path(tmp) / ckpt.HF_DIR))
+        meta = {"step": step, "world_size": self.world_size,
+                "zero_stage": self.conf["learner"]["zero_stage"]}
+        return Path(self.run_on_rank0("end_checkpoint", tmp, step, dict(trainer_state),
+                                      self.conf["checkpoint"]["keep_last"], meta))
 
     def load_checkpoint(self, run_dir: str | Path) -> dict | None:
         """Restore the newest complete checkpoint of `run_dir` on every rank and return the
         trainer_state saved with it (None when there is none). The world size and ZeRO
         stage must match the saving run's."""
-        import ray
-
-        found = ray.get(self.actors[0].newest_checkpoint.remote(str(run_dir)))
+        found = self.run_on_rank0("newest_checkpoint", str(run_dir))
         if found is None:
             return None
         path, trainer_state = found
-        ray.get([a.load_state.remote(path) for a in self.actors])
+        self.run_method("load_state", path)
         self.last_loaded = Path(path)
         return trainer_state
 
     def export_hf(self, out_dir: str | Path, meta: dict | None = None) -> Path:
         """A Hugging Face model directory of the current weights, written atomically;
         `meta` goes into its COMPLETE marker (JSON)."""
-        import ray
-
         out_dir = Path(out_dir)
         tmp = out_dir.with_name(f"{ckpt.TMP_PREFIX}{out_dir.name}")
-        ray.get(self.actors[0].clear_dir.remote(str(tmp)))  # leftovers of a crashed export
-        ray.get([a.export_hf.remote(str(tmp)) for a in self.actors])
-        return Path(ray.get(self.actors[0].publish_dir.remote(str(tmp), str(out_dir),
-                                                              {"export": True, **(meta or {})})))
+        self.run_on_rank0("clear_dir", str(tmp))   # leftovers of a crashed export
+        self.run_method("export_hf", str(tmp))
+        return Path(self.run_on_rank0("publish_dir", str(tmp), str(out_dir),
+                                      {"export": True, **(meta or {})}))
 
     def shutdown(self) -> None:
         """Kill the learner actors (frees their names and resources)."""

@@ -7,7 +7,7 @@ that while the first micro-batch runs forward and backward the next prompts' ima
 decoded and processed (on the tiny run the engines are idle during the update and their
 core is free; image decoding and the processor's numpy work release the GIL). The first
 micro-batch still waits for its own prompt. Built here, not sent by the driver: the
-driver carries sample references, never pixels (DESIGN.md, "Data moves once").
+driver carries sample references, never pixels (docs/architecture.md, "Data moves once").
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _key(seq: Any) -> Key:
 class StepImageInputs:
     """(pixel_values, image_grid_thw) of every sequence of `micro_batches`, per prompt.
 
-    `builder` returns the prompt builder (actors.prompting.PromptBuilder; made on first
+    `builder` returns the prompt builder (model_inputs.prompting.PromptBuilder; made on first
     use). Each prompt's ids built here are checked against the engine's: a mismatch would
     make the learner's logprobs differ from the sampler's, so it is an error.
     """

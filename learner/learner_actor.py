@@ -7,8 +7,8 @@ calls them on every rank together.
 
 Devices: DeepSpeed's accelerator decides. On CPU (tests, conf=tiny) the `cpu` accelerator
 and gloo run for real. The CUDA path (nccl backend, ZeRO-3 with CPU offload as in Table 7,
-bf16) is written against DeepSpeed's documented config and `init_distributed`; it was not
-run: no GPU machine was lent to the session that wrote it (see the closing note).
+bf16) is written against DeepSpeed's documented config and `init_distributed`; it has not
+been run on a GPU yet (the tests run the CPU path only).
 """
 
 from __future__ import annotations
@@ -106,21 +106,21 @@ class LearnerWorker:
         deepspeed.init_distributed(dist_backend=accel.communication_backend_name(),
                                    auto_mpi_discovery=False)
         train, learner = self.conf["train"], self.conf["learner"]
-        torch.manual_seed(int(self.conf["run"]["seed"]) + self.rank)
+        torch.manual_seed(self.conf["run"]["seed"] + self.rank)
         ds_config = build_ds_config(train, learner, self.world_size, self.accelerator)
-        self.zero_stage = int(learner["zero_stage"])
+        self.zero_stage = learner["zero_stage"]
         self.compute_dtype = torch.bfloat16 if train["precision"] == "bf16" else torch.float32
         model = self._load_model(ds_config)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = self._make_optimizer(params, ds_config)
-        warm = warmup_steps(self.total_steps, float(train["warmup_ratio"]))
+        warm = warmup_steps(self.total_steps, train["warmup_ratio"])
         schedule = functools.partial(lr_multiplier, total_steps=self.total_steps, warmup=warm,
-                                     schedule=str(train["lr_schedule"]))
+                                     schedule=train["lr_schedule"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
             dist_init_required=False)
-        if float(train["kl_coef"]) > 0:
+        if train["kl_coef"] > 0:
             self.ref_engine = self._make_reference(ds_config)
         self.device = self.engine.device
         return {"rank": self.rank, "accelerator": self.accelerator,
@@ -156,7 +156,7 @@ class LearnerWorker:
 
     def _make_optimizer(self, params: list, ds_config: dict) -> torch.optim.Optimizer:
         train = self.conf["train"]
-        kwargs = {"lr": float(train["lr"]), "weight_decay": float(train["weight_decay"])}
+        kwargs = {"lr": train["lr"], "weight_decay": train["weight_decay"]}
         if "offload_optimizer" in ds_config["zero_optimization"]:
             # ZeRO-Offload steps on the host: DeepSpeed's CPU Adam (AdamW mode) is the fast one.
             from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -207,7 +207,7 @@ class LearnerWorker:
     def _prompt_builder(self) -> Any:
         """The prompt builder the engines use (made on first use)."""
         if self._builder is None:
-            from actors.prompting import PromptBuilder
+            from model_inputs.prompting import PromptBuilder
 
             model = self.conf["model"]
             self._builder = PromptBuilder(self.model_path, model["min_pixels"],
@@ -236,8 +236,8 @@ class LearnerWorker:
     def _train_micro_batches(self, micro_batches: list[MicroBatch], total_units: float,
                              images: StepImageInputs) -> dict[str, float]:
         train = self.conf["train"]
-        agg = str(train["loss_agg"])
-        recompute = bool(self.conf["learner"]["recompute_old_logprobs"])
+        agg = train["loss_agg"]
+        recompute = self.conf["learner"]["recompute_old_logprobs"]
         sums: dict[str, float] = {"tokens": 0.0, "ratio_max": 0.0}
         timings = {"forward_s": 0.0, "backward_s": 0.0}
         self.engine.train()
@@ -255,7 +255,7 @@ class LearnerWorker:
             logp_old = logp_new.detach() if recompute else batch["old_logprobs"].to(self.device)
             loss, stats = policy_loss(
                 logp_new, logp_old, batch["advantages"].to(self.device), mask,
-                clip_eps=float(train["clip_eps"]), agg=agg, kl_coef=float(train["kl_coef"]),
+                clip_eps=train["clip_eps"], agg=agg, kl_coef=train["kl_coef"],
                 logp_ref=logp_ref, token_entropy=entropy)
             units = float(loss_units(micro.samples, agg)) if micro.active else 0.0
             share = units / total_units if total_units > 0 else 0.0
@@ -345,7 +345,7 @@ class LearnerWorker:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The full weights as CPU tensors on rank 0 ({} elsewhere); all ranks must call."""
         state: dict[str, torch.Tensor] = {}
-        for bucket in self._buckets(int(float(self.conf["weights"]["bucket_mb"]) * 2**20)):
+        for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20)):
             state.update(bucket)
         return state
 

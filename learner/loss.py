@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-AGGREGATIONS = ("token_mean", "seq_mean")
+from conf.choices import AGGREGATIONS
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, agg: str = "token_mean") -> torch.Tensor:

@@ -10,7 +10,7 @@ code (`torch.std`), TRL and verl compute it, so that the reference settings repr
 advantages exactly; "population" (ddof = 0) is the other choice (reward.adv_std). A group of
 one rollout has std 0. `eps` is added to the std: the paper's printed form divides by
 std = 0 when all rewards tie (every all-wrong group with the same format reward). The
-defaults shift = 2e-5, eps = 1e-4 are the authors' code's (DESIGN.md); the paper prints
+defaults shift = 2e-5, eps = 1e-4 are the authors' code's (docs/architecture.md); the paper prints
 shift = 0.02 without eps, which gives a tied all-wrong group -0.02 / 1e-4 = -200 each
 (conf/loader.py refuses that unless reward.max_tied_push allows it).
 """
@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from conf.choices import ADVANTAGE_MODES, STD_KINDS
 from rewards.scoring import REWARD_LIMIT, finite_float
-
-ADVANTAGE_MODES = ("clipped_positive", "standard")
-STD_KINDS = ("sample", "population")   # conf reward.adv_std
 
 
 def _rewards_array(rewards: Any, ndim: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """One training step's Stage-2 rewards at once: the entry point of the training loop.
 
-A step goes (DESIGN.md, "One training step"):
+A step goes (docs/architecture.md, "One training step"):
     r = stage2_rewards(texts, mos, eps=..., lambdas=...)  # format, answer, qualified
     # the scoring actor teacher-forces mos_digits(mos) where r.qualified -> z_think, z_ref
     pd = batch_pd_rewards(z_think, z_ref, scored=r.qualified, weights=...)

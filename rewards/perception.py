@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from conf.choices import CHOICE_MODES
 from rewards.parsing import grammar
 from rewards.scoring import REWARD_LIMIT, finite_float
 
-CHOICE_MODES = ("mean", "all")
 # The grounding prompt (conf/prompts.yaml, stage1_grounding) asks for "x1,y1,x2,y2" as
 # integers; ASCII digits only, for the reason given in rewards/parsing.py. Twelve digits
 # are far beyond any image and keep int() and float() of a coordinate exact and cheap.
@@ -156,7 +156,7 @@ def stage1_rewards(texts: Sequence[Sequence[str]], tasks: Sequence[str],
     """Rewards of B groups of G Stage-1 rollouts, every array [B, G].
 
     tasks[i] is "choice" or "grounding"; answers[i] the gold "object / class / severity"
-    string or the ground-truth box in MODEL-INPUT pixels (actors.prompting converts).
+    string or the ground-truth box in MODEL-INPUT pixels (model_inputs.prompting converts).
     Returns fmt, task (choice reward or IoU), and final = lambdas[0] * task + lambdas[1] *
     fmt, the Stage-1 analogue of Eq. 5 without a PD term.
     """

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-PD_WEIGHT_SCHEMES = ("paper", "reference")
+from conf.choices import PD_WEIGHT_SCHEMES
+
 # Probabilities come from exp(log_softmax); rounding can put them a hair above 1.
 PROB_TOL = 1e-6
 MOS_MAX = 5

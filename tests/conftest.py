@@ -16,7 +16,7 @@ TEST_CACHE = REPO / ".cache" / "refine-iqa"
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # The tests' local clusters stay on loopback: Ray reads this once, at its first import
-# (tests/test_driver_loopback.py checks driver.cluster without it, in fresh interpreters).
+# (tests/test_driver_loopback.py checks cluster.connect without it, in fresh interpreters).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 

@@ -33,7 +33,7 @@ DEPICTQA_PSNR = REPO_ROOT / "tests" / "data" / "depictqa_psnr_astronaut.json"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 NAMES = tuple(synth.DISTORTIONS)
 
-# The type -> class table of ../shared/synth-spec.md, typed from the spec on purpose: it is
+# The type -> class table of docs/distortions.md, typed from the spec on purpose: it is
 # the independent check of the registry (whose class words come from conf/prompts.yaml).
 SPEC_TABLE = {
     **dict.fromkeys(["blur_gaussian", "blur_motion", "blur_glass", "blur_lens", "blur_zoom",

@@ -1,4 +1,5 @@
-"""driver.validation (cadence, held-out subset, the best checkpoint) and driver.rollout_log
+"""driver.cadence (every N steps), driver.validation (its cadence, held-out subset, the best
+checkpoint) and driver.rollout_log
 (rows, cut back on resume, wandb Table offline). The validation numbers themselves come
 from the evals code (tests/test_evals_e2e.py) and a real run (tests/test_recipe_e2e.py)."""
 
@@ -9,7 +10,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from conf import load_config
 from driver import metrics as M
+from driver.cadence import due
 from driver.rollout_log import RolloutLog, rollout_records
 from driver.validation import BestCheckpoint, Validator, held_out_subset
 
@@ -24,15 +27,30 @@ def test_held_out_subset_is_fixed_by_the_seed():
     assert held_out_subset(samples, 80, 3) == samples
 
 
+def test_every_n_steps_is_one_rule():
+    # Worked by hand: multiples of `every` from 1 on, plus the steps always asked for.
+    assert [s for s in range(0, 31) if due(s, 10, always=(0, 30))] == [0, 10, 20, 30]
+    assert [s for s in range(0, 26) if due(s, 10, always=(0, 25))] == [0, 10, 20, 25]
+    assert [s for s in range(0, 31) if due(s, 0, always=(30,))] == [30]   # 0: only those
+    assert [s for s in range(1, 13) if due(s, 5, always=(1,))] == [1, 5, 10]
+    # checkpoints: every 10 and the last step; checkpoint.every=0 saves only the last
+    assert [s for s in range(1, 31) if due(s, 10, always=(30,))] == [10, 20, 30]
+    assert due(7, 0, always=(7,)) and not due(6, 0, always=(7,))
+    assert not any(due(s, 0) for s in range(0, 31))
+
+
+def _validator(every: int, samples: list[dict]) -> Validator:
+    # No actor is needed to build one: it wraps the engines it is handed.
+    cfg = load_config("tiny", [f"eval.every={every}"])
+    return Validator(cfg, engines=None, scorer=None, sync=None, samples=samples)
+
+
 def test_validation_is_due_before_the_first_every_n_and_after_the_last():
-    v = Validator.__new__(Validator)   # only the cadence: no engines needed
-    v.samples, v.every = [{"id": "x"}], 10
+    v = _validator(10, [{"id": "x"}])
     assert [s for s in range(0, 31) if v.due(s, 30)] == [0, 10, 20, 30]
     assert [s for s in range(0, 26) if v.due(s, 25)] == [0, 10, 20, 25]
-    v.every = 0
-    assert [s for s in range(0, 31) if v.due(s, 30)] == [0, 30]
-    v.samples = []
-    assert not any(v.due(s, 30) for s in range(31))
+    assert [s for s in range(0, 31) if _validator(0, [{"id": "x"}]).due(s, 30)] == [0, 30]
+    assert not any(_validator(10, []).due(s, 30) for s in range(31))
 
 
 class FakeLearners:
@@ -95,11 +113,11 @@ def test_rollout_log_cuts_back_on_resume_and_feeds_wandb(tmp_path, monkeypatch):
     table = dict(run.summary).get("rollouts/samples")
     run.finish()
     assert table is not None and table["nrows"] == 4
-    resumed = RolloutLog(tmp_path, groups_per_step=2, resume_from_step=2)
+    resumed = RolloutLog(tmp_path, groups_per_step=2)
+    resumed.rewind(2)
     steps = [json.loads(x)["step"] for x in resumed.path.read_text().splitlines()]
     assert steps == [1] * 4 + [2] * 4
     assert not (tmp_path / "rollouts.jsonl.tmp").exists()
     # No groups asked for: nothing written.
-    assert RolloutLog(tmp_path, 0, resume_from_step=3).log(4, "think", SAMPLES,
-                                                          _experience()) == 0
+    assert RolloutLog(tmp_path, 0).log(4, "think", SAMPLES, _experience()) == 0
     assert len(resumed.path.read_text().splitlines()) == 8

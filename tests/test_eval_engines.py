@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.launcher import SCORER_NAME
+from actors.scoring_actor import SCORER_NAME
 from evals.engines import EvalEngines
 
 CALL_S = 0.1   # each fake call takes this long, so that overlapping calls do overlap

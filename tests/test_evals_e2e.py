@@ -131,8 +131,8 @@ def test_scoring_eval_writes_reports_with_numbers_in_range(engines, mini, tmp_pa
 
 
 def test_perception_eval_tables(engines, mini, cfg, model_dir, tmp_path):
-    from actors.prompting import PromptBuilder
     from evals.perception_eval import evaluate_perception
+    from model_inputs.prompting import PromptBuilder
 
     builder = PromptBuilder(model_dir, cfg.model.min_pixels, cfg.model.max_pixels,
                             cfg.prompts)

@@ -68,8 +68,8 @@ def experience(model_dir, tmp_path_factory):
     from PIL import Image
     from transformers import AutoModelForImageTextToText
 
-    from actors.prompting import PromptBuilder
     from conf import load_config
+    from model_inputs.prompting import PromptBuilder
 
     tiny = load_config("tiny")
     builder = PromptBuilder(model_dir, tiny.model.min_pixels, tiny.model.max_pixels)

@@ -192,11 +192,6 @@ def _fake_checkpoint(root, step, complete=True):
     return tmp
 
 
-def test_should_save():
-    assert [s for s in range(1, 31) if ckpt.should_save(s, 10, s == 30)] == [10, 20, 30]
-    assert ckpt.should_save(7, 0, True) and not ckpt.should_save(7, 0, False)
-
-
 def test_interrupted_save_is_never_taken_for_a_checkpoint(tmp_path):
     root = tmp_path / "checkpoints"
     _fake_checkpoint(root, 10)

@@ -23,24 +23,22 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def setup(ray_cluster, tiny_model_dir, tmp_path_factory):
-    from actors.launcher import start_vllm_actors
+    from cluster.start import start_actors
     from conf import load_config
-    from learner.group import LearnerGroup
     from synth.manifest import load_samples
     from synth.mini_dataset import build_mini_dataset
-    from weight_sync.sync import WeightSync
 
     cfg = load_config("tiny", ["learner.zero_stage=2", "rollout.max_new_tokens=16",
                                "rollout.n=2"])
     mini = build_mini_dataset(TEST_CACHE / "mini")
     samples = load_samples(mini["stage2_train"])[:2]
     path = str(tiny_model_dir)
-    sync = WeightSync()
-    engines, _ = start_vllm_actors(cfg, path, sync, scorer=False)
-    learners = LearnerGroup(cfg, total_steps=4, model_path=path)
-    yield cfg, engines, learners, sync, samples, tmp_path_factory.mktemp("export")
+    running = start_actors(cfg, path, scorer=False)
+    learners = running.start_learners(total_steps=4)
+    yield cfg, running.engines, learners, running.sync, samples, tmp_path_factory.mktemp(
+        "export")
     learners.shutdown()
-    engines.shutdown()
+    running.shutdown()
 
 
 def _groups(samples, rollouts, advantages):

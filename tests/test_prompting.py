@@ -1,4 +1,4 @@
-"""actors.prompting: sizes, boxes, questions, chat text and the learner's processor inputs.
+"""model_inputs.prompting: sizes, boxes, questions, chat text and the learner's processor inputs.
 
 Needs only the tiny model's processor (built on the spot); no engine, no Ray.
 """
@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from actors.prompting import (
+from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt, stage2_prompt
+from model_inputs.prompting import (
     PromptBuilder,
     box_to_model,
     box_to_original,
     model_input_size,
     question_for,
 )
-from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt, stage2_prompt
 
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 224 * 224   # conf/tiny.yaml
 

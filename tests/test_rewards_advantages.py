@@ -82,15 +82,19 @@ def test_standard_grpo():
     assert np.array_equal(adv, group_advantages(rewards, [1, 0, 0, 0], mode="standard"))
 
 
-def test_batch_equals_per_group():
+def test_batch_rows_are_eq6_of_each_group():
+    # The batch form against Eq. 6 written out per group with the standard library: each
+    # row must use its own group's mean, std and qualified flags, never another row's.
     rng = np.random.default_rng(7)
     rewards = rng.choice([0.0, 1.0, 2.0], size=(16, 8)) + rng.random((16, 8)) * 0.3
     qualified = rewards >= 2.0
     qualified[3] = False  # at least one group with no qualified rollout
+    assert qualified.any(axis=1).sum() not in (0, 16)   # both branches of Eq. 6 occur
     for mode in ("clipped_positive", "standard"):
         batch = batch_advantages(rewards, qualified, mode=mode)
         for i in range(16):
-            assert np.array_equal(batch[i], group_advantages(rewards[i], qualified[i], mode=mode))
+            assert batch[i] == pytest.approx(
+                _independent(list(rewards[i]), list(qualified[i]), mode), rel=1e-12)
 
 
 @pytest.mark.parametrize(("rewards", "qualified", "kwargs", "match"), [

@@ -32,7 +32,8 @@ NOISE_10K = "".join(_rng.choice("abcdefghij klmnop:.,0123456789\n") for _ in ran
 # 10 kB made of answer fragments: hundreds of answer blocks, so no single answer to read.
 TAG_SOUP_10K = ("[think]x[/think][answer]Score:3.7[/answer]" * 250)[:10_000]
 
-# (output, mode, format reward, extracted score); the expectations are the rules.
+# (output, mode, format reward, extracted score); the expectations follow the format rules of
+# rewards/parsing.py's docstring (the prompt's answer template, one decimal, 0..5).
 ADVERSARIAL = [
     ("", "think", 0.0, None),
     ("", "no_think", 0.0, None),

@@ -187,7 +187,7 @@ def test_batch_pd_rewards_unscored_rows_may_be_nan():
 # ---- mos_digits ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("mos", "m", "expected"), [
-    (3.71, 2, "3.7"),      # the example
+    (3.71, 2, "3.7"),      # a two-decimal MOS read at the prompt's one decimal
     (3.75, 2, "3.8"),      # half up
     (3.65, 2, "3.7"),      # half up on the written decimal; round(3.65, 1) gives 3.6
     (2.675, 3, "2.68"),    # "%.2f" % 2.675 gives "2.67"

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from actors.engine_group import EngineGroup, split_evenly
-from actors.prompting import PromptBuilder
 from actors.rollout_engine import strip_tokens
 from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
+from model_inputs.prompting import PromptBuilder
 from tests.conftest import restart_actor
 from weight_sync.sync import WeightSync
 

@@ -2,7 +2,7 @@
 
 The reference tokenizes each whole teacher-forced string with the HF processor and reads
 the softmax of a float32 transformers forward pass; the actor goes through vLLM, from the
-rollouts' token ids. They must agree within 1e-4 per probability (the issue's bound) and
+rollouts' token ids. They must agree within 1e-4 per probability (the bound this project holds vLLM to) and
 1e-3 relative (the tiny random model's digit probabilities are about 1e-3, so the absolute
 bound alone says little).
 """
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from actors.engine_host import wait_ready
-from actors.prompting import PromptBuilder
 from actors.scoring_actor import ids_through_score_prefix, start_scoring_actor
 from conf.prompts import default_prompts
+from model_inputs.prompting import PromptBuilder
 from rewards import score_prefix_end
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.prompting import check_sample, load_images
 from driver.data_stream import DataStream
+from model_inputs.prompting import check_sample, load_images
 from synth.images import UnreadableImage, open_rgb
 from synth.prefilter import BadImage, load_rgb
 

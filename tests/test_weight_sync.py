@@ -167,10 +167,21 @@ def test_publish_skips_an_unreachable_receiver_and_replays_later(actors):
         sync.bring_current("engine-b", StaleResultError("checked by the test"))
 
 
-def test_restore_refuses_to_go_back(actors):
-    # (engine-b is dead since the test above; engine-a serves.)
+def test_restore_behind_what_is_out_goes_out_as_a_new_version(actors):
+    # (engine-b is dead since the test above; engine-a serves, holding version 11.)
     sync, learners = WeightSync(ready_timeout_s=60), Learners()
     sync.register("engine-a", actors["engine-a"])
-    sync.restore(learners, 20)
-    with pytest.raises(ValueError, match="version 20 is already out"):
-        sync.restore(learners, 19)
+    # Learners that started from the model's files, receivers at version 0 (that is what a
+    # fresh WeightSync assumes): nothing to send.
+    assert sync.restore(learners, 0)["bytes"] == 0.0 and sync.version == 0
+    assert learners.value == 0.0   # publish_weights was not called
+    sync.restore(learners, 20)     # a resume: the checkpoint's version
+    assert sync.version == 20
+    assert ray.get(actors["engine-a"].measure.remote()) == Measured(4.0, 20)
+    # Learners restored from an older checkpoint (19) while 20 is out, or from the one of
+    # the version out (20): the receivers would refuse either number, so each restored
+    # state goes out as the next version.
+    sync.restore(learners, 19)
+    assert ray.get(actors["engine-a"].measure.remote()) == Measured(8.0, 21)
+    sync.restore(learners, 21)
+    assert ray.get(actors["engine-a"].measure.remote()) == Measured(12.0, 22)

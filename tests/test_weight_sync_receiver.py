@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from actors.engine_host import wait_ready
-from actors.prompting import PromptBuilder
 from actors.rollout_engine import start_rollout_engine
+from model_inputs.prompting import PromptBuilder
 from weight_sync.receiver import StaleWeightsError, WeightUpdateError, checked_buckets, weight_spec
 from weight_sync.transport import ObjectStoreTransport
 

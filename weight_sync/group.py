@@ -15,7 +15,7 @@ address only (127.0.0.1 on one machine), never on every interface:
 `WeightGroup` is a group that leaves torch.distributed's global state alone (learner rank
 0 is already in the DeepSpeed world): the same code with backend gloo (CPU, what CI runs)
 or nccl (GPU). The NCCL branch follows torch's documented ProcessGroupNCCL constructor, as
-vLLM's stateless groups do; it was not run here (no GPU on the machine that wrote it).
+vLLM's stateless groups do; it has not been run on a GPU yet (the tests run gloo).
 """
 
 from __future__ import annotations

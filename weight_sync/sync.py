@@ -72,12 +72,15 @@ class WeightSync:
         return self._install(learners, self.version + 1)
 
     def restore(self, learners: Any, version: int) -> dict[str, float]:
-        """After a resume: deliver the restored weights under the version they were saved
-        with (the receivers start from the model's files, version 0)."""
-        if int(version) < self.version:
-            raise ValueError(f"cannot restore version {version}: version {self.version} is "
-                             "already out")
-        return self._install(learners, int(version))
+        """Deliver the weights `learners` restored from a checkpoint saved at `version`:
+        under that version when it is newer than what is out (a resume: the receivers
+        start from the model's files, version 0), else under a new one (the learners went
+        back while the receivers hold later weights). At version 0 on both sides nothing
+        is sent: the receivers already hold the model's files, as the learners do."""
+        if version == self.version == 0:
+            self._learners = learners
+            return {"gather_s": 0.0, "deliver_s": 0.0, "bytes": 0.0, "unreachable": 0.0}
+        return self._install(learners, version if version > self.version else self.version + 1)
 
     def state(self) -> dict[str, int]:
         """What a checkpoint stores."""

@@ -27,18 +27,18 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # the conf loader imports TRANSPORTS; keep that free of torch
+from conf.choices import COLLECTIVE_BACKENDS
+from conf.choices import TRANSPORTS as TRANSPORT_NAMES
+
+if TYPE_CHECKING:
     import socket
 
     import torch
-
-COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")
 
 
 class Transport(Protocol):
     """The receiving half of one way of moving buckets (the sending halves differ)."""
 
-    name: str
     live: bool        # True: sender and receivers run together (WeightSync starts both)
 
     def stream(self, push: Any) -> Iterator[Mapping[str, torch.Tensor]]: ...
@@ -112,7 +112,6 @@ class ObjectStoreTransport:
     """Buckets as Ray ObjectRefs: `ray.put` on rank 0, `ray.get` one at a time in the
     receiver (the bucket before is dropped by then)."""
 
-    name = "object_store"
     live = False
 
     def publish(self, buckets: Iterable[dict[str, torch.Tensor]]) -> list[Any]:
@@ -178,7 +177,6 @@ def _chunks(raws: list[torch.Tensor], starts: list[int]) -> list[tuple[int, int,
 class CollectiveTransport:
     """Buckets broadcast through a process group of rank 0 and the receivers."""
 
-    name = "collective"
     live = True
 
     @staticmethod
@@ -281,18 +279,21 @@ class CollectiveTransport:
 def collective_backend(conf: Mapping[str, Any]) -> str:
     """gloo or nccl for conf `weights.backend`; auto: nccl when every member of the group
     (learners, engines, and the scorer in Stage-2) has a GPU, else gloo."""
-    choice = str(conf["weights"]["backend"])
+    choice = conf["weights"]["backend"]
+    if choice not in COLLECTIVE_BACKENDS:
+        raise ValueError(f"weights.backend must be one of {list(COLLECTIVE_BACKENDS)}, "
+                         f"got {choice!r}")
     if choice != "auto":
         return choice
-    gpus = [float(conf["learner"]["num_gpus"]), float(conf["rollout"]["num_gpus_per_engine"])]
-    if int(conf["stage"]) == 2:
-        gpus.append(float(conf["scoring"]["num_gpus"]))
+    gpus = [conf["learner"]["num_gpus"], conf["rollout"]["num_gpus_per_engine"]]
+    if conf["stage"] == 2:
+        gpus.append(conf["scoring"]["num_gpus"])
     return "nccl" if all(g > 0 for g in gpus) else "gloo"
 
 
-# conf `weights.transport` takes its choices from here (conf/loader.py).
-TRANSPORTS: dict[str, type] = {"object_store": ObjectStoreTransport,
-                               "collective": CollectiveTransport}
+# conf `weights.transport` -> its class, in the order of conf.choices.TRANSPORTS.
+TRANSPORTS: dict[str, type] = dict(zip(TRANSPORT_NAMES, (ObjectStoreTransport,
+                                                        CollectiveTransport), strict=True))
 
 
 def make_transport(name: str) -> Any:

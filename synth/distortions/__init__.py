@@ -1,4 +1,4 @@
-"""The distortion library: 36 types in 12 classes, 5 levels each (../shared/synth-spec.md).
+"""The distortion library: 36 types in 12 classes, 5 levels each (docs/distortions.md).
 
     from synth.distortions import distort, distort_region, DISTORTIONS
     out = distort(image, "blur_gaussian", level=3, seed=7)          # uint8 RGB HxWx3

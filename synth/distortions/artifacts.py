@@ -1,4 +1,4 @@
-"""Compression (JPEG, JPEG 2000), oversharpening and pixelation (synth-spec.md).
+"""Compression (JPEG, JPEG 2000), oversharpening and pixelation (docs/distortions.md).
 
 JPEG 2000 is specified by a target quality in dB, not by a rate. OpenJPEG (through Pillow)
 can allocate the rate for a target PSNR itself ("dB" quality mode) but its own distortion

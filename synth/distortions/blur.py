@@ -1,4 +1,4 @@
-"""Blur family: Gaussian, motion, glass, lens, zoom and jitter blur (synth-spec.md, "blur").
+"""Blur family: Gaussian, motion, glass, lens, zoom and jitter blur (docs/distortions.md, "blur").
 
 Each function maps (uint8 RGB HxWx3, level 1..5, numpy Generator) to uint8 RGB HxWx3 and
 works on any size from 1x1 up. `*_MARGINS` give, per level, how many pixels of context

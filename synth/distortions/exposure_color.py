@@ -1,4 +1,4 @@
-"""Exposure and colour families (synth-spec.md): overexposure (brighten_*), underexposure
+"""Exposure and colour families (docs/distortions.md): overexposure (brighten_*), underexposure
 (darken_*), high / low contrast (contrast_*) and over / de-saturation (saturate_*).
 
 All of them are point operations or nearly so, which is what makes them cheap: per-value

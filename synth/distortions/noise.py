@@ -1,4 +1,4 @@
-"""Noise family (synth-spec.md, "noise"): Gaussian RGB / YCbCr, speckle, correlated,
+"""Noise family (docs/distortions.md, "noise"): Gaussian RGB / YCbCr, speckle, correlated,
 Poisson and impulse noise, all on [0,1] values.
 
 Each level draws the same random numbers from a given generator and scales them by the

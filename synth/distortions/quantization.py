@@ -1,4 +1,4 @@
-"""Quantization family (synth-spec.md, "quantization"): multi-Otsu, median cut, histogram
+"""Quantization family (docs/distortions.md, "quantization"): multi-Otsu, median cut, histogram
 equalisation and uniform bit-depth reduction.
 
 The first three are DepictQA-V2's definitions (XPixelGroup/DepictQA, build_datasets/
@@ -24,7 +24,7 @@ OTSU_BINS = 30
 MEDIAN_CUT_COLOURS = (20, 15, 10, 6, 3)
 HIST_BINS = (24, 16, 8, 6, 4)
 # The appendix prints Q 32, 64, 96, 128, 256 beside n = 5..1 bits; Q = 2^(8 - n) follows
-# the bit counts (Q = 256 would make the image black), see synth-spec.md.
+# the bit counts (Q = 256 would make the image black), see docs/distortions.md.
 UNIFORM_BITS = (5, 4, 3, 2, 1)
 NO_MARGINS = (0, 0, 0, 0, 0)
 _VALUES = np.arange(256)

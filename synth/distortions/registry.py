@@ -1,4 +1,4 @@
-"""The 36 distortion types of synth-spec.md, grouped into the 12 classes of the Stage-1 prompt.
+"""The 36 distortion types of docs/distortions.md, grouped into the 12 classes of the Stage-1 prompt.
 
 The class words are not written here: they are read from conf/prompts.yaml
 (`class_words`), the one place the prompt and the rewards also read them from. The groups

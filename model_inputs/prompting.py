@@ -38,6 +38,7 @@ TASKS = ("score", "choice", "grounding")
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
                          "<|vision_end|>", "<|vision_pad|>")
 MAX_ASPECT_RATIO = 200  # Qwen2-VL refuses more extreme images
+MAX_IMAGES_PER_PROMPT = 2   # full-reference prompts carry two images (reference, judged)
 
 
 def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int,

@@ -1,4 +1,4 @@
-"""driver.cluster: what the actor groups ask Ray for, and a clear error when it is missing.
+"""cluster.resources: what the actor groups ask Ray for, and a clear error when it is missing.
 
 Numbers come from conf/tiny.yaml and conf/stage2.yaml (the values they set are written
 next to each assertion).
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from cluster.resources import ResourceError, check_resources, requested
 from conf import load_config
-from driver.cluster import ResourceError, check_resources, requested
 
 
 def test_requested_counts_each_group_of_the_config():

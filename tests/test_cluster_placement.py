@@ -1,4 +1,4 @@
-"""driver.placement: the bundles each role asks for, the node-by-node fit check, and the
+"""cluster.resources and cluster.placement: the bundles each role asks for, the node-by-node fit check, and the
 one-line refusal before any actor starts.
 
 Bundle sizes are worked out by hand from conf/tiny.yaml (learner 0.5 CPU, engine 0.5 CPU,
@@ -14,9 +14,15 @@ import sys
 
 import pytest
 
+from cluster.resources import (
+    LABEL_AMOUNT,
+    PlacementError,
+    ResourceError,
+    check_fits,
+    check_resources,
+    layout,
+)
 from conf import load_config
-from driver.cluster import ResourceError, check_resources
-from driver.placement import LABEL_AMOUNT, PlacementError, check_fits, roles
 from tests.conftest import REPO
 
 
@@ -24,7 +30,7 @@ def test_roles_add_up_each_nodes_ranks_and_put_the_scorer_on_the_first_rollout_n
     cfg = load_config("tiny", ["learner.num_learners=4", "placement.learner_nodes=2",
                                "rollout.num_engines=2", "placement.rollout_nodes=2",
                                "placement.learner_resource=trainer"])
-    learners, rollout = roles(cfg, scorer=True)
+    learners, rollout = layout(cfg, scorer=True)
     # 4 ranks over 2 nodes: 2 x 0.5 CPU per node, ranks 0-1 on the first, 2-3 on the second.
     assert learners.bundles == [{"CPU": 1.0, "trainer": LABEL_AMOUNT}] * 2
     assert learners.slots == [0, 0, 1, 1]
@@ -32,27 +38,27 @@ def test_roles_add_up_each_nodes_ranks_and_put_the_scorer_on_the_first_rollout_n
     assert rollout.bundles == [{"CPU": 0.75}, {"CPU": 0.5}]
     assert rollout.slots == [0, 1]
     # Stage-1 (no scorer) and an evaluation (engines and scorer, no learners).
-    assert [r.name for r in roles(cfg, scorer=False)] == ["learners", "rollout"]
-    assert [r.name for r in roles(cfg, learners=False, scorer=True)] == ["rollout"]
+    assert [r.name for r in layout(cfg, scorer=False)] == ["learners", "rollout"]
+    assert [r.name for r in layout(cfg, learners=False, scorer=True)] == ["rollout"]
 
 
 def test_uneven_split_is_refused():
     cfg = load_config("tiny", ["learner.num_learners=3", "placement.learner_nodes=2"])
     with pytest.raises(PlacementError, match="learner.num_learners=3 does not split evenly "
                                              "over placement.learner_nodes=2"):
-        roles(cfg)
+        layout(cfg)
 
 
 def test_fit_is_checked_node_by_node():
     cfg = load_config("tiny", ["learner.num_learners=2", "placement.learner_nodes=2",
                                "placement.learner_resource=trainer"])
-    layout = roles(cfg, scorer=True)
+    roles = layout(cfg, scorer=True)
     two = [{"CPU": 1.0, "trainer": 1.0}, {"CPU": 2.0, "trainer": 1.0}]
-    check_fits(layout, two)   # learners 0.5 + 0.5 on distinct nodes, rollout 0.75 beside
+    check_fits(roles, two)   # learners 0.5 + 0.5 on distinct nodes, rollout 0.75 beside
     # The same 3 CPUs in total, but only one node carries the label: the learners' two
     # bundles cannot be on distinct labelled nodes.
     with pytest.raises(PlacementError) as err:
-        check_fits(layout, [{"CPU": 1.0, "trainer": 1.0}, {"CPU": 2.0}])
+        check_fits(roles, [{"CPU": 1.0, "trainer": 1.0}, {"CPU": 2.0}])
     message = str(err.value)
     assert "learners: 2 node(s) with 0.5 CPU, 0.001 trainer" in message
     assert "placement.learner_nodes" in message and "rollout.num_engines" not in message

@@ -1,4 +1,4 @@
-"""A local cluster started by driver.cluster.connect registers 127.0.0.1 and listens there
+"""A local cluster started by cluster.connect.connect registers 127.0.0.1 and listens there
 only, without RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER preset in the environment (Ray reads it
 once, at `import ray`): both when nothing imported ray before connect, and when a caller
 did (the late case the variable alone cannot fix).
@@ -28,7 +28,7 @@ if sys.argv[1] == "early":
     import ray  # noqa: F401  (a caller that imported ray before connect)
 import psutil
 from conf import load_config
-from driver.cluster import connect
+from cluster.connect import connect
 
 cfg = load_config("tiny", ["ray.num_cpus=1", "ray.dashboard=false"])
 connect(cfg, log_to_driver=False)

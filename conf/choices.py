@@ -1,0 +1,37 @@
+"""The values each enumerated config key may take: plain data, written here once.
+
+The module that implements a choice imports its list from here (rewards.advantages its
+modes, weight_sync.transport its transports, ...) and refuses any other value at use; the
+loader checks a config against the same lists before anything starts, so a bad value is
+one line naming the key and its choices. Keeping the lists here, as data, is what lets
+conf/ sit below every other package: it imports none of them.
+"""
+
+from __future__ import annotations
+
+STAGES = (1, 2)                                  # 1 = Refine-Perception, 2 = scoring (PD)
+ADVANTAGE_MODES = ("clipped_positive", "standard")   # rewards.advantages: Eq. 6 | GRPO
+STD_KINDS = ("sample", "population")             # rewards.advantages: Eq. 6's std
+PD_WEIGHT_SCHEMES = ("paper", "reference")       # rewards.scoring: Eq. 2's digit weights
+CHOICE_MODES = ("mean", "all")                   # rewards.perception: multi-choice reward
+AGGREGATIONS = ("token_mean", "seq_mean")        # learner.loss: Eq. 7's mean
+PRECISIONS = ("bf16", "fp32")                    # learner.ds_config
+LR_SCHEDULES = ("cosine", "constant")            # learner.ds_config
+ZERO_STAGES = (0, 1, 2, 3)                       # learner.ds_config
+TRANSPORTS = ("object_store", "collective")      # weight_sync.transport
+COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
+
+# config key -> its choices: what conf/loader.py checks.
+CHOICES: dict[str, tuple] = {
+    "stage": STAGES,
+    "reward.advantage": ADVANTAGE_MODES,
+    "reward.adv_std": STD_KINDS,
+    "reward.pd_weights": PD_WEIGHT_SCHEMES,
+    "reward.choice_mode": CHOICE_MODES,
+    "train.loss_agg": AGGREGATIONS,
+    "train.precision": PRECISIONS,
+    "train.lr_schedule": LR_SCHEDULES,
+    "learner.zero_stage": ZERO_STAGES,
+    "weights.transport": TRANSPORTS,
+    "weights.backend": COLLECTIVE_BACKENDS,
+}
