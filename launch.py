@@ -1,11 +1,12 @@
 """Refine-IQA on Ray: the entry point.
 
-    python launch.py conf=NAME [key.sub=value ...]
+    python launch.py conf=NAME|PATH [key.sub=value ...]
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python launch.py conf=stage2
 
-Reads conf/NAME.yaml (with the parents it names), applies the overrides, prints the
-resolved config and saves it in the run directory (run.output_dir/run.name), prepares the
-model (conf=tiny builds the embedded tiny model on the spot) and runs the configured stage.
+Reads the config (conf/NAME.yaml, or a YAML file anywhere, with the parents it names),
+applies the overrides, prints the resolved config and saves it in the run directory
+(run.output_dir/run.name) with the files it came from, prepares the model (conf=tiny
+builds the embedded tiny model on the spot) and runs the configured stage.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import textwrap
 from pathlib import Path
 
 HELP = """\
-usage: python launch.py conf=NAME [key.sub=value ...]
+usage: python launch.py conf=NAME|PATH [key.sub=value ...]
 
 Runs Refine-IQA training (Stage-1 perception or Stage-2 scoring) on Ray.
 
-  conf=NAME        the config file conf/NAME.yaml (default: tiny). A config names its
-                   parents with `defaults: [...]`; conf/base.yaml declares every key.
+  conf=NAME        a packaged config, conf/NAME.yaml (default: tiny)
+  conf=PATH        a config file anywhere (a .yaml/.yml suffix or a "/"), e.g.
+                   conf=experiments/mine.yaml. A config names its parents with
+                   `defaults: [...]`: packaged names, sibling files of the same folder
+                   (tried first) or paths; conf/base.yaml declares every key.
   key.sub=value    override one key, e.g. train.lr=1e-5 rollout.n=4 run.name=try1.
                    Values are YAML (1e-5 is a float, [1,1,0] a list, null is None) and must
                    have the type of base.yaml's default. Unknown keys are an error that names
@@ -28,20 +32,21 @@ Runs Refine-IQA training (Stage-1 perception or Stage-2 scoring) on Ray.
 
 configs: {configs}
 
-The resolved config is printed and saved as <run.output_dir>/<run.name>/config.yaml.
-Examples:
+The resolved config is printed and saved as <run.output_dir>/<run.name>/config.yaml,
+headed by the files it was merged from and the overrides. Examples:
   python launch.py conf=tiny                           # embedded tiny model, CPU, minutes
   python launch.py conf=stage1 model.path=/models/Qwen2.5-VL-7B-Instruct
   python launch.py conf=stage2 model.path=outputs/stage1-stage1/export
+  python launch.py conf=experiments/mine.yaml         # mine.yaml: defaults: [tiny] ...
 """
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
-    """Split `conf=NAME` from the overrides (conf defaults to tiny)."""
+    """Split `conf=NAME|PATH` from the overrides (conf defaults to tiny)."""
     name, overrides = "tiny", []
     for arg in argv:
         if arg.startswith("conf=") or arg.startswith("--conf="):
-            name = arg.split("=", 1)[1].removesuffix(".yaml")
+            name = arg.split("=", 1)[1]
         else:
             overrides.append(arg)
     return name, overrides
@@ -83,7 +88,7 @@ def train(cfg, model_path: str, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from cluster.resources import ResourceError
-    from conf import ConfigError, available_configs, load_config, save_config
+    from conf import ConfigError, available_configs, load_config_with_sources, save_config
     from driver.run_dir import RunDirError, RunLock, start_fresh
     from driver.training_data import DataError
 
@@ -92,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, overrides = parse_argv(argv)
     try:
-        cfg = load_config(name, overrides)
+        cfg, sources = load_config_with_sources(name, overrides)
         from omegaconf import OmegaConf
 
         print(f"# resolved config: conf={name} {' '.join(overrides)}".rstrip())
+        print(f"# from: {', '.join(str(p) for p in sources)}")
         shown = OmegaConf.to_container(cfg)
         # The prompt templates are long; the saved config.yaml has them in full.
         shown["prompts"] = f"<{len(cfg.prompts)} templates from conf/prompts.yaml>"
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# the old run in {out} was moved to {moved}")
                 lock.release()
                 lock = RunLock(out)
-        saved = save_config(cfg, out / "config.yaml")
+        saved = save_config(cfg, out / "config.yaml", sources, overrides)
         print(f"# saved to {saved}")
         model_path = prepare_model(cfg)
         print(f"# model: {model_path}")

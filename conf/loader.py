@@ -1,16 +1,25 @@
-"""Configuration: `conf=NAME key.sub=value ...` -> one resolved, validated OmegaConf tree.
+"""Configuration: `conf=NAME|PATH key.sub=value ...` -> one resolved, validated OmegaConf tree.
 
-`conf/NAME.yaml` may list parents in `defaults: [...]` (merged left to right, the file
-itself last). `conf/base.yaml` declares every key with its default; a key that base does
-not declare is an error naming the closest valid key, so a typo never silently does
-nothing. Overrides are typed by the value they replace: `train.lr=abc` fails, `train.lr=1`
-becomes 1.0.
+Which file a reference names:
+- a NAME (no .yaml/.yml suffix, no "/"): `conf/NAME.yaml`, the configs this package ships;
+  inside a file that lives elsewhere, a sibling NAME.yaml of that file comes first (so a
+  folder of experiments can share its own parent);
+- a PATH (a .yaml/.yml suffix or a "/"): that file, relative to the working directory on
+  the command line, relative to the referring file's folder inside a `defaults` list.
+
+A file may list parents in `defaults: [...]` (merged left to right, the file itself
+last). `conf/base.yaml` declares every key with its default; a key that base does not
+declare is an error naming the file and the closest valid key, so a typo never silently
+does nothing. Overrides are typed by the value they replace: `train.lr=abc` fails,
+`train.lr=1` becomes 1.0. `load_config_with_sources` also returns the files merged, in
+order, which the run directory's config.yaml records.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,17 +43,39 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "prompts")
 
 
-def _read_yaml(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
-    path = CONF_DIR / f"{name}.yaml"
-    if not path.is_file():
-        close = difflib.get_close_matches(name, available_configs(), n=1)
-        hint = f" Did you mean conf={close[0]}?" if close else ""
-        raise ConfigError(
-            f"no config named '{name}' in {CONF_DIR}.{hint} "
-            f"Available: {', '.join(available_configs())}."
-        )
-    if name in chain:
-        raise ConfigError(f"config inheritance loops: {' -> '.join(chain + (name,))}")
+def _is_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or "/" in ref or os.sep in ref
+
+
+def config_file(ref: str, referrer: Path | None = None) -> Path:
+    """The file a config reference names (module docstring); `referrer` is the file whose
+    `defaults` list holds it (None: the command line). ConfigError when there is none."""
+    if _is_path(ref):
+        base = referrer.parent if referrer is not None else Path.cwd()
+        path = (base / Path(ref).expanduser()).resolve()
+        if path.is_file():
+            return path
+        stem = Path(ref).stem
+        hint = (f" To use the packaged config, write conf={stem}."
+                if referrer is None and "/" not in ref and stem in available_configs() else "")
+        where = f" (from {referrer})" if referrer is not None else ""
+        raise ConfigError(f"no config file {path}{where}.{hint}")
+    if referrer is not None and referrer.parent != CONF_DIR:
+        sibling = referrer.parent / f"{ref}.yaml"
+        if sibling.is_file():
+            return sibling.resolve()
+    packaged = CONF_DIR / f"{ref}.yaml"
+    if packaged.is_file():
+        return packaged
+    close = difflib.get_close_matches(ref, available_configs(), n=1)
+    hint = f" Did you mean conf={close[0]}?" if close else ""
+    where = f" (named in {referrer})" if referrer is not None else ""
+    raise ConfigError(f"no config named '{ref}' in {CONF_DIR}{where}.{hint} Available: "
+                      f"{', '.join(available_configs())}; or give a file's path, "
+                      "e.g. conf=experiments/mine.yaml.")
+
+
+def _read_yaml(path: Path) -> DictConfig:
     try:
         node = OmegaConf.load(path)
     except Exception as exc:  # yaml errors carry line numbers; keep them, drop the stack
@@ -129,15 +160,21 @@ def _merge_checked(schema: DictConfig, update: DictConfig, source: str) -> DictC
     return OmegaConf.merge(schema, update)  # type: ignore[return-value]
 
 
-def _load_tree(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
-    """The file `name` merged over its parents, without validation against base."""
-    node = _read_yaml(name, chain)
+def _load_tree(path: Path, sources: list[Path], chain: tuple[Path, ...] = ()) -> DictConfig:
+    """The file at `path` merged over its parents, without validation against base; the
+    files merged are appended to `sources`, parents first."""
+    if path in chain:
+        raise ConfigError("config inheritance loops: "
+                          f"{' -> '.join(str(p) for p in chain + (path,))}")
+    node = _read_yaml(path)
     parents = node.pop("defaults", [])
     if isinstance(parents, str):
         parents = [parents]
     merged = OmegaConf.create({})
     for parent in parents:
-        merged = OmegaConf.merge(merged, _load_tree(str(parent), chain + (name,)))
+        parent_path = config_file(str(parent), referrer=path)
+        merged = OmegaConf.merge(merged, _load_tree(parent_path, sources, chain + (path,)))
+    sources.append(path)
     return OmegaConf.merge(merged, node)  # type: ignore[return-value]
 
 
@@ -156,29 +193,39 @@ def parse_overrides(items: list[str]) -> DictConfig:
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Load `conf/<name>.yaml` with its parents, apply overrides, validate, resolve.
+    """Load the config `name` (a NAME or a PATH, module docstring) with its parents, apply
+    overrides, validate, resolve.
 
     Every key must be declared in base.yaml; values take the type of base's default.
     Raises ConfigError with a one-line explanation on any problem.
     """
-    schema = _load_tree(BASE_NAME)
-    if name != BASE_NAME:
-        tree = _load_tree(name)
-        cfg = _merge_checked(schema, tree, f"conf/{name}.yaml (or its parents)")
+    return load_config_with_sources(name, overrides)[0]
+
+
+def load_config_with_sources(name: str, overrides: list[str] | None = None
+                             ) -> tuple[DictConfig, list[Path]]:
+    """`load_config`, and the files it merged, in merge order (base first, `name` last)."""
+    base = CONF_DIR / f"{BASE_NAME}.yaml"
+    sources: list[Path] = []
+    schema = _load_tree(base, sources)
+    path = config_file(name)
+    if path != base:
+        tree = _load_tree(path, sources)
+        cfg = _merge_checked(schema, tree, f"{path} (or its parents)")
     else:
         cfg = schema
     if overrides:
         cfg = _merge_checked(cfg, parse_overrides(overrides), "the command line")
     if isinstance(cfg.run.name, int | float) and not isinstance(cfg.run.name, bool):
         cfg.run.name = str(cfg.run.name)   # run.name=123 means the folder "123"
-    cfg.run.name = cfg.run.name or f"{name}-stage{cfg.stage}"
+    cfg.run.name = cfg.run.name or f"{path.stem}-stage{cfg.stage}"
     try:
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise ConfigError(f"cannot resolve an interpolation: {exc}") from None
     OmegaConf.set_struct(cfg, True)  # later code reading a missing key fails loudly
     _check_values(cfg)
-    return cfg
+    return cfg, list(dict.fromkeys(sources))
 
 
 def _at_least(low: float) -> Callable[[Any], bool]:
@@ -287,9 +334,14 @@ def _check_values(cfg: DictConfig) -> None:
                           "'/'), e.g. run.name=try1")
 
 
-def save_config(cfg: DictConfig, path: str | Path) -> Path:
-    """Write the resolved config as YAML (the run directory keeps one beside checkpoints)."""
+def save_config(cfg: DictConfig, path: str | Path, sources: list[Path] | None = None,
+                overrides: list[str] | None = None) -> Path:
+    """Write the resolved config as YAML (the run directory keeps one beside checkpoints),
+    headed by comments naming the files merged, in order, and the command-line overrides."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(cfg))
+    head = [f"# merged from: {p}" for p in sources or []]
+    if overrides:
+        head.append(f"# overrides: {' '.join(overrides)}")
+    path.write_text("".join(line + "\n" for line in head) + OmegaConf.to_yaml(cfg))
     return path

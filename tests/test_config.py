@@ -8,7 +8,13 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from conf import ConfigError, available_configs, load_config, save_config
+from conf import (
+    ConfigError,
+    available_configs,
+    load_config,
+    load_config_with_sources,
+    save_config,
+)
 from tests.conftest import REPO
 
 
@@ -165,3 +171,50 @@ def test_out_of_range_values_name_the_key_and_the_range(override, message):
 
 def test_a_numeric_run_name_is_a_folder_name():
     assert load_config("tiny", ["run.name=123"]).run.name == "123"
+
+
+def test_a_config_file_anywhere_with_packaged_and_sibling_parents(tmp_path, monkeypatch):
+    # exp/common.yaml shares settings among experiments; exp/mine.yaml names the packaged
+    # `tiny` and its sibling `common` as parents, then sets its own value.
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "common.yaml").write_text("train:\n  lr: 0.002\n  max_steps: 7\n")
+    (exp / "mine.yaml").write_text("defaults: [tiny, common]\ntrain:\n  max_steps: 3\n")
+    cfg, sources = load_config_with_sources(str(exp / "mine.yaml"), ["rollout.n=4"])
+    assert (cfg.train.lr, cfg.train.max_steps, cfg.rollout.n) == (0.002, 3, 4)
+    assert cfg.model.max_pixels == 224 * 224          # from the packaged tiny
+    assert cfg.run.name == "mine-stage2"              # named after the file
+    assert [p.name for p in sources] == ["prompts.yaml", "base.yaml", "tiny.yaml",
+                                         "common.yaml", "mine.yaml"]
+    assert sources[-1] == (exp / "mine.yaml").resolve()
+    # Relative to the working directory on the command line; a sibling named like a
+    # packaged config comes first for the files of its folder.
+    monkeypatch.chdir(tmp_path)
+    (exp / "tiny.yaml").write_text("defaults: [base]\nstage: 1\n")
+    assert load_config("exp/mine.yaml").stage == 1
+    # The run directory's config.yaml says where it came from and reloads as it was.
+    saved = save_config(cfg, tmp_path / "config.yaml", sources, ["rollout.n=4"])
+    lines = saved.read_text().splitlines()
+    assert lines[0] == f"# merged from: {sources[0]}" and lines[5] == "# overrides: rollout.n=4"
+    assert OmegaConf.load(saved) == cfg
+
+
+def test_config_path_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"no config file .*nope\.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults: [tinyy]\n")
+    with pytest.raises(ConfigError, match=rf"no config named 'tinyy' .*\(named in {bad}\).*"
+                                          "Did you mean conf=tiny"):
+        load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("defaults: [tiny]\ntrain:\n  lrr: 1.0\n")
+    with pytest.raises(ConfigError, match=rf"unknown config key 'train.lrr' in {typo}.*"
+                                          "Did you mean 'train.lr'"):
+        load_config(str(typo))
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="inheritance loops"):
+        load_config(str(tmp_path / "a.yaml"))
+    with pytest.raises(ConfigError, match="write conf=tiny"):   # the old conf=tiny.yaml
+        load_config("tiny.yaml")
