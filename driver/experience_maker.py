@@ -31,6 +31,7 @@ from actors.scoring_actor import SCORER_NAME
 from driver import metrics as M
 from learner.experience import Completion, PromptGroup
 from model_inputs.prompting import box_to_model, tokens_covering
+from rewards.plugins import RewardPlugin, load_plugins, plugin_rewards
 
 
 @dataclass
@@ -63,15 +64,30 @@ def think_tokens(tokenizer: Any, token_ids: list[int], text: str,
             - tokens_covering(tokenizer, token_ids, span[0]))
 
 
+def reward_plugins(cfg: Any) -> list[RewardPlugin]:
+    """The plug-ins of conf `reward.plugins` / `reward.plugin_weights`, loaded (ConfigError,
+    one line, when one cannot be: call it before any actor starts)."""
+    from conf import ConfigError
+
+    try:
+        return load_plugins(list(cfg.reward.plugins), list(cfg.reward.plugin_weights))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 class ExperienceMaker:
     """Turns a batch of manifest samples into learner experience for one step.
 
     `engines` is an EngineGroup, `sync` the WeightSync whose receivers include the scoring
-    actor (Stage-2), `tokenizer` the model's tokenizer (think lengths).
+    actor (Stage-2), `tokenizer` the model's tokenizer (think lengths), `plugins` the
+    reward plug-ins (`reward_plugins`), whose values join each rollout's final reward.
     """
 
-    def __init__(self, cfg: Any, engines: Any, sync: Any, tokenizer: Any) -> None:
+    def __init__(self, cfg: Any, engines: Any, sync: Any, tokenizer: Any,
+                 plugins: list[RewardPlugin] | None = None) -> None:
         self.cfg, self.engines, self.sync, self.tokenizer = cfg, engines, sync, tokenizer
+        self.plugins = list(plugins or [])
+        self.plugin_metrics = {p.name: M.plugin_metric(p.name) for p in self.plugins}
         self.prompts = cfg.prompts
         self.stage = cfg.stage
         self.sampling = sampling_from_config(cfg)
@@ -90,6 +106,8 @@ class ExperienceMaker:
         else:
             final, qualified, parts = self._stage1_rewards(samples, rollouts, texts, metrics)
         t1 = time.perf_counter()
+        if self.plugins:
+            final = final + self._plugin_rewards(samples, texts, parts, metrics)
         r = self.cfg.reward
         adv = R.batch_advantages(final, qualified, mode=r.advantage, shift=r.adv_shift,
                                  eps=r.adv_eps, std=r.adv_std)
@@ -184,6 +202,20 @@ class ExperienceMaker:
         # perfect box); used only if a Stage-1 run asks for the clipped-positive mode.
         qualified = (out["fmt"] == 1.0) & (out["task"] == 1.0)
         return out["final"], qualified, {"format": out["fmt"], "task": out["task"]}
+
+    def _plugin_rewards(self, samples, texts, parts, metrics) -> np.ndarray:
+        """The plug-ins' weighted sum per rollout; their values go to the metrics and the
+        rollout log. The answer a plug-in sees is the parsed score (Stage-2) or the answer
+        block's text (Stage-1)."""
+        if self.stage == 2:
+            answers = [[None if np.isnan(v) else float(v) for v in row] for row in parts["score"]]
+        else:
+            answers = [[R.answer_content(t, self.prompts) for t in group] for group in texts]
+        total, each = plugin_rewards(self.plugins, samples, texts, answers)
+        for name, values in each.items():
+            metrics[self.plugin_metrics[name]] = float(values.mean())
+            parts[f"reward_{name}"] = values
+        return total
 
     # -- lengths ------------------------------------------------------------------------
     def _length_stats(self, rollouts) -> dict[str, float]:

@@ -188,6 +188,16 @@ LEARNER_STATS = {"pg_loss": PG_LOSS, "clip_frac": PG_CLIPFRAC, "approx_kl": PPO_
                  "entropy": ENTROPY, "kl_ref": KL_LOSS, "grad_norm": GRAD_NORM, "lr": LR}
 
 
+def plugin_metric(function: str) -> str:
+    """`reward/<function>/mean`, the metric of a reward plug-in (rewards/plugins.py),
+    declared the first time it is asked for: the names depend on the config."""
+    name = f"reward/{function}/mean"
+    if name not in CATALOGUE:
+        _declare(name, f"reward plug-in {function} (reward.plugins): mean over the step's "
+                 "rollouts", "periodic")
+    return name
+
+
 def learner_metrics(stats: dict[str, float]) -> dict[str, float]:
     """The learner group's step statistics under their catalogue names."""
     return {name: float(stats[key]) for key, name in LEARNER_STATS.items() if key in stats}

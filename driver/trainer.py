@@ -42,10 +42,11 @@ class LearnerDied(RuntimeError):
 class Trainer:
     """The run's parts and the loop over its steps. `running` is the cluster.start
     RunningActors of the run (the learners are started here), `best_metric` the val/*
-    metric whose best step is kept in <run>/best/ (None: none)."""
+    metric whose best step is kept in <run>/best/ (None: none), `plugins` the reward
+    plug-ins (driver.experience_maker.reward_plugins)."""
 
     def __init__(self, cfg: Any, out: Path, data: RunData, running: Any,
-                 best_metric: str | None) -> None:
+                 best_metric: str | None, plugins: list | None = None) -> None:
         from omegaconf import OmegaConf
         from transformers import AutoTokenizer
 
@@ -57,7 +58,7 @@ class Trainer:
         self.learners = running.start_learners(self.steps)
         tokenizer = AutoTokenizer.from_pretrained(running.model_path,
                                                   trust_remote_code=cfg.model.trust_remote_code)
-        self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer)
+        self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer, plugins)
         self.ahead = ExperienceAhead(self.maker, self.stream, cfg.train.async_rollout)
         self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test)
         self.best = BestCheckpoint(out, best_metric) if best_metric else None

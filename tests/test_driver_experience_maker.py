@@ -92,13 +92,13 @@ def tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(str(tiny_model_dir))
 
 
-def _stage2(tokenizer):
-    cfg = load_config("tiny", ["rollout.n=4"])
+def _stage2(tokenizer, overrides=(), plugins=None):
+    cfg = load_config("tiny", ["rollout.n=4", *overrides])
     samples = [{"id": "A", "task": "score", "images": ["/x/a.png"], "mos": 3.0},
                {"id": "B", "task": "score", "images": ["/x/b.png"], "mos": 1.2}]
     engines = FakeEngines(tokenizer, TEXTS)
     sync = FakeSync([tokenizer.encode(t, add_special_tokens=False) for t in TEXTS["A"]])
-    exp = ExperienceMaker(cfg, engines, sync, tokenizer).make(samples)
+    exp = ExperienceMaker(cfg, engines, sync, tokenizer, plugins).make(samples)
     return samples, engines, sync, exp
 
 
@@ -206,3 +206,26 @@ def test_stage1_boxes_convert_with_the_engines_sizes(tokenizer):
     # No choice sample in this batch: its reward is NaN ("not measured" in metrics.jsonl).
     assert np.isnan(exp.metrics[M.REWARD_CHOICE])
     assert set(_whole_step(exp)) == set(M.required_keys(1))
+
+
+def closeness(sample, completion, answer):
+    """A plug-in for the test: 1 - |answer - MOS| / 5, 0 without an answer."""
+    return 0.0 if answer is None else 1.0 - abs(answer - sample["mos"]) / 5
+
+
+def test_a_reward_plugin_joins_the_final_reward_and_the_metrics(tokenizer):
+    from rewards.plugins import load_plugins
+
+    plugins = load_plugins([f"{__name__}:closeness"], [2.0])
+    _, _, _, plain = _stage2(tokenizer)
+    _, _, _, exp = _stage2(tokenizer, plugins=plugins)
+    # Parsed scores: A 3.2, 1.0, 3.0, 2.9 (MOS 3.0); B 4.0, none, 2.0, 3.5 (MOS 1.2).
+    values = np.array([[1 - 0.2 / 5, 1 - 2.0 / 5, 1.0, 1 - 0.1 / 5],
+                       [1 - 2.8 / 5, 0.0, 1 - 0.8 / 5, 1 - 2.3 / 5]])
+    final = np.array([[2.44, 1.0, 1.0, 2.0], [1.0, 0.0, 1.0, 1.0]]) + 2.0 * values
+    np.testing.assert_allclose(exp.per_rollout["final"], final, atol=1e-12)
+    np.testing.assert_allclose(exp.per_rollout["reward_closeness"], values, atol=1e-12)
+    assert exp.metrics["reward/closeness/mean"] == pytest.approx(values.mean())
+    assert exp.metrics[M.SCORE.name("mean")] == pytest.approx(final.mean())
+    assert plain.metrics[M.SCORE.name("mean")] == pytest.approx(final.mean() - 2 * values.mean())
+    assert "reward/closeness/mean" in M.CATALOGUE   # declared, so the logger takes it
