@@ -20,6 +20,7 @@ LR_SCHEDULES = ("cosine", "constant")            # learner.ds_config
 ZERO_STAGES = (0, 1, 2, 3)                       # learner.ds_config
 TRANSPORTS = ("object_store", "collective")      # weight_sync.transport
 COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
+LOGGING_BACKENDS = ("wandb", "tensorboard")      # driver.metrics_sink
 
 # config key -> its choices: what conf/loader.py checks.
 CHOICES: dict[str, tuple] = {
@@ -34,4 +35,12 @@ CHOICES: dict[str, tuple] = {
     "learner.zero_stage": ZERO_STAGES,
     "weights.transport": TRANSPORTS,
     "weights.backend": COLLECTIVE_BACKENDS,
+}
+# config key -> the choices each element of its list may take.
+LIST_CHOICES: dict[str, tuple] = {
+    "logging.backends": LOGGING_BACKENDS,
+}
+# keys that were renamed: the old name -> what to write now.
+RENAMED = {
+    "logging.wandb": "logging.backends=[wandb]",
 }

@@ -18,6 +18,7 @@ order, which the run directory's config.yaml records.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import os
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from conf.choices import CHOICES
+from conf.choices import CHOICES, LIST_CHOICES, RENAMED
 
 CONF_DIR = Path(__file__).resolve().parent
 BASE_NAME = "base"
@@ -100,6 +101,8 @@ def _check_known(schema: DictConfig, update: DictConfig, source: str, prefix: st
     for key in update:
         full = f"{prefix}{key}"
         if key not in schema:
+            if full in RENAMED:
+                raise ConfigError(f"'{full}' in {source} is gone: write {RENAMED[full]}")
             valid = _all_keys(schema, prefix)
             close = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -304,6 +307,15 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}' is {value!r}; choose one of {list(allowed)}")
+    if "tensorboard" in cfg.logging.backends and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.backends lists tensorboard, which is not installed: pip "
+                          "install '.[tensorboard]', or drop it from the list")
+    for key, allowed in LIST_CHOICES.items():
+        values = list(OmegaConf.select(cfg, key))
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) != len(values):
+            raise ConfigError(f"'{key}' is {values!r}; list each of {list(allowed)} at most "
+                              "once")
     if len(cfg.reward.lambdas) != 3:
         raise ConfigError("'reward.lambdas' needs three weights: answer, format, PD (Eq. 5)")
     for key, allowed, ok in RANGES:

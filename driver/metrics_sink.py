@@ -1,11 +1,14 @@
-"""Where the step metrics go: metrics.jsonl (always), wandb (when enabled), Ray gauges.
+"""Where the step metrics go: metrics.jsonl (always), wandb and TensorBoard (conf
+`logging.backends`), Ray gauges.
 
 Names come from the catalogue (driver/metrics.py); a name not declared there is refused.
 Every step writes one JSON line to `<run dir>/metrics.jsonl`; on resume the lines of steps
 after the checkpoint are dropped first (`rewind`) (written to a temporary file and renamed, so a crash
-there loses nothing), so each step appears once. The same numbers go to wandb
-(`logging.wandb=true`; `WANDB_MODE=offline` works) and to Ray custom metrics (gauges named
-`refine_iqa_<name>`, shown by the Ray dashboard's metrics view when Prometheus is set up).
+there loses nothing), so each step appears once. The same numbers, under the same names, go to wandb
+(`logging.backends=[wandb]`; `WANDB_MODE=offline` works), to TensorBoard
+(`logging.backends=[tensorboard]`: event files in `<run>/tensorboard`, `tensorboard --logdir
+<run>/tensorboard --host 127.0.0.1`) and to Ray custom metrics (gauges named
+`refine_iqa_<name>`, charted by Prometheus + Grafana when the cluster has them set up).
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from driver.metrics import STEP, describe
 
 log = logging.getLogger("refine_iqa")
+TENSORBOARD_DIR = "tensorboard"
 
 
 def cut_jsonl(path: Path, through_step: int) -> None:
@@ -56,15 +60,18 @@ def _finite(value: Any) -> Any:
 class MetricsLogger:
     """Writes step metrics to metrics.jsonl, wandb and Ray gauges."""
 
-    def __init__(self, run_dir: Path, config: Mapping[str, Any], use_wandb: bool,
-                 project: str) -> None:
+    def __init__(self, run_dir: Path, config: Mapping[str, Any], backends: Sequence[str] = (),
+                 project: str = "refine-iqa") -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
         self._gauges: dict[str, Any] = {}
         self.wandb_run = None
-        if use_wandb:
+        self.tensorboard = None
+        if "wandb" in backends:
             self.wandb_run = self._start_wandb(Path(run_dir), config, project)
+        if "tensorboard" in backends:
+            self.tensorboard = self._start_tensorboard(Path(run_dir) / TENSORBOARD_DIR)
 
     @staticmethod
     def _start_wandb(run_dir: Path, config: Mapping[str, Any], project: str):
@@ -76,6 +83,16 @@ class MetricsLogger:
         id_file.write_text(run_id)
         return wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow",
                           dir=str(run_dir), config=dict(config))
+
+    @staticmethod
+    def _start_tensorboard(log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RuntimeError("logging.backends lists tensorboard, which is not installed: "
+                               "pip install '.[tensorboard]' (or drop it from the "
+                               "list)") from None
+        return SummaryWriter(log_dir=str(log_dir))
 
     def _gauge(self, key: str):
         if key not in self._gauges:
@@ -97,6 +114,11 @@ class MetricsLogger:
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.wandb_run is not None:
             self.wandb_run.log(numeric, step=step, commit=True)
+        if self.tensorboard is not None:
+            for key, value in numeric.items():
+                if key not in (STEP, "time"):
+                    self.tensorboard.add_scalar(key, value, global_step=step)
+            self.tensorboard.flush()
         import ray
 
         if ray.is_initialized():
@@ -124,6 +146,8 @@ class MetricsLogger:
         self._file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 class ThinkCollapseWatch:

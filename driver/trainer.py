@@ -65,7 +65,7 @@ class Trainer:
         self.watch = ThinkCollapseWatch(cfg.logging.think_collapse_fraction)
         self.gpus = requested(cfg)["GPU"]
         self.logger = MetricsLogger(out, OmegaConf.to_container(cfg, resolve=True),
-                                    cfg.logging.wandb, cfg.logging.wandb_project)
+                                    list(cfg.logging.backends), cfg.logging.wandb_project)
         self.rollout_log = RolloutLog(out, cfg.logging.rollouts_per_step, self.logger.wandb_run)
 
     # -- the loop -------------------------------------------------------------------------

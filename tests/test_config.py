@@ -78,9 +78,9 @@ def test_inheritance_child_overrides_parent_and_keeps_the_rest():
 
 def test_overrides_are_typed():
     cfg = load_config("tiny", ["train.lr=1e-5", "rollout.n=4", "train.max_steps=null",
-                               "reward.lambdas=[1,1,0]", "logging.wandb=true"])
+                               "reward.lambdas=[1,1,0]", "logging.backends=[wandb]"])
     assert cfg.train.lr == 1e-5 and isinstance(cfg.train.lr, float)
-    assert cfg.rollout.n == 4 and cfg.train.max_steps is None and cfg.logging.wandb is True
+    assert cfg.rollout.n == 4 and cfg.train.max_steps is None and list(cfg.logging.backends) == ["wandb"]
     assert list(cfg.reward.lambdas) == [1, 1, 0]
     assert isinstance(load_config("tiny", ["train.lr=1"]).train.lr, float)
 
@@ -90,7 +90,9 @@ def test_overrides_are_typed():
     ("rollout.nn=2", "Did you mean 'rollout.n'"),
     ("train.lr=abc", "must be a number"),
     ("rollout.n=2.5", "must be an integer"),
-    ("logging.wandb=3", "must be a boolean"),
+    ("logging.backends=3", "must be a list"),
+    ("logging.backends=[wandb,mlflow]", "list each of \\['wandb', 'tensorboard'\\]"),
+    ("logging.wandb=true", "is gone: write logging.backends=\\[wandb\\]"),
     ("reward.advantage=foo", "choose one of"),
     ("rollout=3", "must be a mapping"),
     ("noequals", "key.sub=value"),

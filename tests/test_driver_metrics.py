@@ -17,7 +17,7 @@ from tests.conftest import REPO
 def test_logger_writes_jsonl_and_wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     mean = M.SCORE.name("mean")
-    logger = MetricsLogger(tmp_path, {"a": 1}, use_wandb=True, project="refine-iqa-test")
+    logger = MetricsLogger(tmp_path, {"a": 1}, backends=["wandb"], project="refine-iqa-test")
     for step in (1, 2, 3):
         logger.log(step, {mean: step / 10, M.GRAD_NORM: float("nan")})
     summary = dict(logger.wandb_run.summary)
@@ -28,7 +28,7 @@ def test_logger_writes_jsonl_and_wandb_offline(tmp_path, monkeypatch):
     assert summary[mean] == pytest.approx(0.3)            # wandb got the same keys
     # A resumed run (checkpoint at step 2) drops the lines it will redo, and no temporary
     # file is left behind by the atomic rewrite.
-    again = MetricsLogger(tmp_path, {}, use_wandb=False, project="x")
+    again = MetricsLogger(tmp_path, {})
     again.rewind(2)
     again.log(3, {mean: 0.5})
     again.close()
@@ -37,8 +37,26 @@ def test_logger_writes_jsonl_and_wandb_offline(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp") == []
 
 
+def test_tensorboard_gets_the_same_names_and_values(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    mean = M.SCORE.name("mean")
+    logger = MetricsLogger(tmp_path, {}, backends=["tensorboard"])
+    for step in (1, 2, 3):
+        logger.log(step, {mean: step / 10, M.GRAD_NORM: 2.0 * step, M.LR: float("nan")})
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    # NaN is "not measured" (null in metrics.jsonl) and is not written as a point either.
+    assert sorted(events.Tags()["scalars"]) == sorted([mean, M.GRAD_NORM])
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars(mean)] == [
+        (1, 0.1), (2, 0.2), (3, 0.3)]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r[M.GRAD_NORM] for r in records] == [e.value for e in events.Scalars(M.GRAD_NORM)]
+
+
 def test_logger_refuses_an_undeclared_name(tmp_path):
-    logger = MetricsLogger(tmp_path, {}, use_wandb=False, project="x")
+    logger = MetricsLogger(tmp_path, {})
     with pytest.raises(KeyError, match="not declared in driver/metrics.py"):
         logger.log(1, {"reward/final_mean": 1.0})   # the name before the catalogue
     logger.close()
