@@ -23,7 +23,6 @@ paths or PIL images.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,9 @@ def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int,
 
     Each side is rounded to a multiple of `factor`; if the area then leaves
     [min_pixels, max_pixels] both sides are scaled by one common factor (down with floor,
-    up with ceil) so it lies inside again. The HF processor and vLLM apply the same rule,
-    so an image of this size passes through them unchanged.
+    up with ceil) so it lies inside again. The rule is transformers' own `smart_resize`,
+    which the HF processor and vLLM apply, so an image of this size passes through them
+    unchanged; this wrapper adds the argument checks and errors that say what to do.
     """
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -58,17 +58,9 @@ def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int,
     if not factor * factor <= min_pixels <= max_pixels:
         raise ValueError(f"need {factor * factor} <= min_pixels <= max_pixels, got "
                          f"min_pixels={min_pixels}, max_pixels={max_pixels}")
-    # Python's round (half to even), as the processor rounds.
-    w = round(width / factor) * factor
-    h = round(height / factor) * factor
-    if w * h > max_pixels:
-        scale = math.sqrt(width * height / max_pixels)
-        w = max(factor, math.floor(width / scale / factor) * factor)
-        h = max(factor, math.floor(height / scale / factor) * factor)
-    elif w * h < min_pixels:
-        scale = math.sqrt(min_pixels / (width * height))
-        w = math.ceil(width * scale / factor) * factor
-        h = math.ceil(height * scale / factor) * factor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return w, h
 
 

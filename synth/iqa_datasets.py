@@ -36,8 +36,8 @@ up case-insensitively; a missing or unreadable image is skipped and counted.
 (4) called "dmos" but a degradation category rating averaged per image: 5 = imperceptible
     degradation, so higher is better, like a MOS.
 Seeded splits keep every group (the reference image of a synthetic dataset, the prompt of
-AGIQA-3K) on one side, so no content is in both. The xlsx files are read with a small
-built-in reader (no openpyxl needed): the first sheet whose header has the columns wins.
+AGIQA-3K) on one side, so no content is in both. The xlsx files are read with openpyxl:
+the first sheet whose header has the columns wins.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 import numpy as np
 import scipy.io
@@ -64,7 +63,6 @@ from synth.manifest import relative_image_path, write_manifest
 
 MOS_CAP = 4.99
 OUT_OF_RANGE_TOLERANCE = 0.1  # of the nominal range
-_XLSX_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
 CSIQ_TYPES = {1: ("awgn", "AWGN"), 2: ("jpeg", "JPEG"), 3: ("jpeg2000", "jpeg2000"),
               4: ("fnoise", "fnoise"), 5: ("blur", "BLUR"), 6: ("contrast", "contrast")}
 
@@ -93,42 +91,16 @@ def rescale_mos(raw: float, lo: float, hi: float, higher_is_better: bool) -> flo
     return round(min(max(5.0 * unit, 0.0), MOS_CAP), 4)
 
 
-def _col_index(ref: str) -> int:
-    letters = re.match(r"[A-Z]+", ref).group(0)
-    n = 0
-    for ch in letters:
-        n = n * 26 + ord(ch) - 64
-    return n - 1
-
-
 def _xlsx_sheets(path: Path) -> list[list[list[str]]]:
     """Every worksheet of an .xlsx file as rows of cell strings (values, not formulas)."""
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        shared = []
-        if "xl/sharedStrings.xml" in names:
-            root = ElementTree.fromstring(z.read("xl/sharedStrings.xml"))
-            shared = ["".join(t.text or "" for t in si.iter(f"{_XLSX_NS}t"))
-                      for si in root.iter(f"{_XLSX_NS}si")]
-        sheets = sorted((n for n in names if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n)),
-                        key=lambda n: int(re.search(r"\d+", n.rsplit("/", 1)[1]).group(0)))
-        result = []
-        for name in sheets:
-            rows = []
-            for row in ElementTree.fromstring(z.read(name)).iter(f"{_XLSX_NS}row"):
-                cells: dict[int, str] = {}
-                for k, c in enumerate(row.iter(f"{_XLSX_NS}c")):
-                    v = c.find(f"{_XLSX_NS}v")
-                    if c.get("t") == "s" and v is not None:
-                        text = shared[int(v.text)]
-                    elif c.get("t") == "inlineStr":
-                        text = "".join(t.text or "" for t in c.iter(f"{_XLSX_NS}t"))
-                    else:
-                        text = v.text if v is not None and v.text else ""
-                    cells[_col_index(c.get("r")) if c.get("r") else k] = text
-                rows.append([cells.get(i, "") for i in range(max(cells, default=-1) + 1)])
-            result.append(rows)
-        return result
+    import openpyxl
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        return [[["" if v is None else str(v) for v in row]
+                 for row in sheet.iter_rows(values_only=True)] for sheet in book.worksheets]
+    finally:
+        book.close()
 
 
 def read_table(path: str | Path, required: list[str]) -> list[dict[str, str]]:
@@ -143,7 +115,7 @@ def read_table(path: str | Path, required: list[str]) -> list[dict[str, str]]:
     if path.suffix.lower() == ".xlsx":
         try:
             sheets = _xlsx_sheets(path)
-        except (zipfile.BadZipFile, ElementTree.ParseError, KeyError) as e:
+        except (zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
             raise ValueError(f"{path} is not a readable .xlsx file ({e}); export it as "
                              "CSV") from None
     else:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 import numpy as np
 import pytest
@@ -23,27 +21,17 @@ def make_images(folder: Path, names: list[str], size=(40, 30)) -> None:
 
 
 def write_xlsx(path: Path, sheets: list[list[list]]) -> None:
-    """A minimal .xlsx as Excel stores it: strings in sharedStrings.xml, numbers inline."""
-    shared: list[str] = []
-    ns = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
-    with zipfile.ZipFile(path, "w") as z:
-        for n, rows in enumerate(sheets, 1):
-            xml_rows = []
-            for r, row in enumerate(rows, 1):
-                cells = []
-                for c, value in enumerate(row):
-                    ref = f"{chr(65 + c)}{r}"
-                    if isinstance(value, str):
-                        shared.append(value)
-                        cells.append(f'<c r="{ref}" t="s"><v>{len(shared) - 1}</v></c>')
-                    else:
-                        cells.append(f'<c r="{ref}"><v>{value}</v></c>')
-                xml_rows.append(f'<row r="{r}">{"".join(cells)}</row>')
-            z.writestr(f"xl/worksheets/sheet{n}.xml",
-                       f'<worksheet {ns}><sheetData>{"".join(xml_rows)}</sheetData></worksheet>')
-        items = "".join(f"<si><t>{escape(s)}</t></si>" for s in shared)
-        z.writestr("xl/sharedStrings.xml", f"<sst {ns}>{items}</sst>")
-        z.writestr("xl/workbook.xml", f"<workbook {ns}/>")
+    """An .xlsx with one worksheet per entry of `sheets`, written by openpyxl (as Excel
+    stores one: strings shared, numbers as numbers)."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.remove(book.active)
+    for n, rows in enumerate(sheets, 1):
+        sheet = book.create_sheet(f"Sheet{n}")
+        for row in rows:
+            sheet.append(row)
+    book.save(path)
 
 
 def manifest(tmp: Path, name: str, labels: Path, images: Path, **kw) -> dict[str, dict]:
@@ -223,3 +211,12 @@ def test_cli_writes_one_split(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
+
+
+def test_an_unreadable_xlsx_is_one_clear_error(tmp_path):
+    from synth.iqa_datasets import read_table
+
+    bad = tmp_path / "labels.xlsx"
+    bad.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match="is not a readable .xlsx file.*export it as CSV"):
+        read_table(bad, ["image", "mos"])
