@@ -91,6 +91,9 @@ def engine_env(settings: EngineSettings, cores: list[int] | None) -> dict[str, s
            # yourself to see them.
            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     if not settings.use_gpu:
+        # Ray no longer hides the node's GPUs from an actor that asks for none: without
+        # this, vLLM would take its share of GPU 0 and the next engine would fail there.
+        env["CUDA_VISIBLE_DEVICES"] = ""
         env["VLLM_CPU_KVCACHE_SPACE"] = str(int(settings.kv_cache_gib))
         if cores:
             # Multiprocess mode: vLLM's worker binds its OpenMP threads to these cores

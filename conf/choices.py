@@ -21,6 +21,7 @@ ZERO_STAGES = (0, 1, 2, 3)                       # learner.ds_config
 TRANSPORTS = ("object_store", "collective")      # weight_sync.transport
 COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
 LOGGING_BACKENDS = ("wandb", "tensorboard")      # driver.metrics_sink
+ATTN_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2")   # learner.learner_actor
 
 # config key -> its choices: what conf/loader.py checks.
 CHOICES: dict[str, tuple] = {
@@ -35,6 +36,7 @@ CHOICES: dict[str, tuple] = {
     "learner.zero_stage": ZERO_STAGES,
     "weights.transport": TRANSPORTS,
     "weights.backend": COLLECTIVE_BACKENDS,
+    "model.attn_implementation": ATTN_IMPLEMENTATIONS,
 }
 # config key -> the choices each element of its list may take.
 LIST_CHOICES: dict[str, tuple] = {

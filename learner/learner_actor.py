@@ -5,8 +5,12 @@ each actor `learner-<rank>`. All methods that touch parameters (train_step,
 compute_logprobs, publish_weights, save/load/export) are collectives under ZeRO: the group
 calls them on every rank together.
 
-Devices: DeepSpeed's accelerator decides. On CPU (tests, conf=tiny) the `cpu` accelerator
-and gloo run for real. The CUDA path (nccl backend, ZeRO-3 with CPU offload as in Table 7,
+Devices: conf `learner.num_gpus` decides. A rank without a GPU hides every GPU of its node
+(CUDA_VISIBLE_DEVICES empty, DeepSpeed's accelerator forced to `cpu`: Ray no longer hides
+them from an actor that asks for none) and runs the `cpu` accelerator and gloo, as the
+tests and conf=tiny do. Torch's threads follow the rank's CPUs (OMP_NUM_THREADS, which Ray
+sets from learner.num_cpus), on CPU and GPU alike: with ZeRO offload, DeepSpeed's CPU Adam
+updates on them. The CUDA path (nccl backend, ZeRO-3 with CPU offload as in Table 7,
 bf16) is written against DeepSpeed's documented config and `init_distributed`; it has not
 been run on a GPU yet (the tests run the CPU path only).
 """
@@ -27,6 +31,13 @@ from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
 from learner.image_inputs import StepImageInputs
 from learner.loss import policy_loss
+from learner.model_setup import (
+    load_policy,
+    make_optimizer,
+    make_reference,
+    skip_shm_comm_build,
+    special_token_ids,
+)
 from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
 from weight_sync.group import join_world, listen_on
 from weight_sync.transport import make_transport
@@ -34,14 +45,6 @@ from weight_sync.transport import make_transport
 TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
 UNIT_WEIGHTED_STATS = ("loss", "pg_loss", "kl_ref")
 STORE_TIMEOUT_S = 600.0   # ranks that do not all join the world within this fail setup
-
-
-def _skip_shm_comm_build() -> None:
-    # DeepSpeed's CPU accelerator JIT-compiles a shared-memory all-reduce on first init
-    # (~2 min, 1.5 GB); gloo does the same job here, so mark the op unavailable.
-    import deepspeed.ops
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 class LearnerWorker:
@@ -55,7 +58,7 @@ class LearnerWorker:
         self.total_steps = int(total_steps)
         self.engine: Any = None
         self.ref_engine: Any = None
-        self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use
+        self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use (load_policy)
         self._builder: Any = None
         self._store_listener: Any = None     # rank 0: the world store's bound socket
         self._weights_listener: Any = None   # rank 0: the weights group's, per push
@@ -82,6 +85,8 @@ class LearnerWorker:
             "RANK": str(self.rank), "WORLD_SIZE": str(self.world_size),
             "LOCAL_RANK": "0",  # Ray shows each GPU actor only its own device(s)
         })
+        if not self.conf["learner"]["num_gpus"]:   # before torch or DeepSpeed look for CUDA
+            os.environ.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu")
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -92,10 +97,9 @@ class LearnerWorker:
             message=r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)`")
         accel = get_accelerator()
         self.accelerator = "cuda" if accel.device_name() == "cuda" else "cpu"
+        torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS") or 1))))
         if self.accelerator == "cpu":
-            _skip_shm_comm_build()
-            cpus = float(os.environ.get("OMP_NUM_THREADS", "1") or 1)
-            torch.set_num_threads(max(1, int(cpus)))
+            skip_shm_comm_build()
         else:
             accel.set_device(0)
         # torch.distributed's world first, its store bound to rank 0's node address
@@ -110,9 +114,12 @@ class LearnerWorker:
         ds_config = build_ds_config(train, learner, self.world_size, self.accelerator)
         self.zero_stage = learner["zero_stage"]
         self.compute_dtype = torch.bfloat16 if train["precision"] == "bf16" else torch.float32
-        model = self._load_model(ds_config)
+        model, self._hf_ds_config = load_policy(self.conf, self.model_path, self.compute_dtype,
+                                                self.zero_stage, ds_config)
+        self.image_token_id, self.video_token_id, self.pad_token_id = special_token_ids(
+            self.model_path)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = self._make_optimizer(params, ds_config)
+        optimizer = make_optimizer(self.conf, params, ds_config)
         warm = warmup_steps(self.total_steps, train["warmup_ratio"])
         schedule = functools.partial(lr_multiplier, total_steps=self.total_steps, warmup=warm,
                                      schedule=train["lr_schedule"])
@@ -120,66 +127,15 @@ class LearnerWorker:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
             dist_init_required=False)
-        if train["kl_coef"] > 0:
-            self.ref_engine = self._make_reference(ds_config)
         self.device = self.engine.device
+        if train["kl_coef"] > 0:
+            self.ref_engine = make_reference(self.conf, self.model_path, self.compute_dtype,
+                                             self.zero_stage, ds_config, self.device)
         return {"rank": self.rank, "accelerator": self.accelerator,
+                "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "threads": torch.get_num_threads(),
                 "trainable_params": sum(int(getattr(p, "ds_numel", p.numel())) for p in params),
                 "warmup_steps": warm}
-
-    def _load_model(self, ds_config: dict) -> torch.nn.Module:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
-
-        if self.zero_stage == 3:
-            # Partition parameters while loading (deepspeed.zero.Init) instead of building
-            # the full model on every rank first.
-            from transformers.integrations import HfDeepSpeedConfig
-
-            self._hf_ds_config = HfDeepSpeedConfig(ds_config)
-        dtype = self.compute_dtype
-        model = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=dtype)
-        config = AutoConfig.from_pretrained(self.model_path)
-        self.image_token_id = getattr(config, "image_token_id", None)
-        self.video_token_id = getattr(config, "video_token_id", None)
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_token_id = int(pad if pad is not None else 0)
-        if self.conf["model"]["freeze_vision"]:
-            for name, param in model.named_parameters():
-                if name.startswith("model.visual."):
-                    param.requires_grad_(False)
-        if self.conf["learner"]["activation_checkpointing"]:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-        return model
-
-    def _make_optimizer(self, params: list, ds_config: dict) -> torch.optim.Optimizer:
-        train = self.conf["train"]
-        kwargs = {"lr": train["lr"], "weight_decay": train["weight_decay"]}
-        if "offload_optimizer" in ds_config["zero_optimization"]:
-            # ZeRO-Offload steps on the host: DeepSpeed's CPU Adam (AdamW mode) is the fast one.
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            return DeepSpeedCPUAdam(params, adamw_mode=True, **kwargs)
-        return torch.optim.AdamW(params, **kwargs)
-
-    def _make_reference(self, ds_config: dict) -> Any:
-        """A frozen copy of the starting policy for the KL term (kl_coef > 0)."""
-        import deepspeed
-        from transformers import AutoModelForImageTextToText
-
-        ref = AutoModelForImageTextToText.from_pretrained(self.model_path, dtype=self.compute_dtype)
-        ref.requires_grad_(False)
-        ref.eval()
-        if self.zero_stage == 3:
-            ref_config = {k: v for k, v in ds_config.items() if k != "gradient_clipping"}
-            ref_config["zero_optimization"] = {
-                k: v for k, v in ds_config["zero_optimization"].items() if k != "offload_optimizer"}
-            engine, *_ = deepspeed.initialize(model=ref, config=ref_config,
-                                              dist_init_required=False)
-            return engine
-        return ref.to(self.engine.device)
 
     # -- forward ----------------------------------------------------------------------
     def _forward_logprobs(

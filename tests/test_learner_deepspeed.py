@@ -170,6 +170,7 @@ def run(ray_cluster, model_dir, experience, receiver, tmp_path_factory):
             return RUNS[(stage, world)]
         rec: dict = {"run_dir": tmp_path_factory.mktemp(f"run-z{stage}w{world}")}
         group = new_group(stage, world)
+        rec["setup"] = group.setup_info
         try:
             rec["logprobs0"] = group.compute_logprobs(groups)
             rec["stats"] = [group.step(groups)]
@@ -244,6 +245,15 @@ def test_one_and_two_ranks_give_the_same_update(run, stage):
     for lp_one, lp_two in zip(one["logprobs1"], two["logprobs1"]):
         for x, y in zip(lp_one, lp_two):
             np.testing.assert_allclose(x, y, atol=LOGPROB_ATOL, rtol=0)
+
+
+def test_a_rank_without_a_gpu_hides_the_gpus_and_its_threads_follow_its_cpus(run):
+    # learner.num_gpus=0: each rank empties CUDA_VISIBLE_DEVICES before torch or DeepSpeed
+    # look for CUDA (Ray 2.60 leaves it unset for an actor that asks for no GPU, and on a
+    # GPU node the rank would then take GPU 0). learner.num_cpus=1: Ray sets
+    # OMP_NUM_THREADS=1, and torch uses that many threads.
+    for info in run(2, 2)["setup"]:
+        assert (info["visible_gpus"], info["accelerator"], info["threads"]) == ("", "cpu", 1)
 
 
 def test_vision_tower_trains_by_default_and_freezes_on_request(run, model_dir):

@@ -230,3 +230,16 @@ def test_restart_between_calls_is_caught_by_the_version(group, samples):
     assert all(r.weights_version == 2 for r in results)
     assert group.sync.counts["replays"] == replays + 1
     assert group.versions() == [2, 2]
+
+
+def test_an_engine_without_a_gpu_hides_the_gpus():
+    # Ray 2.60 no longer empties CUDA_VISIBLE_DEVICES for an actor that asks for no GPU;
+    # a CPU engine on a GPU node would otherwise take its share of GPU 0.
+    from dataclasses import replace
+
+    from actors.engine_settings import engine_env, settings_from_config
+    from conf import load_config
+
+    cpu = settings_from_config(load_config("tiny"), "/m")
+    assert engine_env(cpu, [0])["CUDA_VISIBLE_DEVICES"] == ""
+    assert "CUDA_VISIBLE_DEVICES" not in engine_env(replace(cpu, use_gpu=True), None)
