@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 HELP = """\
-usage: python launch.py conf=NAME|PATH [key.sub=value ...]
+usage: python launch.py [conf=]NAME|PATH [key.sub=value ...] [--dry-run]
 
 Runs Refine-IQA training (Stage-1 perception or Stage-2 scoring) on Ray.
 
@@ -25,6 +25,10 @@ Runs Refine-IQA training (Stage-1 perception or Stage-2 scoring) on Ray.
                    conf=experiments/mine.yaml. A config names its parents with
                    `defaults: [...]`: packaged names, sibling files of the same folder
                    (tried first) or paths; conf/base.yaml declares every key.
+  --dry-run        every check a run makes before it starts (config, data, each
+                   sample's prompt tokens against rollout.max_model_len, resources node
+                   by node) and the plan (roles, nodes, estimated memory, the longest
+                   prompt), starting no actor; exit status 1 with one line per problem
   key.sub=value    override one key, e.g. train.lr=1e-5 rollout.n=4 run.name=try1.
                    Values are YAML (1e-5 is a float, [1,1,0] a list, null is None) and must
                    have the type of base.yaml's default. Unknown keys are an error that names
@@ -41,15 +45,20 @@ headed by the files it was merged from and the overrides. Examples:
 """
 
 
-def parse_argv(argv: list[str]) -> tuple[str, list[str]]:
-    """Split `conf=NAME|PATH` from the overrides (conf defaults to tiny)."""
-    name, overrides = "tiny", []
-    for arg in argv:
-        if arg.startswith("conf=") or arg.startswith("--conf="):
+def parse_argv(argv: list[str]) -> tuple[str, list[str], bool]:
+    """(the config named by `conf=NAME|PATH` or a first bare argument, default tiny; the
+    overrides; whether --dry-run was asked for)."""
+    name, overrides, dry = "tiny", [], False
+    for k, arg in enumerate(argv):
+        if arg == "--dry-run":
+            dry = True
+        elif arg.startswith(("conf=", "--conf=")):
             name = arg.split("=", 1)[1]
+        elif k == 0 and "=" not in arg and not arg.startswith("-"):
+            name = arg   # `python launch.py stage2 --dry-run`
         else:
             overrides.append(arg)
-    return name, overrides
+    return name, overrides, dry
 
 
 def run_dir(cfg) -> Path:
@@ -74,6 +83,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     """Set up the run - its data, its actors (cluster.start), its loop (driver.trainer) -
     and run the steps."""
     from cluster.start import start_actors
+    from driver.dry_run import check_token_budget
     from driver.experience_maker import reward_plugins
     from driver.trainer import Trainer
     from driver.training_data import check_resumable, run_data
@@ -81,6 +91,7 @@ def train(cfg, model_path: str, out: Path) -> None:
 
     data = run_data(cfg)
     check_resumable(cfg, out, data.fingerprint)   # refusals come before any actor starts
+    check_token_budget(cfg, model_path, data)
     best, plugins = best_metric(cfg), reward_plugins(cfg)
     running = start_actors(cfg, model_path, engines=True, learners=True)
     Trainer(cfg, out, data, running, best, plugins).fit()
@@ -96,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help", "help") for a in argv):
         print(HELP.format(configs=", ".join(available_configs())))
         return 0
-    name, overrides = parse_argv(argv)
+    name, overrides, dry = parse_argv(argv)
     try:
         cfg, sources = load_config_with_sources(name, overrides)
         from omegaconf import OmegaConf
@@ -108,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         shown["prompts"] = f"<{len(cfg.prompts)} templates from conf/prompts.yaml>"
         print(textwrap.indent(OmegaConf.to_yaml(shown), "  "))
         out = run_dir(cfg)
+        if dry:   # checks and the plan; the run directory is left as it is
+            model_path = prepare_model(cfg)
+            print(f"# model: {model_path}")
+            from driver.dry_run import dry_run
+
+            return dry_run(cfg, model_path, out)
         lock = RunLock(out)   # held until this process ends: one launch per run directory
         if not cfg.run.resume:
             moved = start_fresh(out, cfg.run.overwrite)

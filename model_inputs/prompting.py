@@ -64,6 +64,14 @@ def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int,
     return w, h
 
 
+def image_tokens(width: int, height: int, min_pixels: int, max_pixels: int,
+                 factor: int = 28) -> int:
+    """Tokens an image takes in a prompt: one per factor x factor block of its model-input
+    size (Qwen2-VL merges 2 x 2 patches of 14 pixels into one token)."""
+    w, h = model_input_size(width, height, min_pixels, max_pixels, factor)
+    return (w // factor) * (h // factor)
+
+
 def box_to_model(box: Sequence[float], original_size: Sequence[int],
                  input_size: Sequence[int]) -> list[float]:
     """A box [x1, y1, x2, y2] in original pixels -> the model-input pixels it answers in."""
@@ -231,6 +239,7 @@ class PromptBuilder:
         self.prompts = prompts
         vocab = self.tokenizer.get_vocab()
         self.vision_token_ids = frozenset(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
+        self._text_tokens: dict[tuple[str, int], int] = {}   # prompt_length's cache
 
     def resize(self, image: Any) -> Any:
         """`image` at its model-input size (bicubic, as the processor would)."""
@@ -254,6 +263,29 @@ class PromptBuilder:
             sample_id=str(sample["id"]), mode=mode, text=text, token_ids=self.encode(text),
             images=resized, original_sizes=[img.size for img in originals],
             input_sizes=[img.size for img in resized])
+
+    def prompt_length(self, sample: dict, mode: str) -> int:
+        """The prompt's tokens once vLLM expands each image placeholder: the chat text's
+        tokens (counted once per question and image count) plus each image's tokens at
+        its model-input size. Reads only the images' headers (a rotation tag does not
+        change the count: the resize rule is symmetric in width and height)."""
+        from PIL import Image
+
+        question = question_for(sample, mode, self.prompts)
+        sizes = []
+        for item in sample["images"]:
+            if isinstance(item, Image.Image):
+                sizes.append(item.size)
+            else:
+                with Image.open(item) as image:
+                    sizes.append(image.size)
+        key = (question, len(sizes))
+        if key not in self._text_tokens:
+            text = self.processor.apply_chat_template(
+                build_messages(len(sizes), question), tokenize=False, add_generation_prompt=True)
+            self._text_tokens[key] = len(self.encode(text)) - len(sizes)   # minus the pads
+        return self._text_tokens[key] + sum(
+            image_tokens(w, h, self.min_pixels, self.max_pixels, self.factor) for w, h in sizes)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text (chat special tokens recognised, nothing added)."""

@@ -16,6 +16,7 @@ from model_inputs.prompting import (
     PromptBuilder,
     box_to_model,
     box_to_original,
+    image_tokens,
     model_input_size,
     question_for,
 )
@@ -154,6 +155,22 @@ def test_learner_inputs_expand_the_same_prompt(builder, images):
     # Collapsing the image tokens back to one placeholder gives the engine's token ids.
     collapsed = [t for i, t in enumerate(ids) if t != pad or ids[i - 1] != pad]
     assert collapsed == builder.prepare(sample, "think").token_ids
+
+
+def test_prompt_length_is_the_processors_expanded_prompt(builder, images):
+    # The independent count: the HF processor's own prompt, image placeholders expanded
+    # (what the learner trains on and vLLM builds), for one and for two images.
+    one = {"id": "nr", "task": "score", "question": None, "images": [images["chelsea"]]}
+    two = {"id": "fr", "task": "grounding", "question": stage1_grounding_prompt(True),
+           "images": [images["astronaut"], images["chelsea"]]}
+    for sample, mode in ((one, "think"), (two, "no_think"), (one, "no_think")):
+        expected = len(builder.learner_inputs(sample, mode)["prompt_ids"])
+        assert builder.prompt_length(sample, mode) == expected
+    # By hand: chelsea 252x168 -> 9 x 6 = 54 tokens, astronaut 224x224 -> 8 x 8 = 64.
+    assert image_tokens(451, 300, MIN_PIXELS, MAX_PIXELS) == 54
+    assert image_tokens(512, 512, MIN_PIXELS, MAX_PIXELS) == 64
+    # Table 7's 1920 x 1080 limit: a full-HD image is 68 x 38 = 2,584 tokens.
+    assert image_tokens(1920, 1080, 3136, 2073600) == 2584
 
 
 def test_ground_truth_box_in_model_pixels(builder, images):

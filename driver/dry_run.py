@@ -1,0 +1,161 @@
+"""`python launch.py CONF --dry-run`: every check a run makes before it starts an actor,
+and the plan it would follow, without starting one.
+
+What is checked, each problem one line:
+- the config (conf/loader.py), the reward plug-ins, `checkpoint.best_metric`;
+- the data: manifests, splits, leakage (driver.training_data) and every training and
+  held-out sample's prompt against the context: prompt tokens, image placeholders
+  expanded at the configured pixels (both images of a full-reference prompt), plus
+  `rollout.max_new_tokens` must fit `rollout.max_model_len` (the same check a run makes
+  before it starts);
+- the resources, in the cluster the run would use (joined, or a local one started and
+  stopped again): totals, then node by node.
+
+What is printed: the steps and samples, each role with its nodes, CPUs and GPUs, the
+estimated memory of each actor (cluster.memory: estimates, labelled so), and the longest
+prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MAX_LISTED = 5   # sample ids named per problem line
+
+
+def token_budget(cfg: Any) -> int:
+    """Prompt tokens a sample may take: the context less the answer's room."""
+    return cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+
+
+def prompt_lengths(cfg: Any, model_path: str, samples: list[dict]) -> dict[str, int]:
+    """Each sample's prompt tokens (model_inputs.prompting.PromptBuilder.prompt_length),
+    by id; a sample that cannot be read is left out (the data checks report it)."""
+    from tqdm import tqdm
+
+    from conf import ConfigError
+    from model_inputs.prompting import PromptBuilder
+
+    try:
+        builder = PromptBuilder(model_path, cfg.model.min_pixels, cfg.model.max_pixels,
+                                cfg.prompts, cfg.model.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model.path: cannot load the processor of {model_path} to count "
+                          f"prompt tokens ({str(err).splitlines()[0]})") from None
+    mode = "think" if cfg.stage == 2 else "no_think"
+    out = {}
+    for sample in tqdm(samples, desc="prompt lengths", unit="sample", leave=False):
+        try:
+            out[str(sample["id"])] = builder.prompt_length(sample, mode)
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def over_budget(lengths: dict[str, int], budget: int) -> str | None:
+    """One line naming the samples whose prompt exceeds `budget` tokens, or None."""
+    over = sorted(((n, sid) for sid, n in lengths.items() if n > budget), reverse=True)
+    if not over:
+        return None
+    named = ", ".join(f"{sid} ({n})" for n, sid in over[:MAX_LISTED])
+    more = f" and {len(over) - MAX_LISTED} more" if len(over) > MAX_LISTED else ""
+    return (f"{len(over)} samples need more prompt tokens than rollout.max_model_len - "
+            f"rollout.max_new_tokens = {budget}: {named}{more}. Lower model.max_pixels, "
+            "raise rollout.max_model_len, or leave them out of the manifest")
+
+
+def check_token_budget(cfg: Any, model_path: str, data: Any) -> dict[str, int]:
+    """Every training and held-out sample's prompt length, by id; DataError naming the
+    samples whose prompt leaves no room for the answer (a run refuses them before it
+    starts: vLLM would refuse them mid-run)."""
+    from driver.training_data import DataError
+
+    lengths = prompt_lengths(cfg, model_path, data.stream.samples + data.test)
+    line = over_budget(lengths, token_budget(cfg))
+    if line:
+        raise DataError(line)
+    return lengths
+
+
+def _size(gib: float) -> str:
+    return f"{gib:.1f} GiB" if gib >= 1 or gib == 0 else f"{gib * 1024:.0f} MiB"
+
+
+def plan_lines(cfg: Any, model_path: str, data: Any, lengths: dict[str, int]) -> list[str]:
+    """The printed plan (module docstring)."""
+    from cluster.memory import estimate, local_model_dir, num_parameters
+    from cluster.resources import layout
+
+    lines = [f"steps: {data.steps}, {data.stream.batch_size} images per step, "
+             f"{len(data.stream.samples)} training and {len(data.test)} held-out samples"]
+    for role in layout(cfg):
+        shares = "; ".join(", ".join(f"{v:g} {k}" for k, v in share.items() if v)
+                           or "nothing reserved" for share in role.shares)
+        lines.append(f"role {role.name}: {len(role.shares)} node(s); actor i on node "
+                     f"{role.slots}[i]; each node gives it {shares}")
+    local = local_model_dir(model_path)
+    params = num_parameters(local) if local is not None else None
+    if params is None:
+        lines.append(f"memory and prompt lengths: not estimated ({model_path} is not on this "
+                     "machine: not a directory, not in the Hugging Face cache)")
+    else:
+        lines.append(f"memory, ESTIMATED from {params / 1e9:.3g} B parameters "
+                     "(cluster/memory.py says what is counted):")
+        lines += [f"  {m.count} x {m.role}: GPU {_size(m.gpu_gib)}, host "
+                  f"{_size(m.host_gib)} each ({m.note})" for m in estimate(cfg, params)]
+    if lengths:
+        sid, longest = max(lengths.items(), key=lambda item: item[1])
+        lines.append(f"longest prompt: {longest} tokens (sample {sid}); budget "
+                     f"{token_budget(cfg)} = rollout.max_model_len {cfg.rollout.max_model_len}"
+                     f" - rollout.max_new_tokens {cfg.rollout.max_new_tokens}")
+    return lines
+
+
+def dry_run(cfg: Any, model_path: str, out: Path) -> int:
+    """Run the checks and print the plan; returns the exit status (0: ready to run, 1: one
+    line per problem printed to stderr)."""
+    import sys
+
+    from cluster.connect import connect, node_resources
+    from cluster.resources import ResourceError, check_resources
+    from conf import ConfigError
+    from driver.experience_maker import reward_plugins
+    from driver.training_data import DataError, check_resumable, run_data
+    from driver.validation import best_metric
+
+    problems: list[str] = []
+    data = None
+    for check in (lambda: best_metric(cfg), lambda: reward_plugins(cfg)):
+        try:
+            check()
+        except ConfigError as err:
+            problems.append(str(err))
+    try:
+        data = run_data(cfg)
+        check_resumable(cfg, out, data.fingerprint)
+    except DataError as err:
+        problems.append(str(err))
+    from cluster.memory import local_model_dir
+
+    lengths: dict[str, int] = {}
+    if data is not None and local_model_dir(model_path) is not None:
+        try:
+            lengths = check_token_budget(cfg, model_path, data)
+        except (ConfigError, DataError) as err:
+            problems.append(str(err))
+    try:
+        check_resources(cfg, connect(cfg, log_to_driver=False), nodes=node_resources())
+    except ResourceError as err:
+        problems.append(str(err))
+    finally:
+        import ray
+
+        ray.shutdown()   # a local cluster started for the check goes; a joined one stays
+    if data is not None:
+        print("\n".join(f"# {line}" for line in plan_lines(cfg, model_path, data, lengths)))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(f"# dry run: {'ready' if not problems else f'{len(problems)} problem(s)'}; "
+          "no actor was started")
+    return 1 if problems else 0

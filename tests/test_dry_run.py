@@ -1,0 +1,95 @@
+"""The checks a run makes before it starts an actor, and `launch.py --dry-run`.
+
+Memory figures are worked by hand from the formulas of cluster/memory.py beside each
+assertion; the prompt lengths' own check against the processor is in
+tests/test_prompting.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from cluster.memory import GIB, estimate, num_parameters
+from conf import load_config
+from driver.dry_run import over_budget
+from tests.conftest import REPO
+
+
+def test_memory_estimate_of_stage2_by_hand():
+    # 1e9 parameters, Stage-2 (bf16 everywhere, 4 ranks, ZeRO-3 with offload on GPUs):
+    # a rank keeps its gradient shard 2e9/4 bytes on the GPU; the AdamW state 12e9/4 and
+    # the parameter shard 2e9/4 live on the host. An engine holds the 2e9 bytes of weights;
+    # the object store keeps two pushes of 2e9.
+    by_role = {m.role: m for m in estimate(load_config("stage2"), 10**9)}
+    rank = by_role["learner rank"]
+    assert (rank.count, rank.gpu_gib, rank.host_gib) == (4, pytest.approx(0.5e9 / GIB),
+                                                        pytest.approx(3.5e9 / GIB))
+    assert by_role["rollout engine"].count == 3
+    assert by_role["rollout engine"].gpu_gib == pytest.approx(2e9 / GIB)
+    assert by_role["scoring actor"].count == 1
+    assert by_role["object store, per node"].host_gib == pytest.approx(4e9 / GIB)
+    # Without offload the state stays on the GPU: 0.5 + 0.5 + 3 (1e9 units) per rank.
+    kept = {m.role: m for m in estimate(load_config("stage2", ["learner.offload=false"]),
+                                        10**9)}["learner rank"]
+    assert (kept.gpu_gib, kept.host_gib) == (pytest.approx(4e9 / GIB), 0.0)
+    # Stage-1 starts no scorer; the collective transport keeps nothing in the object store.
+    roles = {m.role for m in estimate(load_config("stage1", ["weights.transport=collective"]),
+                                      10**9)}
+    assert roles == {"rollout engine", "learner rank"}
+
+
+def test_parameters_are_read_from_the_headers(tiny_model_dir):
+    # Independent count: load every tensor and add up their sizes.
+    from safetensors.torch import load_file
+
+    files = sorted(tiny_model_dir.glob("*.safetensors"))
+    expected = sum(t.numel() for f in files for t in load_file(str(f)).values())
+    assert num_parameters(tiny_model_dir) == expected > 0
+    assert num_parameters(tiny_model_dir / "no-such-dir") is None
+
+
+def test_over_budget_names_the_longest_first():
+    lengths = {"a": 100, "b": 300, "c": 250, "d": 90}
+    line = over_budget(lengths, 200)
+    assert line.startswith("2 samples need more prompt tokens than rollout.max_model_len - "
+                           "rollout.max_new_tokens = 200: b (300), c (250).")
+    assert over_budget(lengths, 300) is None
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "launch.py", *args, "ray.dashboard=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    proc = _launch("tiny", "--dry-run", f"run.output_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "# steps: 40, 4 images per step, 588 training and 96 held-out samples" in out
+    assert "# role learners: 1 node(s)" in out and "# role rollout: 1 node(s)" in out
+    assert "memory, ESTIMATED from" in out and "longest prompt:" in out
+    assert "dry run: ready; no actor was started" in out
+    assert not any(tmp_path.iterdir())   # the run directory is left alone
+
+
+@pytest.mark.slow
+def test_prompts_longer_than_the_context_are_refused_before_the_run(tmp_path):
+    # 200 - 64 new tokens leaves 136 prompt tokens; the mini set's prompts take ~250.
+    proc = _launch("tiny", "--dry-run", "rollout.max_model_len=200", "ray.num_cpus=1",
+                   f"run.output_dir={tmp_path}")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2, proc.stderr[-2000:]   # the budget, and 1.25 CPUs on 1
+    assert "need more prompt tokens than rollout.max_model_len - rollout.max_new_tokens = 136" \
+        in errors[0]
+    assert "the Ray cluster has 1" in errors[1]
+    # A run refuses the same samples with one line, before any actor starts.
+    proc = _launch("tiny", "rollout.max_model_len=200", f"run.output_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
+        errors[0]]
+    assert "Traceback" not in proc.stderr and "RolloutEngine pid" not in proc.stderr
