@@ -75,14 +75,21 @@ def batch_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_p
     mean = r.mean(axis=1, keepdims=True)
     ddof = 1 if std == "sample" and r.shape[1] > 1 else 0   # one rollout: std 0
     denom = r.std(axis=1, keepdims=True, ddof=ddof) + eps
-    normalised = (r - mean) / denom
-    if mode == "standard":
-        return normalised
-    if qualified is None:
+    if mode == "clipped_positive" and qualified is None:
         raise ValueError("mode 'clipped_positive' needs the qualified mask (ans == fmt == 1)")
-    q = _qualified_array(qualified, r.shape)
-    some_qualified = q.any(axis=1, keepdims=True)
-    return np.where(some_qualified, np.maximum(normalised, 0.0), (r - mean - shift) / denom)
+    with np.errstate(over="ignore"):   # an overflow is refused below, with its cause
+        normalised = (r - mean) / denom
+        if mode == "standard":
+            out = normalised
+        else:
+            some_qualified = _qualified_array(qualified, r.shape).any(axis=1, keepdims=True)
+            out = np.where(some_qualified, np.maximum(normalised, 0.0),
+                           (r - mean - shift) / denom)
+    if not np.isfinite(out).all():
+        raise ValueError(f"advantages overflow a float: (reward - mean - shift) / (std + eps) "
+                         f"with shift {shift:g} and eps {eps:g}; lower reward.adv_shift or "
+                         "raise reward.adv_eps")
+    return out
 
 
 def group_advantages(rewards: Any, qualified: Any | None, mode: str = "clipped_positive",

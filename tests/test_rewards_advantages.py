@@ -144,3 +144,12 @@ def test_all_tied_groups_are_finite(value, g, flags, mode):
     assert np.isfinite(adv).all()
     # Tied rewards carry no preference: no rollout is favoured over another.
     assert np.ptp(adv) == 0.0
+
+
+def test_an_overflowing_advantage_is_refused_not_infinite():
+    # Found by the fuzz test: one all-wrong rollout, shift 1e77 over std 0 + eps 6e-232 is
+    # about -1.8e308, beyond a float: refused with the settings to change, never -inf.
+    # (Plain GRPO cannot overflow: |r - mean| / std is at most sqrt(G - 1).)
+    with pytest.raises(ValueError, match="advantages overflow a float.*reward.adv_shift"):
+        group_advantages([0.0], [False], shift=1.089259350597393e77,
+                         eps=6.059206265371974e-232)
