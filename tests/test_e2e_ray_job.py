@@ -186,7 +186,9 @@ def test_job_submit_stop_resume_and_engine_kill(head, tmp_path):
 
     def kill_engine_once():
         steps = [r["step"] for r in _metrics(run)]
-        if killed or not steps or max(steps) <= stopped_at:
+        # After a step of the resumed run, and with steps left to use the engine again
+        # (a kill after the last step's generation would leave nothing to recover).
+        if killed or not steps or not stopped_at < max(steps) < STEPS - 2:
             return
         for actor in head.actors():
             if actor.get("name") == "rollout-engine-0" and actor.get("state") == "ALIVE":
