@@ -62,7 +62,7 @@ from conf.prompts import (
 log = logging.getLogger(__name__)
 
 TASKS = ("score", "choice", "grounding")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 FIELDS = ("id", "task", "images", "question", "answer", "mos", "bbox", "image_size",
           "source", "split", "meta")
 MOS_MAX = 5.0
