@@ -56,15 +56,18 @@ def state_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def iter_gathered_buckets(
-    module: torch.nn.Module, bucket_bytes: int, zero3: bool, keep: bool
+    module: torch.nn.Module, bucket_bytes: int, zero3: bool, keep: bool,
+    entries: list[tuple[str, torch.Tensor]] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield buckets of full CPU tensors (empty dicts where `keep` is False).
+    """Yield buckets of full CPU tensors (empty dicts where `keep` is False): of every
+    state-dict entry of `module`, or of `entries` (name, tensor) alone (a LoRA push: the
+    adapter's tensors, weight_sync.lora).
 
     With `zero3`, every rank must run this generator to the end together: each bucket's
     parameters are gathered with `deepspeed.zero.GatheredParameters`, a collective. Only
     the ranks with `keep` (rank 0) copy the gathered tensors out.
     """
-    entries = state_tensors(module)
+    entries = state_tensors(module) if entries is None else list(entries)
     by_name = dict(entries)
     sizes = [(name, _full_numel(t) * t.element_size()) for name, t in entries]
     for names in plan_buckets(sizes, bucket_bytes):
