@@ -1,12 +1,15 @@
-"""LoRA against full fine-tuning on conf=tiny, side by side: step time, the update's
-compute, the weight push (bytes and seconds), the learner's peak memory and the reward.
+"""LoRA against full fine-tuning on conf=tiny, side by side: step time, generation, the
+update's compute, the weight push (bytes and seconds), the learner's peak memory and the
+reward.
 
-Runs `python launch.py conf=tiny` (real Ray, vLLM, DeepSpeed) on one seed, full
-fine-tuning (the config's lr) and with `lora.rank=8` (its own lr, default 5e-3: LoRA
-moves fewer weights and needs a larger step), in --rounds rounds, the order swapped every
-round so that a load that comes and goes on a shared machine hits both alike; figures are
-medians over the steps after --skip and over the rounds. The first round's reward curves
-are drawn in a PNG beside the JSON.
+Runs `python launch.py conf=tiny` (real Ray, vLLM, DeepSpeed) on one seed: full
+fine-tuning (the config's lr), and `lora.rank=8` (its own lr, default 5e-3: LoRA moves
+fewer weights and needs a larger step) with each way of pushing it: the adapter, which the
+engines serve through vLLM's LoRA support (lora.push=adapter), and the merged weights, to
+plain engines (lora.push=merged). --rounds rounds, the order rotated every round so that
+a load that comes and goes on a shared machine hits all alike; figures are medians over
+the steps after --skip and over the rounds. The first round's reward curves are drawn in
+a PNG beside the JSON.
 
     python benchmarks/bench_lora.py [--steps 40] [--rounds 2] [--rank 8] [--lr 5e-3]
 """
@@ -60,15 +63,17 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config("tiny")
     rollouts = cfg.train.batch_size * cfg.rollout.n
-    runs = {"full": [], f"lora r{args.rank}": [f"lora.rank={args.rank}", f"train.lr={args.lr}"]}
+    lora = [f"lora.rank={args.rank}", f"train.lr={args.lr}"]
+    runs = {"full": [], "lora, adapter push": lora,
+            "lora, merged push": [*lora, "lora.push=merged"]}
     per_run, curves = [], {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-lora-") as tmp:
         for k in range(args.rounds):
-            for label in (list(runs) if k % 2 == 0 else list(runs)[::-1]):
+            for label in list(runs)[k % len(runs):] + list(runs)[:k % len(runs)]:
                 load = os.getloadavg()[0]
-                records = run_tiny(Path(tmp), f"{label.replace(' ', '_')}_{k}", args.steps,
-                                   args.seed, runs[label])
+                name = "".join(c if c.isalnum() else "_" for c in label)
+                records = run_tiny(Path(tmp), f"{name}_{k}", args.steps, args.seed, runs[label])
                 per_run.append({**summarise(label, records, args.skip, rollouts),
                                 **extra_figures(records, args.skip), "round": k,
                                 "load_1m": load})
@@ -76,17 +81,18 @@ def main(argv: list[str] | None = None) -> int:
                                           for r in records])
     rows = [combine(label, [r for r in per_run if r["run"] == label]) for label in runs]
     columns = [Column("run", "run"), Column("step s", "step_s", ".3f"),
-               Column("update", "update_s", ".3f"), Column("(compute)", "update_model_s", ".3f"),
+               Column("gen", "gen_s", ".3f"), Column("update", "update_s", ".3f"), Column("(compute)", "update_model_s", ".3f"),
                Column("push s", "push_s", ".3f"), Column("push MB", "push_mb", ".3f"),
                Column("learner GB", "peak_gb", ".2f"),
                Column(f"reward first {EDGE}", "reward_first", ".3f"),
                Column(f"last {EDGE}", "reward_last", ".3f")]
-    full, lora = rows
-    notes = [f"LoRA / full: step time {lora['step_s'] / full['step_s']:.2f}x, update "
-             f"{lora['update_model_s'] / full['update_model_s']:.2f}x, push bytes "
-             f"{lora['push_mb'] / full['push_mb']:.4f}x, push time "
-             f"{lora['push_s'] / full['push_s']:.2f}x, learner peak memory "
-             f"{lora['peak_gb'] / full['peak_gb']:.2f}x"]
+    full = rows[0]
+    notes = [f"{r['run']} / full: step time {r['step_s'] / full['step_s']:.2f}x, generation "
+             f"{r['gen_s'] / full['gen_s']:.2f}x, update "
+             f"{r['update_model_s'] / full['update_model_s']:.2f}x, push bytes "
+             f"{r['push_mb'] / full['push_mb']:.4f}x, push time "
+             f"{r['push_s'] / full['push_s']:.2f}x, learner peak memory "
+             f"{r['peak_gb'] / full['peak_gb']:.2f}x" for r in rows[1:]]
     notes += [f"  round {r['round']} {r['run']}: step {r['step_s']:.3f} s, load "
               f"{r['load_1m']:.1f}" for r in per_run]
     out = Path(args.out)

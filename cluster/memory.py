@@ -15,8 +15,8 @@ what they leave out (activations, allocator slack, CUDA context). Bytes per para
   (`lora.rank` > 0) the base weights are frozen: gradients and AdamW state exist for the
   adapter's parameters alone;
 - the object store (`weights.transport=object_store`): one weight push is the full weights
-  in the learner's precision (with LoRA, the adapter), and a node keeps the newest two
-  (the previous for a rollback).
+  in the learner's precision (with LoRA and lora.push=adapter, the adapter), and a node
+  keeps the newest two (the previous for a rollback).
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]
                           f"{optim:.1f} GiB ({'offloaded to the host' if offload else 'kept'})"
                           f"{kl}; activations not counted"))
     if cfg.weights.transport == "object_store":   # the collective transport keeps none
-        push = trained * b / GIB
+        push = (adapter_params if lora and cfg.lora.push == "adapter" else params) * b / GIB
         out.append(RoleMemory("object store, per node", 1, 0.0, 2 * push,
                               f"two weight pushes of {push:.1f} GiB (the newest and the "
                               "previous)"))

@@ -268,11 +268,20 @@ class LearnerWorker:
     # -- weights ----------------------------------------------------------------------
     def _buckets(self, bucket_bytes: int, adapter_only: bool = False):
         """Gathered buckets of the full state dict, or of the adapter's tensors alone
-        (LoRA: what a push carries, under peft's saved names)."""
-        entries = lora.adapter_parameters(self.engine.module) if adapter_only else None
-        return iter_gathered_buckets(self.engine.module, bucket_bytes,
-                                     zero3=self.zero_stage == 3, keep=self.rank == 0,
-                                     entries=entries)
+        (LoRA: what a push carries, under peft's saved names). With LoRA, the full state
+        dict comes merged (base + adapter, the base model's names), a layer's parts kept
+        in one bucket to be merged there."""
+        module = self.engine.module
+        if adapter_only:
+            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                         keep=self.rank == 0,
+                                         entries=lora.adapter_parameters(module))
+        if not lora.enabled(self.conf["lora"]):
+            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                         keep=self.rank == 0)
+        raw = iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                    keep=self.rank == 0, unit=lora.module_of)
+        return (lora.merged_state_dict(b, self.conf["lora"]) if b else b for b in raw)
 
     def open_weight_session(self, host: str) -> int:
         """Rank 0, collective transport: open the weights group's store socket on `host`
@@ -289,7 +298,7 @@ class LearnerWorker:
         gather_s}; the other ranks ([], {})."""
         weights = self.conf["weights"]
         bucket_bytes = int(weights["bucket_mb"] * 2**20)
-        adapter = lora.enabled(self.conf["lora"])   # a LoRA push carries the adapter alone
+        adapter = lora.pushes_adapter(self.conf["lora"])
         start = time.perf_counter()
         if self.rank != 0:
             for _ in self._buckets(bucket_bytes, adapter):
@@ -321,8 +330,6 @@ class LearnerWorker:
         state: dict[str, torch.Tensor] = {}
         for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20)):
             state.update(bucket)
-        if state and lora.enabled(self.conf["lora"]):
-            state = lora.merged_state_dict(state, self.conf["lora"])
         return state
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:

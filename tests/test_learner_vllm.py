@@ -8,9 +8,11 @@ Real vLLM engine, real DeepSpeed learner (ZeRO-2, one rank) on the tiny model:
 3. the learner's Hugging Face export loads in a fresh vLLM engine as it is and gives the
    learner's logprobs.
 
-Twice: full fine-tuning, and LoRA (lora.rank=8: the push carries the adapter alone, which
-the engine serves through vLLM's LoRA support; the export folds it into the base weights),
-where also an engine that Ray restarts gets the adapter back from the WeightSync's replay.
+Three times: full fine-tuning; LoRA (lora.rank=8) whose push carries the adapter alone,
+which the engine serves through vLLM's LoRA support (and an engine that Ray restarts gets
+the adapter back from the WeightSync's replay); and LoRA with lora.push=merged, whose push
+carries the base weights with the adapter folded in, to a plain engine. The export folds
+the adapter in either way.
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ ray = pytest.importorskip("ray")
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=["full", "lora"])
+@pytest.fixture(scope="module", params=["full", "lora", "lora_merged"])
 def setup(request, ray_cluster, tiny_model_dir, tmp_path_factory):
     from cluster.start import start_actors
     from conf import load_config
     from synth.manifest import load_samples
     from synth.mini_dataset import build_mini_dataset
 
-    lora = ["lora.rank=8", "lora.alpha=32"] if request.param == "lora" else []
+    lora = {"full": [], "lora": ["lora.rank=8", "lora.alpha=32"],
+            "lora_merged": ["lora.rank=8", "lora.alpha=32", "lora.push=merged"]}[request.param]
     cfg = load_config("tiny", ["learner.zero_stage=2", "rollout.max_new_tokens=16",
                                "rollout.n=2", *lora])
     mini = build_mini_dataset(TEST_CACHE / "mini")

