@@ -14,9 +14,11 @@ import os
 import time
 from typing import Any
 
+from actors.adapter_loader import AdapterLoader, vllm_lora_kwargs
 from actors.engine_settings import EngineSettings, cpu_cores_for, engine_env
 from model_inputs.prompting import PromptBuilder
-from weight_sync.receiver import WeightReceiver, weight_spec
+from weight_sync.lora import adapter_shapes
+from weight_sync.receiver import WeightReceiver, WeightSpec, weight_spec
 from weight_sync.transport import make_transport
 
 ENGINE_DEAD_EXIT = 75   # the actor's exit status when its vLLM engine core has died
@@ -68,6 +70,8 @@ class EngineHost:
         kwargs: dict[str, Any] = {}
         if settings.use_gpu:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        if settings.lora:
+            kwargs.update(vllm_lora_kwargs(settings))
         self.llm = LLM(
             model=settings.model_path, dtype=settings.dtype,
             max_model_len=settings.max_model_len, enforce_eager=settings.enforce_eager,
@@ -81,9 +85,13 @@ class EngineHost:
         warn_once_per_kind()   # after LLM(): vLLM configures its logging on engine start
         if settings.multiprocessing:
             self._watch_engine_core()
-        self.receiver = WeightReceiver(
-            weight_spec(settings.model_path, settings.trust_remote_code), engine=self,
-            source=make_transport(settings.weights_transport))
+        # LoRA: pushes carry the adapter, which actors.adapter_loader serves.
+        self.adapter = AdapterLoader(self, settings) if settings.lora else None
+        spec = (WeightSpec(adapter_shapes(settings.model_path, settings.lora,
+                                          settings.trust_remote_code))
+                if settings.lora else weight_spec(settings.model_path, settings.trust_remote_code))
+        self.receiver = WeightReceiver(spec, engine=self.adapter or self,
+                                       source=make_transport(settings.weights_transport))
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -102,7 +110,7 @@ class EngineHost:
         sample = {"id": "warm-up", "task": "score", "images": [Image.fromarray(pixels)]}
         self.llm.generate([self.builder.prepare(sample, "no_think").engine_input()],
                           SamplingParams(n=2, max_tokens=4, logprobs=0), use_tqdm=False)
-        self._reset_caches()
+        self.reset_caches()
 
     def _bind_cpu(self) -> list[int] | None:
         """Pin this process (and the OpenMP threads it starts) to its slot's cores."""
@@ -119,7 +127,7 @@ class EngineHost:
         return cores
 
     # --- weights -------------------------------------------------------------------
-    def _reset_caches(self) -> None:
+    def reset_caches(self) -> None:
         # Without the encoder-cache reset the engine dies with "Encoder cache miss".
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
@@ -146,13 +154,13 @@ class EngineHost:
     def finish(self) -> None:
         """End the session (also after a failure: untouched layers keep their weights)."""
         self._engine_call(self.llm.collective_rpc, "end_bucket_session")
-        self._reset_caches()
+        self.reset_caches()
 
     def load_initial(self) -> None:
         """The model's own files again (version 0)."""
         self._engine_call(self.llm.collective_rpc, "reload_weights",
                           kwargs={"is_checkpoint_format": True})
-        self._reset_caches()
+        self.reset_caches()
 
     def update_weights(self, version: int, push: Any) -> dict:
         """Load a weight push (weight_sync/receiver.py: streamed bucket by bucket, all or
@@ -175,7 +183,8 @@ class EngineHost:
         self.receiver.assert_usable()
         start = time.perf_counter()
         try:
-            return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False)
+            return self._engine_call(self.llm.generate, prompts, params, use_tqdm=False,
+                                     lora_request=self.adapter.request if self.adapter else None)
         finally:
             self.last_run_s = time.perf_counter() - start
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from model_inputs.prompting import MAX_IMAGES_PER_PROMPT
+from weight_sync.lora import pushes_adapter
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class EngineSettings:
     seed: int = 0                         # [run.seed] + engine index
     prompts: Any = None                   # the config's `prompts` node (None: conf defaults)
     weights_transport: str = "object_store"  # [weights.transport]
+    lora: dict | None = None              # [lora] when pushes carry the adapter (lora.push)
 
 
 def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> EngineSettings:
@@ -58,7 +60,8 @@ def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> En
         max_pixels=cfg.model.max_pixels, trust_remote_code=cfg.model.trust_remote_code,
         use_gpu=gpus > 0, num_threads=max(1, int(cpus)), seed=cfg.run.seed,
         prompts=OmegaConf.to_container(cfg.prompts) if "prompts" in cfg else None,
-        weights_transport=cfg.weights.transport)
+        weights_transport=cfg.weights.transport,
+        lora=OmegaConf.to_container(cfg.lora) if pushes_adapter(cfg.lora) else None)
 
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")

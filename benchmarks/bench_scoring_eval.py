@@ -80,7 +80,7 @@ class _TimedRun:
 
     def clear_caches(self) -> None:
         """Drop the prefix and image caches, so a mode does not reuse the previous one's."""
-        self._reset_caches()
+        self.reset_caches()
 
 
 class TimedRolloutEngine(_TimedRun, RolloutEngine):

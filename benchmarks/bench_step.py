@@ -106,8 +106,9 @@ def combine(label: str, runs: list[dict]) -> dict:
     return row
 
 
-def plot_rewards(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path:
-    """Both runs' reward per step on one axis."""
+def plot_rewards(curves: dict[str, list[tuple[int, float]]], path: Path,
+                 title: str = "conf=tiny: on-policy vs train.async_rollout (same seed)") -> Path:
+    """The runs' reward per step on one axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +119,7 @@ def plot_rewards(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path
         ax.plot(*zip(*points), label=label)
     ax.set_xlabel("step")
     ax.set_ylabel(M.SCORE.name("mean"))
-    ax.set_title("conf=tiny: on-policy vs train.async_rollout (same seed)")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -11,10 +11,12 @@ what they leave out (activations, allocator slack, CUDA context). Bytes per para
   (sharded over W at z = 3), gradients (sharded at z >= 2), and the AdamW state: an fp32
   master copy and two fp32 moments, 12 bytes per parameter in bf16 training (8 in fp32,
   whose parameters are the master copy), sharded at z >= 1. With `learner.offload` on a GPU
-  the optimizer state moves to host memory (and the parameters too at z = 3);
+  the optimizer state moves to host memory (and the parameters too at z = 3). With LoRA
+  (`lora.rank` > 0) the base weights are frozen: gradients and AdamW state exist for the
+  adapter's parameters alone;
 - the object store (`weights.transport=object_store`): one weight push is the full weights
-  in the learner's precision, and a node keeps the newest two (the previous for a
-  rollback).
+  in the learner's precision (with LoRA and lora.push=adapter, the adapter), and a node
+  keeps the newest two (the previous for a rollback).
 """
 
 from __future__ import annotations
@@ -73,9 +75,12 @@ class RoleMemory:
     note: str
 
 
-def estimate(cfg: Any, params: int) -> list[RoleMemory]:
-    """Per-actor estimates for the roles a run starts (module docstring)."""
+def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]:
+    """Per-actor estimates for the roles a run starts (module docstring); `adapter_params`:
+    the LoRA adapter's parameters (weight_sync.lora.adapter_shapes), with lora.rank > 0."""
     r, ln, t = cfg.rollout, cfg.learner, cfg.train
+    lora = cfg.lora.rank > 0
+    trained = adapter_params if lora else params   # what has gradients and optimizer state
     weights = params * _bytes(r.dtype) / GIB
     out = []
     for role, count, gpus in (("rollout engine", r.num_engines, r.num_gpus_per_engine),
@@ -90,9 +95,10 @@ def estimate(cfg: Any, params: int) -> list[RoleMemory]:
             out.append(RoleMemory(role, count, 0.0, weights + r.kv_cache_gib,
                                   f"weights + a {r.kv_cache_gib} GiB KV cache, on the host"))
     b, w, z = _bytes(t.precision), ln.num_learners, ln.zero_stage
-    param = params * b / (w if z == 3 else 1) / GIB
-    grads = params * b / (w if z >= 2 else 1) / GIB
-    optim = params * (12 if b == 2 else 8) / (w if z >= 1 else 1) / GIB
+    held = params + adapter_params if lora else params
+    param = held * b / (w if z == 3 else 1) / GIB
+    grads = trained * b / (w if z >= 2 else 1) / GIB
+    optim = trained * (12 if b == 2 else 8) / (w if z >= 1 else 1) / GIB
     offload = ln.offload and ln.num_gpus > 0 and z >= 1
     if ln.num_gpus > 0:
         gpu = param * (z != 3 or not offload) + grads + optim * (not offload)
@@ -105,7 +111,7 @@ def estimate(cfg: Any, params: int) -> list[RoleMemory]:
                           f"{optim:.1f} GiB ({'offloaded to the host' if offload else 'kept'})"
                           f"{kl}; activations not counted"))
     if cfg.weights.transport == "object_store":   # the collective transport keeps none
-        push = params * b / GIB
+        push = (adapter_params if lora and cfg.lora.push == "adapter" else params) * b / GIB
         out.append(RoleMemory("object store, per node", 1, 0.0, 2 * push,
                               f"two weight pushes of {push:.1f} GiB (the newest and the "
                               "previous)"))

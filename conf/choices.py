@@ -22,6 +22,7 @@ TRANSPORTS = ("object_store", "collective")      # weight_sync.transport
 COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
 LOGGING_BACKENDS = ("wandb", "tensorboard")      # driver.metrics_sink
 ATTN_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2")   # learner.learner_actor
+LORA_PUSHES = ("adapter", "merged")              # weight_sync.lora: what a LoRA push carries
 
 # config key -> its choices: what conf/loader.py checks.
 CHOICES: dict[str, tuple] = {
@@ -37,6 +38,7 @@ CHOICES: dict[str, tuple] = {
     "weights.transport": TRANSPORTS,
     "weights.backend": COLLECTIVE_BACKENDS,
     "model.attn_implementation": ATTN_IMPLEMENTATIONS,
+    "lora.push": LORA_PUSHES,
 }
 # config key -> the choices each element of its list may take.
 LIST_CHOICES: dict[str, tuple] = {

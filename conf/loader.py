@@ -283,6 +283,9 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("learner.num_learners", ">= 1", _at_least(1)),
     ("learner.num_cpus", ">= 0", _at_least(0)),
     ("learner.num_gpus", ">= 0", _at_least(0)),
+    ("lora.rank", "in 0..512 (0: full fine-tuning)", lambda v: 0 <= v <= 512),
+    ("lora.alpha", "> 0", _above(0)),
+    ("lora.dropout", "in [0, 1)", lambda v: 0 <= v < 1),
     ("weights.bucket_mb", "> 0", _above(0)),
     ("weights.timeout_s", "> 0", _above(0)),
     ("placement.learner_nodes", ">= 1", _at_least(1)),
@@ -340,6 +343,10 @@ def _check_values(cfg: DictConfig) -> None:
             "step before, so the policy ratio must be taken against the sampling policy's "
             "logprobs (vLLM's); learner.recompute_old_logprobs=true would take it against "
             "the learner's current weights. Set one of them to false")
+    if cfg.lora.rank > 0 and not all(isinstance(m, str) and m.isidentifier()
+                                     for m in cfg.lora.target_modules):
+        raise ConfigError(f"'lora.target_modules' is {list(cfg.lora.target_modules)!r}; it "
+                          "must list module names such as q_proj, v_proj")
     name = cfg.run.name
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"'run.name' is {name!r}; it must be a folder name (text without "

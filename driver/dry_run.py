@@ -78,6 +78,18 @@ def check_token_budget(cfg: Any, model_path: str, data: Any) -> dict[str, int]:
     return lengths
 
 
+def adapter_parameters(cfg: Any, model_dir: Path) -> int:
+    """The LoRA adapter's parameters (0 without LoRA), from the model's config alone."""
+    import math
+
+    from weight_sync.lora import adapter_shapes
+
+    if cfg.lora.rank == 0:
+        return 0
+    shapes = adapter_shapes(str(model_dir), cfg.lora, cfg.model.trust_remote_code)
+    return sum(math.prod(shape) for shape in shapes.values())
+
+
 def _size(gib: float) -> str:
     return f"{gib:.1f} GiB" if gib >= 1 or gib == 0 else f"{gib * 1024:.0f} MiB"
 
@@ -103,7 +115,8 @@ def plan_lines(cfg: Any, model_path: str, data: Any, lengths: dict[str, int]) ->
         lines.append(f"memory, ESTIMATED from {params / 1e9:.3g} B parameters "
                      "(cluster/memory.py says what is counted):")
         lines += [f"  {m.count} x {m.role}: GPU {_size(m.gpu_gib)}, host "
-                  f"{_size(m.host_gib)} each ({m.note})" for m in estimate(cfg, params)]
+                  f"{_size(m.host_gib)} each ({m.note})"
+                  for m in estimate(cfg, params, adapter_parameters(cfg, local))]
     if lengths:
         sid, longest = max(lengths.items(), key=lambda item: item[1])
         lines.append(f"longest prompt: {longest} tokens (sample {sid}); budget "

@@ -77,6 +77,8 @@ def _family(prefix: str, meaning: str, stats: tuple[str, ...] = ("mean", "max", 
 STEP = _declare("step", "training step, 1-based")
 EPOCH = _declare("epoch", "epoch of the step's batch")
 WEIGHTS_VERSION = _declare("weights/version", "weights version the rollouts were made with")
+PUSH_BYTES = _declare("weights/push_bytes", "bytes the step's weight push sent to each "
+                      "receiver (the full model; with LoRA the adapter alone)")
 
 # -- rewards and advantages ---------------------------------------------------------------
 SCORE = _family("critic/score", "final reward per rollout: Eq. 5 in Stage-2, format + task "
@@ -146,6 +148,9 @@ STEP_OVERHEAD = _declare("perf/step_overhead", "timing_s/step over the model wor
 TOTAL_TOKENS = _declare("perf/total_num_tokens", "prompt + response tokens of all rollouts")
 TIME_PER_STEP = _declare("perf/time_per_step", "seconds of the step (verl's name)")
 THROUGHPUT = _declare("perf/throughput", "total_num_tokens / (time_per_step x devices)")
+PEAK_MEMORY = _declare("perf/max_memory_allocated_gb", "the learner ranks' peak memory so far, "
+                       "the largest rank's (GPU: torch's allocated memory; CPU: the process's "
+                       "peak resident size), GB")
 
 # -- held-out validation (driver/validation.py), every eval.every steps ----------------
 TIMING_TESTING = _declare("timing_s/testing", "validation on the held-out data", "periodic")
@@ -185,7 +190,8 @@ LEARNER_RESTARTS = _declare("events/learner_restarts", "learner groups restarted
 
 # What the learner group's statistics are called here.
 LEARNER_STATS = {"pg_loss": PG_LOSS, "clip_frac": PG_CLIPFRAC, "approx_kl": PPO_KL,
-                 "entropy": ENTROPY, "kl_ref": KL_LOSS, "grad_norm": GRAD_NORM, "lr": LR}
+                 "entropy": ENTROPY, "kl_ref": KL_LOSS, "grad_norm": GRAD_NORM, "lr": LR,
+                 "peak_memory_gb": PEAK_MEMORY}
 
 
 def plugin_metric(function: str) -> str:
@@ -212,7 +218,8 @@ def step_metrics(experience: dict[str, float], stats: dict[str, float], *, epoch
     what follows from them: the overhead over the model work and the throughput."""
     out = {**experience, **learner_metrics(stats), EPOCH: epoch, TIMING_UPDATE: update_s,
            TIMING_UPDATE_MODEL: stats["compute_s"],
-           TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"], TIMING_STEP: step_s}
+           TIMING_WEIGHTS: push["gather_s"] + push["deliver_s"], PUSH_BYTES: push["bytes"],
+           TIMING_STEP: step_s}
     model_s = (out[TIMING_GEN_MODEL] + out.get(TIMING_PD_MODEL, 0.0)
                + out[TIMING_UPDATE_MODEL])
     out[STEP_OVERHEAD] = step_s / max(model_s, 1e-9)

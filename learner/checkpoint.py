@@ -35,6 +35,7 @@ TRAINER_STATE = "trainer_state.json"
 DEEPSPEED_DIR = "deepspeed"
 DEEPSPEED_TAG = "state"
 HF_DIR = "hf"
+ADAPTER_DIR = "adapter"   # LoRA: the adapter in peft's format (a checkpoint's hf/ holds only it)
 RUN_EXPORT = "export"
 RNG_DIR = "rng"
 TMP_PREFIX = ".tmp-"
@@ -217,10 +218,17 @@ def resolve_model_path(path: str, cache_dir: str | Path) -> str:
     for candidate in (p, p / HF_DIR, p / RUN_EXPORT):
         if (candidate / "config.json").is_file():
             return str(candidate)
+    if (p / HF_DIR / ADAPTER_DIR).is_dir():
+        raise FileNotFoundError(f"{p} is a LoRA checkpoint: it holds the adapter alone "
+                                f"({HF_DIR}/{ADAPTER_DIR}/, peft's format, for the run's base "
+                                f"model); the run's {RUN_EXPORT}/ holds the merged model")
     if (p / CHECKPOINTS).is_dir():
         newest = newest_complete(p / CHECKPOINTS)
         if newest is None:
             raise FileNotFoundError(f"run directory {p} has no complete checkpoint yet")
+        if not (newest / HF_DIR / "config.json").is_file():
+            raise FileNotFoundError(f"run directory {p} trains a LoRA adapter and has no "
+                                    f"{RUN_EXPORT}/ yet: its checkpoints hold the adapter alone")
         return str(newest / HF_DIR)
     raise FileNotFoundError(f"{p} is neither a model directory (config.json), a checkpoint "
                             f"({HF_DIR}/config.json) nor a run directory ({RUN_EXPORT}/ or "

@@ -27,6 +27,7 @@ from learner.experience import (
     split_for_ranks,
 )
 from learner.learner_actor import TOKEN_WEIGHTED_STATS, UNIT_WEIGHTED_STATS, LearnerWorker
+from weight_sync import lora
 from weight_sync.transport import TRANSPORTS, collective_backend
 
 
@@ -182,6 +183,7 @@ class LearnerGroup:
             stats[key] = max(r[key] for r in results)
         stats["compute_s"] = max(r["forward_s"] + r["backward_s"] + r["optimizer_s"]
                                  for r in results)
+        stats["peak_memory_gb"] = max(r["peak_memory_gb"] for r in results)
         stats.update(grad_norm=results[0]["grad_norm"], lr=results[0]["lr"], step_s=step_s,
                      global_step=results[0]["global_step"], num_tokens=tokens,
                      num_sequences=float(len(samples)))
@@ -245,7 +247,9 @@ class LearnerGroup:
         trainer_state as JSON, an HF export) and keep the last conf checkpoint.keep_last."""
         tmp = self.run_on_rank0("begin_checkpoint", str(run_dir), step)
         self.run_method("save_state", tmp)
-        self.run_method("export_hf", str(Path(tmp) / ckpt.HF_DIR))
+        # LoRA: the adapter alone (the base weights are the model's files)
+        self.run_method("export_hf", str(Path(tmp) / ckpt.HF_DIR),
+                        lora.enabled(self.conf["lora"]))
         meta = {"step": step, "world_size": self.world_size,
                 "zero_stage": self.conf["learner"]["zero_stage"]}
         return Path(self.run_on_rank0("end_checkpoint", tmp, step, dict(trainer_state),

@@ -38,6 +38,7 @@ from learner.model_setup import (
     skip_shm_comm_build,
     special_token_ids,
 )
+from weight_sync import lora
 from weight_sync.buckets import bucket_nbytes, iter_gathered_buckets
 from weight_sync.group import join_world, listen_on
 from weight_sync.transport import make_transport
@@ -45,6 +46,16 @@ from weight_sync.transport import make_transport
 TOKEN_WEIGHTED_STATS = ("clip_frac", "approx_kl", "ratio_mean", "entropy")
 UNIT_WEIGHTED_STATS = ("loss", "pg_loss", "kl_ref")
 STORE_TIMEOUT_S = 600.0   # ranks that do not all join the world within this fail setup
+
+
+def peak_memory_gb(accelerator: str) -> float:
+    """This rank's peak memory so far, in GB (1e9 bytes): the GPU's allocated memory on
+    cuda (torch's counter), the process's peak resident size on cpu."""
+    if accelerator == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # KiB on Linux
 
 
 class LearnerWorker:
@@ -187,7 +198,8 @@ class LearnerWorker:
         (learner/image_inputs.py).
         """
         with StepImageInputs(self._prompt_builder, micro_batches) as images:
-            return self._train_micro_batches(micro_batches, total_units, images)
+            stats = self._train_micro_batches(micro_batches, total_units, images)
+        return {**stats, "peak_memory_gb": peak_memory_gb(self.accelerator)}
 
     def _train_micro_batches(self, micro_batches: list[MicroBatch], total_units: float,
                              images: StepImageInputs) -> dict[str, float]:
@@ -254,9 +266,22 @@ class LearnerWorker:
         return out
 
     # -- weights ----------------------------------------------------------------------
-    def _buckets(self, bucket_bytes: int):
-        return iter_gathered_buckets(self.engine.module, bucket_bytes,
-                                     zero3=self.zero_stage == 3, keep=self.rank == 0)
+    def _buckets(self, bucket_bytes: int, adapter_only: bool = False):
+        """Gathered buckets of the full state dict, or of the adapter's tensors alone
+        (LoRA: what a push carries, under peft's saved names). With LoRA, the full state
+        dict comes merged (base + adapter, the base model's names), a layer's parts kept
+        in one bucket to be merged there."""
+        module = self.engine.module
+        if adapter_only:
+            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                         keep=self.rank == 0,
+                                         entries=lora.adapter_parameters(module))
+        if not lora.enabled(self.conf["lora"]):
+            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                         keep=self.rank == 0)
+        raw = iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
+                                    keep=self.rank == 0, unit=lora.module_of)
+        return (lora.merged_state_dict(b, self.conf["lora"]) if b else b for b in raw)
 
     def open_weight_session(self, host: str) -> int:
         """Rank 0, collective transport: open the weights group's store socket on `host`
@@ -272,16 +297,17 @@ class LearnerWorker:
         are broadcast and rank 0 returns no handles. Rank 0 also returns {bytes, buckets,
         gather_s}; the other ranks ([], {})."""
         weights = self.conf["weights"]
-        bucket_bytes = int(float(weights["bucket_mb"]) * 2**20)
+        bucket_bytes = int(weights["bucket_mb"] * 2**20)
+        adapter = lora.pushes_adapter(self.conf["lora"])
         start = time.perf_counter()
         if self.rank != 0:
-            for _ in self._buckets(bucket_bytes):
+            for _ in self._buckets(bucket_bytes, adapter):
                 pass
             return [], {}
         counts = {"bytes": 0.0, "buckets": 0.0}
 
         def counted():
-            for bucket in self._buckets(bucket_bytes):
+            for bucket in self._buckets(bucket_bytes, adapter):
                 counts["bytes"] += bucket_nbytes(bucket)
                 counts["buckets"] += 1
                 yield bucket
@@ -299,21 +325,40 @@ class LearnerWorker:
         return handles, {**counts, "gather_s": time.perf_counter() - start}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full weights as CPU tensors on rank 0 ({} elsewhere); all ranks must call."""
+        """The full weights as CPU tensors on rank 0 ({} elsewhere), a LoRA adapter merged
+        into the base weights (weight_sync.lora.merged_state_dict); all ranks must call."""
         state: dict[str, torch.Tensor] = {}
         for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20)):
             state.update(bucket)
         return state
 
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA: the adapter's tensors under peft's saved names on rank 0 ({} elsewhere)."""
+        state: dict[str, torch.Tensor] = {}
+        for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20), True):
+            state.update(bucket)
+        return state
+
     # -- checkpoints ------------------------------------------------------------------
-    def export_hf(self, directory: str) -> None:
-        """save_pretrained of the full weights plus tokenizer/processor files (rank 0)."""
+    def export_hf(self, directory: str, adapter_only: bool = False) -> None:
+        """save_pretrained of the full weights plus tokenizer/processor files (rank 0).
+        LoRA: the adapter merged in, and the adapter itself in `adapter/` (peft's format);
+        `adapter_only` writes that folder alone (a checkpoint's: adapter-sized)."""
+        directory_path = Path(directory)
+        if lora.enabled(self.conf["lora"]):
+            adapter = self.adapter_state_dict()
+            if self.rank == 0:
+                lora.write_adapter(directory_path / ckpt.ADAPTER_DIR, self.conf["lora"],
+                                   self.model_path, adapter)
+            if adapter_only:
+                return
         state = self.full_state_dict()
         if self.rank != 0:
             return
-        directory_path = Path(directory)
         directory_path.mkdir(parents=True, exist_ok=True)
-        self.engine.module.save_pretrained(directory_path, state_dict=state)
+        module = self.engine.module
+        base = module.get_base_model() if hasattr(module, "get_base_model") else module
+        base.save_pretrained(directory_path, state_dict=state)
         if Path(self.model_path).is_dir():
             ckpt.copy_processor_files(self.model_path, directory_path)
         else:
@@ -324,7 +369,9 @@ class LearnerWorker:
     def save_state(self, directory: str) -> None:
         """DeepSpeed state (every rank writes its shard) and this rank's RNG state."""
         directory_path = Path(directory)
-        self.engine.save_checkpoint(str(directory_path / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG)
+        # LoRA: the frozen base weights are the model's files; the state is adapter-sized.
+        self.engine.save_checkpoint(str(directory_path / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG,
+                                    exclude_frozen_parameters=lora.enabled(self.conf["lora"]))
         rng_dir = directory_path / ckpt.RNG_DIR
         rng_dir.mkdir(parents=True, exist_ok=True)
         rng = {"cpu": torch.get_rng_state()}
@@ -337,7 +384,8 @@ class LearnerWorker:
         directory_path = Path(directory)
         load_path, _ = self.engine.load_checkpoint(
             str(directory_path / ckpt.DEEPSPEED_DIR), tag=ckpt.DEEPSPEED_TAG,
-            load_optimizer_states=True, load_lr_scheduler_states=True)
+            load_optimizer_states=True, load_lr_scheduler_states=True,
+            load_module_strict=not lora.enabled(self.conf["lora"]))
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {directory_path}")
         rng_file = directory_path / ckpt.RNG_DIR / f"rank_{self.rank:05d}.pt"

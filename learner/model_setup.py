@@ -7,6 +7,8 @@ DeepSpeed world; conf keys in brackets.
   transformers' HfDeepSpeedConfig, which must stay alive as long as the model), the vision
   tower frozen [model.freeze_vision], activation checkpointing [learner.
   activation_checkpointing], the attention implementation [model.attn_implementation];
+  with LoRA [lora.rank > 0] wrapped by peft: adapters on the configured linear layers
+  (weight_sync.lora), every base weight frozen, so the optimizer holds adapter state only;
 - `special_token_ids`: the image, video and padding token ids the collation needs;
 - `make_optimizer`: DeepSpeed's CPU Adam when ZeRO offloads the optimizer state to the host
   (the fast one there), else torch's AdamW [train.lr, train.weight_decay];
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from weight_sync import lora
 
 
 def skip_shm_comm_build() -> None:
@@ -55,6 +59,10 @@ def load_policy(conf: dict, model_path: str, dtype: torch.dtype, zero_stage: int
     if conf["learner"]["activation_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    if lora.enabled(conf["lora"]):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora.lora_config(conf["lora"]))
     return model, hf_ds_config
 
 

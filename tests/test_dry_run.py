@@ -93,3 +93,17 @@ def test_prompts_longer_than_the_context_are_refused_before_the_run(tmp_path):
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [
         errors[0]]
     assert "Traceback" not in proc.stderr and "RolloutEngine pid" not in proc.stderr
+
+
+def test_lora_memory_estimate_by_hand():
+    # 1e9 base parameters, a 1e7-parameter adapter, Stage-2 (bf16, 4 ranks, ZeRO-3 with
+    # offload): a rank's GPU holds the adapter's gradient shard 2e7/4 bytes; the host the
+    # AdamW state of the adapter 12e7/4 and the parameter shard (1e9 + 1e7) x 2 / 4; a push
+    # is the adapter, 2e7 bytes, two kept.
+    cfg = load_config("stage2", ["lora.rank=64"])
+    by_role = {m.role: m for m in estimate(cfg, 10**9, 10**7)}
+    rank = by_role["learner rank"]
+    assert rank.gpu_gib == pytest.approx(0.5e7 / GIB)
+    assert rank.host_gib == pytest.approx((3e7 + 1.01e9 * 2 / 4) / GIB)
+    assert by_role["object store, per node"].host_gib == pytest.approx(4e7 / GIB)
+    assert by_role["rollout engine"].gpu_gib == pytest.approx(2e9 / GIB)   # base weights

@@ -16,6 +16,21 @@ def test_plan_buckets_never_splits_a_tensor():
         plan_buckets(sizes, 0)
 
 
+def test_plan_buckets_keeps_a_lora_layer_together():
+    from weight_sync.lora import module_of
+
+    # q's base weight (6 bytes) and its two adapter tensors (1 each) make one unit of 8:
+    # a bucket of 8 cannot take it after "n" (2), so the unit starts the next bucket whole.
+    sizes = [("m.n.weight", 2), ("m.q.base_layer.weight", 6), ("m.q.lora_A.default.weight", 1),
+             ("m.q.lora_B.default.weight", 1), ("m.k.weight", 3)]
+    assert plan_buckets(sizes, 8, module_of) == [
+        ["m.n.weight"], ["m.q.base_layer.weight", "m.q.lora_A.default.weight",
+                         "m.q.lora_B.default.weight"], ["m.k.weight"]]
+    assert plan_buckets(sizes, 8) == [["m.n.weight", "m.q.base_layer.weight"],
+                                      ["m.q.lora_A.default.weight",
+                                       "m.q.lora_B.default.weight", "m.k.weight"]]
+
+
 class _Tied(torch.nn.Module):
     def __init__(self):
         super().__init__()

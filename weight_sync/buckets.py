@@ -9,27 +9,36 @@ at the same time (the gather is a collective); only rank 0 keeps the full tensor
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 
-def plan_buckets(sizes: list[tuple[str, int]], bucket_bytes: int) -> list[list[str]]:
+def plan_buckets(sizes: list[tuple[str, int]], bucket_bytes: int,
+                 unit: Callable[[str], str] | None = None) -> list[list[str]]:
     """Group (name, nbytes) in order into buckets of at most `bucket_bytes`.
 
     A tensor is never split; one larger than a bucket travels alone in its own bucket.
+    With `unit`, consecutive names of one unit (`unit(name)` equal) share a bucket: a LoRA
+    layer's base weight and adapter, which are merged together (weight_sync.lora).
     """
     if bucket_bytes < 1:
         raise ValueError(f"bucket size must be positive, got {bucket_bytes} bytes")
+    units: list[tuple[list[str], int]] = []
+    for name, nbytes in sizes:
+        if units and unit is not None and unit(name) == unit(units[-1][0][-1]):
+            units[-1] = (units[-1][0] + [name], units[-1][1] + nbytes)
+        else:
+            units.append(([name], nbytes))
     buckets: list[list[str]] = []
     current: list[str] = []
     current_bytes = 0
-    for name, nbytes in sizes:
+    for names, nbytes in units:
         if current and current_bytes + nbytes > bucket_bytes:
             buckets.append(current)
             current, current_bytes = [], 0
-        current.append(name)
+        current.extend(names)
         current_bytes += nbytes
     if current:
         buckets.append(current)
@@ -56,18 +65,23 @@ def state_tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def iter_gathered_buckets(
-    module: torch.nn.Module, bucket_bytes: int, zero3: bool, keep: bool
+    module: torch.nn.Module, bucket_bytes: int, zero3: bool, keep: bool,
+    entries: list[tuple[str, torch.Tensor]] | None = None,
+    unit: Callable[[str], str] | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield buckets of full CPU tensors (empty dicts where `keep` is False).
+    """Yield buckets of full CPU tensors (empty dicts where `keep` is False): of every
+    state-dict entry of `module`, or of `entries` (name, tensor) alone (a LoRA push: the
+    adapter's tensors, weight_sync.lora).
 
     With `zero3`, every rank must run this generator to the end together: each bucket's
     parameters are gathered with `deepspeed.zero.GatheredParameters`, a collective. Only
-    the ranks with `keep` (rank 0) copy the gathered tensors out.
+    the ranks with `keep` (rank 0) copy the gathered tensors out. `unit`: see
+    plan_buckets.
     """
-    entries = state_tensors(module)
+    entries = state_tensors(module) if entries is None else list(entries)
     by_name = dict(entries)
     sizes = [(name, _full_numel(t) * t.element_size()) for name, t in entries]
-    for names in plan_buckets(sizes, bucket_bytes):
+    for names in plan_buckets(sizes, bucket_bytes, unit):
         tensors = [by_name[n] for n in names]
         params = list({id(t): t for t in tensors if isinstance(t, torch.nn.Parameter)}.values())
         if zero3 and params:
