@@ -50,7 +50,7 @@ from omegaconf import OmegaConf
 from conf import prompts as P
 from synth.manifest import load_samples
 
-COLD_START_VERSION = 2
+COLD_START_VERSION = 3
 THINKS = (
     "The image looks sharp and the exposure is fine.",
     "There is visible blur and some noise in the picture.",
@@ -68,6 +68,9 @@ class ColdStartSettings:
     lr: float = 5e-4         # cosine to 0; 2e-3 left class naming at chance (measured)
     class_share: float = 0.6
     seed: int = 0
+    # The vision tower (the eye distilled from EfficientNet-Lite0, synth/distill.py) stays
+    # as it is: the warm-up teaches the language side to answer, not the tower to see.
+    train_vision: bool = False
 
 
 def class_question(prompts: Any | None = None) -> str:
@@ -164,7 +167,10 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
 
     builder, end_id, model = _load(model_dir)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    if not settings.train_vision:
+        model.model.visual.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=settings.lr, weight_decay=0.0)
     cosine = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
     rng = np.random.default_rng(settings.seed)
@@ -201,7 +207,7 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
                         image_grid_thw=inputs["image_grid_thw"], **extra)
             (out.loss / settings.batch_size).backward()
             total += float(out.loss.detach()) / settings.batch_size
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         cosine.step()
         losses.append(total)
@@ -287,11 +293,14 @@ def summary(model_dir: str | Path) -> dict[str, Any]:
 
 
 def embedded_model(cache_dir: str | Path) -> Path:
-    """What `model.path=tiny` names: the tiny model after its warm-up on the mini
-    dataset's Stage-2 and Stage-1 training manifests (both built on the spot, cached)."""
-    from synth.mini_dataset import build_mini_dataset
+    """What `model.path=tiny` names: the tiny model whose vision tower learnt
+    EfficientNet-Lite0's features on the training photos (synth/distill.py), after its
+    warm-up on the mini dataset's Stage-2 and Stage-1 training manifests (all built on the
+    spot, cached)."""
+    from synth.distill import distilled_model
+    from synth.mini_dataset import build_mini_dataset, training_photos
     from synth.tiny_model import build_tiny_model
 
     mini = build_mini_dataset(Path(cache_dir) / "mini")
-    base = build_tiny_model(cache_dir)
-    return cold_start(base, [mini["stage2_train"], mini["stage1_train"]], cache_dir)
+    eye = distilled_model(build_tiny_model(cache_dir), training_photos(), cache_dir)
+    return cold_start(eye, [mini["stage2_train"], mini["stage1_train"]], cache_dir)
