@@ -109,8 +109,9 @@ def test_distillation_lowers_its_loss(small_tower, teacher):
     tower = copy.deepcopy(tower)
     photos = [np.asarray(np.random.default_rng(k).integers(0, 255, (300, 300, 3)),
                          np.uint8) for k in range(2)]
-    settings = D.DistillSettings(images=16, epochs=4, batch_size=8, components=8)
-    pixels, grid, targets = D.distill_inputs(teacher, processor, photos, settings)
+    settings = D.DistillSettings(images=16, epochs=4, batch_size=8, components=8,
+                                 pooled_weight=1.0)
+    pixels, grid, targets, pooled = D.distill_inputs(teacher, processor, photos, settings)
     assert pixels.shape[:2] == (16, 256) and targets.shape[:2] == (16, 256)
-    stats = D.train_tower(tower, pixels, grid, targets, settings, log=lambda *a: None)
+    stats = D.train_tower(tower, pixels, grid, targets, settings, pooled, log=lambda *a: None)
     assert stats["steps"] == 8 and stats["loss_last"] < stats["loss_first"]
