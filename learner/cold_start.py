@@ -1,18 +1,18 @@
 """The tiny model's warm-up: the answer format, and naming distortion classes.
 
 A random model never writes `[think]..[/think][answer]Score:x.x[/answer]`, so every
-rollout would score 0 and GRPO would have no signal; and a random vision tower does not
-see distortions at all (a ridge probe on its pooled features predicts the mini set's
-synthetic MOS at SRCC ~0.1, leave-one-photo-out). A real base VLM both follows
-instructions and perceives distortions before RL, which the paper relies on. This
-supervised warm-up gives the tiny model a small share of both, and nothing more:
+rollout would score 0 and GRPO would have no signal. A real base VLM follows instructions
+before RL, which the paper relies on; it also perceives, which the tiny model gets from
+its eye (synth/distill.py: the vision tower learnt EfficientNet-Lite0's features, with no
+task label) before this warm-up. The warm-up leaves the vision tower as it is and teaches
+the language side a small share of instruction following, and nothing more:
 
 - FORMAT (a `1 - class_share` share of the samples): every target is a well-formed
   answer to the sample's own prompt whose content is drawn at random: a score uniform on
   0.0..4.9 (think or no-think), a random object / class / severity (Stage-1 choice), a
   random box (grounding), a think drawn from a few stock sentences. No score and no
   severity in these targets depends on the image.
-- PERCEPTION (a `class_share` share): a distorted Stage-2 training image and the question
+- CLASS (a `class_share` share): a distorted Stage-2 training image and the question
   `class_question` ("what visual distortion appears in this image?"), answered with its
   distortion class word (one of the 12 of conf's class_words). Levels 1..5 are all
   present and never named; clean images are never shown in this task (naming them
@@ -20,13 +20,9 @@ supervised warm-up gives the tiny model a small share of both, and nothing more:
 
 So the warm-up never supervises severity or the score: severity is what Stage-1's RL
 teaches, the score what Stage-2's RL teaches. Test-split images are never used (the
-manifests given are training manifests; training refuses test samples in them).
-Measured on the mini set (2026-11-29, `make reproduce`): after the default 1500 steps the
-model names the class of a held-out photo's distorted crop 19% of the time (88 images;
-chance 1/12), and it starts RL writing a well-formed think answer about 30% of the time.
-What it does not give is a sense of severity: a linear probe on its vision features
-predicts the held-out synthetic MOS at SRCC 0.12 (0.14 before the warm-up;
-benchmarks/perception_probe.py); see the README's "Does it learn?".
+manifests given are training manifests; training refuses test samples in them). What it
+measures (held-out class naming, the probe of the model RL starts from) is in the README's
+"Does it learn?" (`make reproduce`).
 
 The result is cached beside the base model, keyed by the base model, the manifests' bytes,
 their images' bytes and the settings; one thread keeps it deterministic on any machine.
