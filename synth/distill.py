@@ -191,30 +191,34 @@ def merge_pool(tokens: torch.Tensor) -> torch.Tensor:
 
 
 # -- the tower ----------------------------------------------------------------------------
-def patch_order(tower, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """For one image: the row-major grid index of each row of the blocks' hidden states.
+def patch_order(tower, grid_thw: torch.Tensor) -> torch.Tensor:
+    """For one image of grid `grid_thw` (1, 3): the row-major grid index of each row of the
+    blocks' hidden states.
 
     The processor orders patches in 2 x 2 merge units (unit-major), and Qwen2.5-VL's tower
-    permutes merge units into attention windows before its blocks; both orders are read
-    off the tower itself (the block input's rows matched to the patch embedding's), so the
-    map follows the library rather than a copy of its rules."""
+    permutes merge units into attention windows before its blocks; the permutation is read
+    off the tower itself (the block input's rows matched to the patch embedding's, for
+    random patches, which are all distinct), so the map follows the library rather than a
+    copy of its rules. It depends on the grid alone."""
     seen = {}
     hooks = [tower.patch_embed.register_forward_hook(lambda m, i, o: seen.update(embed=o)),
              tower.blocks[0].register_forward_pre_hook(
                  lambda m, args, kwargs: seen.update(block=args[0] if args else
                                                      kwargs["hidden_states"]),
                  with_kwargs=True)]
+    t, h, w = (int(v) for v in grid_thw[0])
+    values = tower.patch_embed.proj.weight[0].numel()
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(t * h * w, values, generator=generator).to(grid_thw.device)
     try:
         with torch.no_grad():
-            tower(pixel_values, grid_thw=grid_thw)
+            tower(probe, grid_thw=grid_thw)
     finally:
-        for h in hooks:
-            h.remove()
-    embed, block = seen["embed"], seen["block"]
-    window = torch.cdist(block, embed).argmin(1).cpu()  # block row -> processor row
-    h, w = int(grid_thw[0, 1]), int(grid_thw[0, 2])
+        for hook in hooks:
+            hook.remove()
+    window = torch.cdist(seen["block"], seen["embed"]).argmin(1).cpu()  # block -> processor
     units = torch.arange(h * w).reshape(h // 2, 2, w // 2, 2).permute(0, 2, 1, 3).reshape(-1)
-    return units[window].to(embed.device)               # processor row -> grid index
+    return units[window].to(grid_thw.device)             # processor row -> grid index
 
 
 def tower_states(tower, pixel_values: torch.Tensor, grid_thw: torch.Tensor
@@ -276,7 +280,7 @@ def train_tower(tower, pixels: torch.Tensor, grid_thw: torch.Tensor, targets: to
                                      pooled.shape[-1]).to(device))
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.01)
-    order = patch_order(tower, pixels[0].to(device), grid_thw.to(device))
+    order = patch_order(tower, grid_thw.to(device))
     n = len(pixels)
     steps_per_epoch = math.ceil(n / settings.batch_size)
     total = settings.epochs * steps_per_epoch

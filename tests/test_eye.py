@@ -70,7 +70,7 @@ def test_patch_order_maps_block_rows_to_the_image_grid(small_tower):
     image = np.full((224, 224, 3), 255, np.uint8)
     image[:, :5 * 14] = 0
     pixels, grid = D.patchify(image[None], processor)
-    order = D.patch_order(tower, pixels, grid)
+    order = D.patch_order(tower, grid)
     seen = {}
     hook = tower.blocks[0].register_forward_pre_hook(
         lambda m, args, kwargs: seen.update(x=args[0] if args else kwargs["hidden_states"]),
@@ -102,16 +102,41 @@ def test_target_projection_weighs_every_depth_alike():
 
 
 def test_distillation_lowers_its_loss(small_tower, teacher):
-    """A few epochs on 16 inputs: the loss of the last epoch is below the first step's."""
+    """Ten epochs on 16 inputs: the loss of the last epoch is below the first step's."""
     import copy
 
     tower, processor = small_tower
     tower = copy.deepcopy(tower)
     photos = [np.asarray(np.random.default_rng(k).integers(0, 255, (300, 300, 3)),
                          np.uint8) for k in range(2)]
-    settings = D.DistillSettings(images=16, epochs=4, batch_size=8, components=8,
-                                 pooled_weight=1.0)
+    settings = D.DistillSettings(images=16, epochs=10, batch_size=8, components=8)
     pixels, grid, targets, pooled = D.distill_inputs(teacher, processor, photos, settings)
     assert pixels.shape[:2] == (16, 256) and targets.shape[:2] == (16, 256)
     stats = D.train_tower(tower, pixels, grid, targets, settings, pooled, log=lambda *a: None)
-    assert stats["steps"] == 8 and stats["loss_last"] < stats["loss_first"]
+    assert stats["steps"] == 20 and stats["loss_last"] < stats["loss_first"]
+
+
+@pytest.mark.slow
+def test_start_model_tower_carries_severity_on_held_out_photos(embedded_model_built):
+    """The ridge probe of benchmarks/perception_probe.py on the tower of the model RL starts
+    from (fit on the training photos' Stage-2 images, alpha chosen on training-photo folds,
+    scored on the two held-out photos). Measured 2026-12-04: 0.23 (the teacher 0.34, the
+    random tower 0.17); the tower of the model before the eye (64 x 2, random, then the
+    warm-up) measured 0.12 on 2026-11-29. The bar, 0.20, fails on that one."""
+    from benchmarks.perception_probe import (
+        choose_alpha,
+        load_split,
+        ridge_srcc,
+        vision_features,
+    )
+    from synth.mini_dataset import build_mini_dataset
+    from tests.conftest import TEST_CACHE
+
+    mini = build_mini_dataset(TEST_CACHE / "mini")
+    train_samples, train_images, y_train = load_split(mini["stage2_train"])
+    _, test_images, y_test = load_split(mini["stage2_test"])
+    photos = np.array([s["meta"]["photo"] for s in train_samples])
+    x_train = vision_features(embedded_model_built, train_images)
+    x_test = vision_features(embedded_model_built, test_images)
+    alpha = choose_alpha(x_train, y_train, photos)
+    assert ridge_srcc(x_train, y_train, x_test, y_test, alpha) >= 0.20
