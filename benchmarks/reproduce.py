@@ -1,11 +1,17 @@
 """`make reproduce`: the paper's experiments in miniature, on the embedded model and a CPU.
 
-Every row is one or two `python launch.py` runs per seed (real Ray, vLLM, DeepSpeed), read
-back from their own metrics.jsonl; step 0 of a run is the validation of its starting model:
+First the probes (benchmarks/perception_probe.py, one number each): the teacher
+(EfficientNet-Lite0), the model RL starts from, and the FR oracle (the label's ceiling).
+Then every row is one or two `python launch.py` runs per seed (real Ray, vLLM,
+DeepSpeed), read back from their own metrics.jsonl; step 0 of a run is the validation of
+its starting model:
 
-  base            the tiny model after its warm-up (learner/cold_start.py), no RL: the
-                  step-0 validation of the Stage-2 runs (greedy, so the same for any seed)
+  base            the tiny model with its eye, after its warm-up, no RL: the step-0
+                  validation of the Stage-2 runs (greedy, so the same for any seed)
   stage2          Stage-2 only, think + PD reward (conf/repro_stage2.yaml)      Table 3
+  stage2 subset   Stage-2 on the learnability subset: the classes whose per-class probe
+                  of the start model reads >= 0.7 on the training photos (the three best
+                  when fewer than two do), the same held-out photos
   stage1->stage2  Stage-1 (conf/repro_stage1.yaml), then Stage-2 from its export Table 5
   stage2 w/o PD   Stage-2 with reward.lambdas=[1,1,0]                  Fig. 2 / Fig. 5
 
@@ -17,8 +23,8 @@ first and last 5 steps; the greedy no-think accuracy on the training batch (Fig.
 at the start and end; Stage-1's held-out perception accuracy; the wall time. Each value is
 the mean over the seeds with [min, max] beside it.
 
-    .venv/bin/python benchmarks/reproduce.py                    # ~40 min on 2 cores
-    .venv/bin/python benchmarks/reproduce.py --seeds 1 --stage2-steps 10 --stage1-steps 5
+    .venv/bin/python benchmarks/reproduce.py                    # > 34 min on 2 cores
+    .venv/bin/python benchmarks/reproduce.py --stage2-steps 60 --stage1-steps 30  # 34 min
     .venv/bin/python benchmarks/reproduce.py --reuse            # redo the table and plots
 
 Writes outputs/bench/reproduce.json and, under outputs/bench/reproduce/: table.md, the

@@ -102,13 +102,15 @@ def test_target_projection_weighs_every_depth_alike():
 
 
 def test_distillation_lowers_its_loss(small_tower, teacher):
-    """Ten epochs on 16 inputs: the loss of the last epoch is below the first step's."""
+    """Ten epochs on 16 crops of two training photos: the loss of the last epoch is below
+    the first step's."""
     import copy
+
+    from synth.mini_dataset import photo_rgb
 
     tower, processor = small_tower
     tower = copy.deepcopy(tower)
-    photos = [np.asarray(np.random.default_rng(k).integers(0, 255, (300, 300, 3)),
-                         np.uint8) for k in range(2)]
+    photos = [photo_rgb("astronaut"), photo_rgb("coffee")]
     settings = D.DistillSettings(images=16, epochs=10, batch_size=8, components=8)
     pixels, grid, targets, pooled = D.distill_inputs(teacher, processor, photos, settings)
     assert pixels.shape[:2] == (16, 256) and targets.shape[:2] == (16, 256)
@@ -140,3 +142,16 @@ def test_start_model_tower_carries_severity_on_held_out_photos(embedded_model_bu
     x_test = vision_features(embedded_model_built, test_images)
     alpha = choose_alpha(x_train, y_train, photos)
     assert ridge_srcc(x_train, y_train, x_test, y_test, alpha) >= 0.20
+
+
+def test_warm_up_leaves_the_eye_as_built(embedded_model_built):
+    """The warm-up trains the language side only: every vision-tower tensor of the model
+    RL starts from equals the distilled eye's, byte for byte."""
+    from safetensors.torch import load_file
+
+    eye_dir = embedded_model_built.parent / embedded_model_built.name.split("-cold-")[0]
+    warm, built = (load_file(d / "model.safetensors") for d in (embedded_model_built, eye_dir))
+    visual = [k for k in built if "visual." in k]
+    assert len(visual) > 50
+    assert all(torch.equal(warm[k], built[k]) for k in visual)
+    assert any(not torch.equal(warm[k], built[k]) for k in built if "visual." not in k)
