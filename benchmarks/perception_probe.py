@@ -1,23 +1,30 @@
-"""What can be read from an image about its synthetic MOS: a linear probe, no RL.
+"""What can be read from an image about its synthetic MOS: linear probes, no RL.
 
-A ridge regression (standardised features, alpha 10, fit on the mini set's training
-split, scored by SRCC on its test split: two photos that no training image comes from)
-from three kinds of features of each Stage-2 image:
+A ridge regression on standardised features, fit on the mini set's training split and
+scored by SRCC on its test split (two photos that no training image comes from). Its
+alpha is chosen per feature kind on the training photos alone: three folds of training
+photos, each held out in turn (`choose_alpha`). Features of each Stage-2 image:
 
-  image statistics  11 global statistics of the pixels (grey mean / std, Laplacian and
-                    high-pass energy, saturation mean / std, clipped shares, grey levels
-                    used, horizontal gradient) and their squares: what a hand-made
-                    no-reference model sees, the data's own difficulty
-  vision (base)     the embedded model's vision tower before any training (random
-                    weights): mean and std over the image tokens, before and after the
-                    patch merger
-  vision (warm-up)  the same after the warm-up (learner/cold_start.py)
+  image statistics   11 global statistics of the pixels (grey mean / std, Laplacian and
+                     high-pass energy, saturation mean / std, clipped shares, grey levels
+                     used, horizontal gradient) and their squares
+  teacher            EfficientNet-Lite0 (ImageNet, synth/eye.py): mean and std over
+                     positions of its stem, the 7 stage ends and the head (4192 numbers)
+  vision (random)    the embedded model's vision tower with its random start weights
+  start model        the tower of the model RL starts from (the eye distilled from the
+                     teacher, then the warm-up, which leaves the tower as it is)
 
-It bounds what the RL rows of `make reproduce` can reach without the vision tower learning
-much more: RL trains the readout of these features, and a few hundred CPU steps move the
-features themselves little.
+Each tower is pooled by the teacher's rule: mean and std over positions of every block's
+output and of the merger's output (what the language model reads).
 
-    .venv/bin/python benchmarks/perception_probe.py        # ~1 min; also run by reproduce.py
+Two more readings, both on the test split:
+  FR oracle          SSIM of each image to its clean crop (a full-reference measure that no
+                     model here has): how far the level-based label itself can be ranked
+  per class          a probe per distortion class (its images plus the clean crops), scored
+                     on training photos only (the three folds): what `make reproduce`
+                     uses to pick the learnability subset, never the test photos
+
+    .venv/bin/python benchmarks/perception_probe.py        # ~5 min on 2 cores
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 
-ALPHA = 10.0
+ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+FOLDS = 3
 
 
 def image_statistics(pixels: np.ndarray) -> list[float]:
@@ -48,65 +56,133 @@ def image_statistics(pixels: np.ndarray) -> list[float]:
             np.abs(np.diff(grey, axis=1)).mean()]
 
 
+def statistics_features(images: list[np.ndarray]) -> np.ndarray:
+    """The image statistics and their squares, one row per image."""
+    x = np.array([image_statistics(p) for p in images])
+    return np.c_[x, x ** 2]
+
+
 def vision_features(model_dir: str | Path, images: list[np.ndarray]) -> np.ndarray:
-    """Mean and std over the image tokens of the vision tower's output, before and after
-    the patch merger, one row per image."""
+    """A model directory's vision tower, pooled by the probe's rule (module doc)."""
     import torch
-    from PIL import Image
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(model_dir)
+    from synth.distill import pooled_tower_features
+
+    processor = AutoProcessor.from_pretrained(model_dir).image_processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
-    tower = model.model.visual.eval()
-    rows = []
-    with torch.no_grad():
-        for pixels in images:
-            inputs = processor.image_processor(images=[Image.fromarray(pixels)],
-                                               return_tensors="pt")
-            out = tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
-            merged, tokens = out.pooler_output, out.last_hidden_state
-            rows.append(torch.cat([merged.mean(0), merged.std(0), tokens.mean(0),
-                                   tokens.std(0)]).numpy())
-    return np.array(rows)
+    return pooled_tower_features(model.model.visual.eval(), processor, images)
 
 
-def ridge_srcc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-               y_test: np.ndarray, alpha: float = ALPHA) -> float:
-    """SRCC on the test rows of a ridge fit on the training rows (features standardised
-    with the training rows' mean and std)."""
-    from scipy.stats import spearmanr
+def teacher_features(images: list[np.ndarray]) -> np.ndarray:
+    """EfficientNet-Lite0's features, pooled by the probe's rule."""
+    from synth.eye import load_weights, pooled_features
 
+    return pooled_features(load_weights(), images)
+
+
+def ridge_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                  alpha: float) -> np.ndarray:
+    """Predictions for the test rows of a ridge fit on the training rows (features
+    standardised with the training rows' mean and std; the intercept is not penalised
+    less, as a constant column it is one more feature)."""
     mean, std = x_train.mean(0), x_train.std(0) + 1e-8
     a_train = np.c_[(x_train - mean) / std, np.ones(len(x_train))]
     a_test = np.c_[(x_test - mean) / std, np.ones(len(x_test))]
     weights = np.linalg.solve(a_train.T @ a_train + alpha * np.eye(a_train.shape[1]),
                               a_train.T @ y_train)
-    return float(spearmanr(a_test @ weights, y_test).statistic)
+    return a_test @ weights
 
 
-def probe(base_model: str | Path, warm_model: str | Path, train_manifest: str | Path,
-          test_manifest: str | Path) -> dict[str, float]:
-    """{feature kind: held-out SRCC of its ridge probe} on the two manifests' images."""
+def ridge_srcc(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+               y_test: np.ndarray, alpha: float = 10.0) -> float:
+    """SRCC on the test rows of a ridge fit on the training rows."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(ridge_predict(x_train, y_train, x_test, alpha), y_test).statistic)
+
+
+def photo_folds(photos: np.ndarray, folds: int = FOLDS) -> list[np.ndarray]:
+    """Boolean masks of `folds` groups of whole photos (sorted names dealt in turn)."""
+    names = sorted(set(photos.tolist()))
+    return [np.isin(photos, names[k::folds]) for k in range(folds)]
+
+
+def cross_validated(x: np.ndarray, y: np.ndarray, photos: np.ndarray, alpha: float) -> float:
+    """SRCC of out-of-fold predictions, every fold a group of training photos held out."""
+    from scipy.stats import spearmanr
+
+    pred = np.zeros(len(y))
+    for held in photo_folds(photos):
+        pred[held] = ridge_predict(x[~held], y[~held], x[held], alpha)
+    return float(spearmanr(pred, y).statistic)
+
+
+def choose_alpha(x: np.ndarray, y: np.ndarray, photos: np.ndarray) -> float:
+    """The alpha of ALPHAS with the best cross-validated SRCC on the training photos."""
+    return max(ALPHAS, key=lambda a: cross_validated(x, y, photos, a))
+
+
+def class_probe(x: np.ndarray, y: np.ndarray, classes: np.ndarray,
+                photos: np.ndarray) -> dict[str, float]:
+    """{class: cross-validated SRCC of a probe on that class's images and the clean crops},
+    on training rows only (the alpha chosen per class by the same folds)."""
+    out = {}
+    for cls in sorted({c for c in classes.tolist() if c}):
+        rows = (classes == cls) | (classes == "")
+        out[cls] = max(cross_validated(x[rows], y[rows], photos[rows], a) for a in ALPHAS)
+    return out
+
+
+def fr_oracle(samples: list[dict], images: list[np.ndarray], y: np.ndarray) -> float:
+    """SRCC of SSIM to the clean crop of the same photo and crop against the label."""
+    from scipy.stats import spearmanr
+    from skimage.metrics import structural_similarity
+
+    clean = {(s["meta"]["photo"], s["meta"]["crop"]): im for s, im in zip(samples, images)
+             if s["meta"]["level"] == 0}
+    ssim = [structural_similarity(clean[(s["meta"]["photo"], s["meta"]["crop"])], im,
+                                  channel_axis=2) for s, im in zip(samples, images)]
+    return float(spearmanr(ssim, y).statistic)
+
+
+def load_split(manifest: str | Path) -> tuple[list[dict], list[np.ndarray], np.ndarray]:
+    """(samples, RGB images, synthetic MOS) of a Stage-2 manifest."""
     from synth.images import open_rgb
     from synth.manifest import load_samples, resolve_images
 
-    data = {}
-    for split, manifest in (("train", train_manifest), ("test", test_manifest)):
-        samples = load_samples(manifest)
-        images = [np.asarray(open_rgb(resolve_images(s, manifest)[0])) for s in samples]
-        data[split] = (images, np.array([float(s["mos"]) for s in samples]))
-    (train_images, y_train), (test_images, y_test) = data["train"], data["test"]
+    samples = load_samples(manifest)
+    images = [np.asarray(open_rgb(resolve_images(s, manifest)[0])) for s in samples]
+    return samples, images, np.array([float(s["mos"]) for s in samples])
 
-    def stats(images: list[np.ndarray]) -> np.ndarray:
-        x = np.array([image_statistics(p) for p in images])
-        return np.c_[x, x ** 2]
 
-    out = {"image statistics": ridge_srcc(stats(train_images), y_train, stats(test_images),
-                                          y_test)}
-    for name, model in (("vision (base)", base_model), ("vision (warm-up)", warm_model)):
-        out[name] = ridge_srcc(vision_features(model, train_images), y_train,
-                               vision_features(model, test_images), y_test)
-    out["train_images"], out["test_images"] = float(len(y_train)), float(len(y_test))
+def probe(models: dict[str, str | Path], train_manifest: str | Path,
+          test_manifest: str | Path, teacher: bool = True) -> dict:
+    """Held-out SRCC of each feature kind's probe ({"srcc": {kind: value}, "alpha": ...}),
+    the FR oracle, and the start model's per-class probe on training photos. `models`
+    maps a row name to a model directory (e.g. {"vision (random)": ..., "start model":
+    ...}); the per-class probe reads the last of them."""
+    train_samples, train_images, y_train = load_split(train_manifest)
+    test_samples, test_images, y_test = load_split(test_manifest)
+    photos = np.array([s["meta"]["photo"] for s in train_samples])
+    kinds = {"image statistics": statistics_features}
+    if teacher:
+        kinds["teacher"] = teacher_features
+    for name, model in models.items():
+        kinds[name] = lambda images, model=model: vision_features(model, images)
+    out: dict = {"srcc": {}, "alpha": {}, "cv_srcc": {}}
+    last = None
+    for name, features in kinds.items():
+        x_train, x_test = features(train_images), features(test_images)
+        alpha = choose_alpha(x_train, y_train, photos)
+        out["alpha"][name] = alpha
+        out["cv_srcc"][name] = cross_validated(x_train, y_train, photos, alpha)
+        out["srcc"][name] = ridge_srcc(x_train, y_train, x_test, y_test, alpha)
+        last = x_train
+    classes = np.array([s["meta"]["class"] or "" for s in train_samples])
+    out["class_cv_srcc"] = class_probe(last, y_train, classes, photos)
+    out["fr_oracle_srcc"] = fr_oracle(test_samples, test_images, y_test)
+    out["train_images"], out["test_images"] = len(y_train), len(y_test)
     return out
 
 
@@ -122,11 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     from synth.tiny_model import build_tiny_model
 
     mini = build_mini_dataset(args.cache_dir / "mini")
-    result = probe(build_tiny_model(args.cache_dir), embedded_model(args.cache_dir),
+    result = probe({"vision (random)": build_tiny_model(args.cache_dir),
+                    "start model": embedded_model(args.cache_dir)},
                    mini["stage2_train"], mini["stage2_test"])
-    print("| features | held-out SRCC of a ridge probe |\n|---|---|")
-    for name in ("image statistics", "vision (base)", "vision (warm-up)"):
-        print(f"| {name} | {result[name]:.2f} |")
+    print("| features | held-out SRCC | alpha | SRCC on training photos (3 folds) |")
+    print("|---|---|---|---|")
+    for name, value in result["srcc"].items():
+        print(f"| {name} | {value:.2f} | {result['alpha'][name]:g} | "
+              f"{result['cv_srcc'][name]:.2f} |")
+    print(f"| FR oracle (SSIM to the clean crop) | {result['fr_oracle_srcc']:.2f} | - | - |")
+    print("start model, per class on training photos: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in result["class_cv_srcc"].items()))
     return 0
 
 

@@ -1,11 +1,17 @@
 """`make reproduce`: the paper's experiments in miniature, on the embedded model and a CPU.
 
-Every row is one or two `python launch.py` runs per seed (real Ray, vLLM, DeepSpeed), read
-back from their own metrics.jsonl; step 0 of a run is the validation of its starting model:
+First the probes (benchmarks/perception_probe.py, one number each): the teacher
+(EfficientNet-Lite0), the model RL starts from, and the FR oracle (the label's ceiling).
+Then every row is one or two `python launch.py` runs per seed (real Ray, vLLM,
+DeepSpeed), read back from their own metrics.jsonl; step 0 of a run is the validation of
+its starting model:
 
-  base            the tiny model after its warm-up (learner/cold_start.py), no RL: the
-                  step-0 validation of the Stage-2 runs (greedy, so the same for any seed)
+  base            the tiny model with its eye, after its warm-up, no RL: the step-0
+                  validation of the Stage-2 runs (greedy, so the same for any seed)
   stage2          Stage-2 only, think + PD reward (conf/repro_stage2.yaml)      Table 3
+  stage2 subset   Stage-2 on the learnability subset: the classes whose per-class probe
+                  of the start model reads >= 0.7 on the training photos (the three best
+                  when fewer than two do), the same held-out photos
   stage1->stage2  Stage-1 (conf/repro_stage1.yaml), then Stage-2 from its export Table 5
   stage2 w/o PD   Stage-2 with reward.lambdas=[1,1,0]                  Fig. 2 / Fig. 5
 
@@ -17,8 +23,8 @@ first and last 5 steps; the greedy no-think accuracy on the training batch (Fig.
 at the start and end; Stage-1's held-out perception accuracy; the wall time. Each value is
 the mean over the seeds with [min, max] beside it.
 
-    .venv/bin/python benchmarks/reproduce.py                    # ~40 min on 2 cores
-    .venv/bin/python benchmarks/reproduce.py --seeds 1 --stage2-steps 10 --stage1-steps 5
+    .venv/bin/python benchmarks/reproduce.py                    # > 34 min on 2 cores
+    .venv/bin/python benchmarks/reproduce.py --stage2-steps 60 --stage1-steps 30  # 34 min
     .venv/bin/python benchmarks/reproduce.py --reuse            # redo the table and plots
 
 Writes outputs/bench/reproduce.json and, under outputs/bench/reproduce/: table.md, the
@@ -48,12 +54,17 @@ from driver import metrics as M  # noqa: E402
 from driver.plots import read_metrics  # noqa: E402
 from evals.report import write_json  # noqa: E402
 
-# (row, title, the paper's result it mirrors)
-ROWS = (("base", "base model (after its warm-up), no RL", "the starting point"),
+# (row, title: the table's first cell, which scripts look rows up by; what it mirrors)
+PROBE_ROWS = (("probe_teacher", "probe: teacher", "teacher"),
+              ("probe_start", "probe: start model", "start model"))
+ORACLE_ROW = "FR oracle (label ceiling)"
+ROWS = (("base", "base (no RL)", "the starting point"),
         ("stage2", "Stage-2 only (think + PD)", "Table 3: RL raises SRCC / PLCC"),
+        ("stage2_subset", "Stage-2, learnability subset",
+         "the RL machinery apart from the features"),
         ("stage1_stage2", "Stage-1 -> Stage-2", "Table 5: Stage-1 helps scoring"),
-        ("stage2_no_pd", "Stage-2 without PD (lambda_pd = 0)",
-         "Fig. 2 / 5: think collapse; no-think accuracy"))
+        ("stage2_no_pd", "Stage-2 without PD", "Fig. 2 / 5: think collapse; no-think accuracy"))
+SUBSET_MIN_SRCC = 0.7   # a class joins the learnability subset at this per-class probe SRCC
 SCORING = [(mode, q) for mode in ("think", "no_think")
            for q in ("srcc", "plcc", "eq8_srcc", "eq8_plcc", "answer_acc", "parse_fail")]
 EDGE_STEPS = 5   # steps averaged for "start" and "end" of a training curve
@@ -102,9 +113,25 @@ def launch(conf: str, name: str, seed: int, overrides: list[str], args) -> float
     return wall
 
 
+def subset_manifests(mini: dict, classes: list[str], out_dir: Path) -> dict[str, str]:
+    """Stage-2 manifests of the learnability subset: the images of `classes` and the clean
+    crops, of the training and of the test photos (the same held-out photos)."""
+    from synth.manifest import load_samples, write_manifest
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split in ("train", "test"):
+        keep = [s for s in load_samples(mini[f"stage2_{split}"])
+                if s["meta"]["level"] == 0 or s["meta"]["class"] in classes]
+        paths[split] = str(out_dir / f"stage2_{split}.jsonl")
+        write_manifest(paths[split], keep)
+    return paths
+
+
 def prepare(args) -> dict:
-    """The mini set and the warmed-up tiny model (built once, cached), and how well the
-    warm-up names the distortion class of the held-out photos' images."""
+    """The mini set and the start model (built once, cached); the probes (teacher, start
+    model, FR oracle); the learnability subset, picked by the start model's per-class
+    probe on training photos; how well the warm-up names the held-out images' class."""
     from learner.checkpoint import resolve_model_path
     from learner.cold_start import class_accuracy, summary
     from synth.manifest import load_samples
@@ -117,15 +144,20 @@ def prepare(args) -> dict:
     sizes = {k: len(load_samples(v)) for k, v in mini.items() if k != "cached"}
     warm_wall = time.perf_counter() - start
     held_out = class_accuracy(model, load_samples(mini["stage2_test"]))
-    linear = probe(build_tiny_model(args.cache_dir), model, mini["stage2_train"],
-                   mini["stage2_test"])
+    linear = probe({"vision (random)": build_tiny_model(args.cache_dir),
+                    "start model": model}, mini["stage2_train"], mini["stage2_test"])
+    per_class = linear["class_cv_srcc"]
+    classes = [c for c, v in per_class.items() if v >= SUBSET_MIN_SRCC]
+    if len(classes) < 2:   # too few clear the bar: the three best, and the table says so
+        classes = sorted(per_class, key=per_class.get, reverse=True)[:3]
     return {"model": str(model), "warmup": summary(model), "warmup_wall_s": warm_wall,
             "warmup_class_acc_test": held_out["class_acc"],
             "warmup_class_images_test": held_out["images"], "mini_sizes": sizes,
-            "linear_probe_srcc": linear}
+            "linear_probe": linear, "subset_classes": classes,
+            "subset": subset_manifests(mini, classes, args.out_dir / "subset")}
 
 
-def run_all(args) -> dict[str, list[dict]]:
+def run_all(args, prep: dict) -> dict[str, list[dict]]:
     """Every run of every row and seed: {row: [{"seed", "runs": {stage: dir}, "wall_s"}]}."""
     from tqdm import tqdm
 
@@ -133,7 +165,11 @@ def run_all(args) -> dict[str, list[dict]]:
     s1 = [f"train.max_steps={args.stage1_steps}"] if args.stage1_steps else []
     plan = []   # (row, seed, [(stage, conf, name, overrides)])
     for seed in args.seeds:
+        subset = [f"data.train_manifest={prep['subset']['train']}",
+                  f"data.test_manifest={prep['subset']['test']}"]
         plan += [("stage2", seed, [("s2", "repro_stage2", f"stage2-s{seed}", s2)]),
+                 ("stage2_subset", seed, [("s2", "repro_stage2", f"stage2-subset-s{seed}",
+                                           s2 + subset)]),
                  ("stage2_no_pd", seed, [("s2", "repro_stage2", f"stage2-nopd-s{seed}",
                                           s2 + ["reward.lambdas=[1,1,0]"])]),
                  ("stage1_stage2", seed, [
@@ -239,8 +275,9 @@ def cell(table: dict, row: str, key: str, digits: int = 2) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def markdown(table: dict) -> str:
-    """The results table, laid out like the paper's ablations."""
+def markdown(table: dict, prep: dict | None = None) -> str:
+    """The results table, laid out like the paper's ablations; the probes and the FR
+    oracle (one number each, in the SRCC column) first."""
     cols = [("SRCC", "think/srcc"), ("PLCC", "think/plcc"), ("Eq.8 SRCC", "think/eq8_srcc"),
             ("Eq.8 PLCC", "think/eq8_plcc"), ("acc", "think/answer_acc"),
             ("unread", "think/parse_fail"), ("no-think SRCC", "no_think/srcc"),
@@ -249,6 +286,13 @@ def markdown(table: dict) -> str:
             "train no-think acc start -> end | Stage-1 held-out class / severity acc; "
             "train choice reward | wall |")
     lines = [head, "|" + "---|" * (len(cols) + 5)]
+    blank = " | ".join("-" for _ in range(len(cols) + 3))
+    if prep:
+        srcc = prep["linear_probe"]["srcc"]
+        for _, title, kind in PROBE_ROWS:
+            lines.append(f"| {title} | {srcc[kind]:.2f} | {blank} |")
+        lines.append(f"| {ORACLE_ROW} | {prep['linear_probe']['fr_oracle_srcc']:.2f} | "
+                     f"{blank} |")
     for row, title, _ in ROWS:
         if row not in table:
             continue
@@ -266,6 +310,22 @@ def markdown(table: dict) -> str:
         lines.append(f"| {title} | " + " | ".join(cell(table, row, k) for _, k in cols)
                      + f" | {think} | {nothink} | {s1} | {wall} |")
     return "\n".join(lines)
+
+
+def rows_by_name(table: dict, prep: dict) -> dict[str, dict]:
+    """{first cell: its numbers}: the probes' and the oracle's held-out SRCC, and each RL
+    row's held-out SRCC (think; numeric and Eq. 8) as mean, min and max over the seeds."""
+    out = {title: {"srcc": prep["linear_probe"]["srcc"][kind]} for _, title, kind in PROBE_ROWS}
+    out[ORACLE_ROW] = {"srcc": prep["linear_probe"]["fr_oracle_srcc"]}
+    for row, title, _ in ROWS:
+        if row in table:
+            t = table[row]
+            out[title] = {f"{q}_{agg}": t[agg].get(f"think/{q}") for q in ("srcc", "eq8_srcc")
+                          for agg in ("mean", "min", "max")}
+            out[title]["seeds"] = [s["seed"] for s in t["seeds"]]
+    out["Stage-2, learnability subset"] = {**out.get("Stage-2, learnability subset", {}),
+                                           "classes": prep["subset_classes"]}
+    return out
 
 
 def plots(results: dict[str, list[dict]], out_dir: Path) -> list[Path]:
@@ -321,11 +381,13 @@ def main(argv: list[str] | None = None) -> int:
           f"held-out class naming {prep['warmup_class_acc_test']:.2f} (chance 1/12)")
     print("# held-out SRCC of a linear probe on the synthetic MOS (benchmarks/"
           "perception_probe.py): " + ", ".join(
-              f"{k} {v:.2f}" for k, v in prep["linear_probe_srcc"].items() if "images" not in k))
+              f"{k} {v:.2f}" for k, v in prep["linear_probe"]["srcc"].items()))
+    print(f"# learnability subset (per-class probe on training photos): "
+          f"{', '.join(prep['subset_classes'])}")
     prep_wall = time.perf_counter() - start
-    results = run_all(args)
+    results = run_all(args, prep)
     table = summarise(results)
-    md = markdown(table)
+    md = markdown(table, prep)
     # The parts' own wall times, so that a --reuse redraw reports the runs it reused.
     total = prep_wall + sum(e["wall_s"] for entries in results.values() for e in entries)
     (args.out_dir / "table.md").write_text(md + "\n")
@@ -338,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "total_wall_s": total, "machine": {"platform": platform.platform(),
                                            "python": platform.python_version(),
                                            "cpus": os.cpu_count()},
-        "prepare": prep, "rows": table, "runs": results, "table_md": md})
+        "prepare": prep, "rows": table, "rows_by_name": rows_by_name(table, prep),
+        "runs": results, "table_md": md})
     print(f"wrote {args.json} and {args.out_dir / 'table.md'}")
     return 0
 

@@ -1,18 +1,18 @@
 """The tiny model's warm-up: the answer format, and naming distortion classes.
 
 A random model never writes `[think]..[/think][answer]Score:x.x[/answer]`, so every
-rollout would score 0 and GRPO would have no signal; and a random vision tower does not
-see distortions at all (a ridge probe on its pooled features predicts the mini set's
-synthetic MOS at SRCC ~0.1, leave-one-photo-out). A real base VLM both follows
-instructions and perceives distortions before RL, which the paper relies on. This
-supervised warm-up gives the tiny model a small share of both, and nothing more:
+rollout would score 0 and GRPO would have no signal. A real base VLM follows instructions
+before RL, which the paper relies on; it also perceives, which the tiny model gets from
+its eye (synth/distill.py: the vision tower learnt EfficientNet-Lite0's features, with no
+task label) before this warm-up. The warm-up leaves the vision tower as it is and teaches
+the language side a small share of instruction following, and nothing more:
 
 - FORMAT (a `1 - class_share` share of the samples): every target is a well-formed
   answer to the sample's own prompt whose content is drawn at random: a score uniform on
   0.0..4.9 (think or no-think), a random object / class / severity (Stage-1 choice), a
   random box (grounding), a think drawn from a few stock sentences. No score and no
   severity in these targets depends on the image.
-- PERCEPTION (a `class_share` share): a distorted Stage-2 training image and the question
+- CLASS (a `class_share` share): a distorted Stage-2 training image and the question
   `class_question` ("what visual distortion appears in this image?"), answered with its
   distortion class word (one of the 12 of conf's class_words). Levels 1..5 are all
   present and never named; clean images are never shown in this task (naming them
@@ -20,13 +20,9 @@ supervised warm-up gives the tiny model a small share of both, and nothing more:
 
 So the warm-up never supervises severity or the score: severity is what Stage-1's RL
 teaches, the score what Stage-2's RL teaches. Test-split images are never used (the
-manifests given are training manifests; training refuses test samples in them).
-Measured on the mini set (2026-11-29, `make reproduce`): after the default 1500 steps the
-model names the class of a held-out photo's distorted crop 19% of the time (88 images;
-chance 1/12), and it starts RL writing a well-formed think answer about 30% of the time.
-What it does not give is a sense of severity: a linear probe on its vision features
-predicts the held-out synthetic MOS at SRCC 0.12 (0.14 before the warm-up;
-benchmarks/perception_probe.py); see the README's "Does it learn?".
+manifests given are training manifests; training refuses test samples in them). What it
+measures (held-out class naming, the probe of the model RL starts from) is in the README's
+"Does it learn?" (`make reproduce`).
 
 The result is cached beside the base model, keyed by the base model, the manifests' bytes,
 their images' bytes and the settings; one thread keeps it deterministic on any machine.
@@ -50,7 +46,7 @@ from omegaconf import OmegaConf
 from conf import prompts as P
 from synth.manifest import load_samples
 
-COLD_START_VERSION = 2
+COLD_START_VERSION = 3
 THINKS = (
     "The image looks sharp and the exposure is fine.",
     "There is visible blur and some noise in the picture.",
@@ -68,6 +64,9 @@ class ColdStartSettings:
     lr: float = 5e-4         # cosine to 0; 2e-3 left class naming at chance (measured)
     class_share: float = 0.6
     seed: int = 0
+    # The vision tower (the eye distilled from EfficientNet-Lite0, synth/distill.py) stays
+    # as it is: the warm-up teaches the language side to answer, not the tower to see.
+    train_vision: bool = False
 
 
 def class_question(prompts: Any | None = None) -> str:
@@ -164,7 +163,10 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
 
     builder, end_id, model = _load(model_dir)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
+    if not settings.train_vision:
+        model.model.visual.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                            lr=settings.lr, weight_decay=0.0)
     cosine = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / settings.steps)))
     rng = np.random.default_rng(settings.seed)
@@ -201,7 +203,7 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
                         image_grid_thw=inputs["image_grid_thw"], **extra)
             (out.loss / settings.batch_size).backward()
             total += float(out.loss.detach()) / settings.batch_size
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         cosine.step()
         losses.append(total)
@@ -287,11 +289,14 @@ def summary(model_dir: str | Path) -> dict[str, Any]:
 
 
 def embedded_model(cache_dir: str | Path) -> Path:
-    """What `model.path=tiny` names: the tiny model after its warm-up on the mini
-    dataset's Stage-2 and Stage-1 training manifests (both built on the spot, cached)."""
-    from synth.mini_dataset import build_mini_dataset
+    """What `model.path=tiny` names: the tiny model whose vision tower learnt
+    EfficientNet-Lite0's features on the training photos (synth/distill.py), after its
+    warm-up on the mini dataset's Stage-2 and Stage-1 training manifests (all built on the
+    spot, cached)."""
+    from synth.distill import distilled_model
+    from synth.mini_dataset import build_mini_dataset, training_photos
     from synth.tiny_model import build_tiny_model
 
     mini = build_mini_dataset(Path(cache_dir) / "mini")
-    base = build_tiny_model(cache_dir)
-    return cold_start(base, [mini["stage2_train"], mini["stage1_train"]], cache_dir)
+    eye = distilled_model(build_tiny_model(cache_dir), training_photos(), cache_dir)
+    return cold_start(eye, [mini["stage2_train"], mini["stage1_train"]], cache_dir)

@@ -1,9 +1,17 @@
 """The embedded mini dataset of `conf=tiny`, the tests and `make reproduce`, built in seconds.
 
-Photos, all shipped with scikit-image (no download), public domain or CC0 as its
-docstrings state: astronaut, rocket, hubble_deep_field (NASA / SpaceX, public domain),
-chelsea, coffee, camera, retina (CC0), and the CC0 textures brick, grass and gravel (grey
-photos are made RGB).
+Photos: every natural photo that the installed packages ship (no download), with the
+licence their own docstrings or notes give (grey photos are made RGB):
+
+  scikit-image  astronaut, rocket, hubble_deep_field, moon (NASA / SpaceX: public domain);
+                chelsea, coffee, camera, retina, brick, grass, gravel (CC0); coins
+                (Brooklyn Museum, no known copyright restrictions); immunohistochemistry
+                (CMMI, no known copyright restrictions); text (Wikipedia, public domain)
+  matplotlib    grace_hopper.jpg (U.S. Navy photograph, public domain)
+
+Left out: skimage's clock (motion-blurred on purpose: its "clean" crop is not clean),
+cell (a quantitative phase image, not a photo), page (a scan) and the synthetic images;
+its cat is chelsea again.
 
 - Split by source photo: the test split holds every image made from TEST_PHOTOS (chelsea,
   camera) and nothing made from another photo; training never sees those two photos, in
@@ -46,13 +54,16 @@ from synth.manifest import read_manifest, write_manifest
 from synth.perception import build_perception, write_png
 from synth.perception_plan import Settings
 
-MINI_VERSION = 2
+MINI_VERSION = 3
 ASSET = Path(__file__).resolve().parent / "assets" / "mini_objects.json"
 STAGE2_SOURCE = "mini-synthetic-mos"
 CLEAN_MOS, MOS_STEP = 4.5, 0.8
-# scikit-image function names of the Stage-2 photos; the first five carry object boxes.
+# The Stage-2 photos (module doc); the first five carry object boxes. New photos go at the
+# end: the random crops of the earlier ones stay as they were.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field",
-          "retina", "brick", "grass", "gravel")
+          "retina", "brick", "grass", "gravel", "moon", "coins", "immunohistochemistry",
+          "text", "grace_hopper")
+MATPLOTLIB_PHOTOS = {"grace_hopper": "grace_hopper.jpg"}   # name -> matplotlib sample file
 TEST_PHOTOS = ("chelsea", "camera")   # one colour, one grey photo; both have object boxes
 CROPS_TRAIN, CROPS_TEST = 6, 4        # Stage-2 crops per training / test photo
 CROP_SIDE = 224
@@ -81,9 +92,20 @@ def _cache_key(seed: int) -> str:
     return h.hexdigest()[:12]
 
 
-def _rgb(name: str) -> np.ndarray:
+def photo_rgb(name: str) -> np.ndarray:
+    """A photo of PHOTOS as uint8 RGB at its shipped size."""
+    if name in MATPLOTLIB_PHOTOS:
+        from matplotlib import cbook
+
+        with Image.open(cbook.get_sample_data(MATPLOTLIB_PHOTOS[name], asfileobj=False)) as im:
+            return np.asarray(im.convert("RGB"))
     pixels = getattr(skimage.data, name)()
     return np.asarray(Image.fromarray(pixels).convert("RGB"))
+
+
+def training_photos() -> dict[str, np.ndarray]:
+    """The photos no test image comes from, by name: all a builder may learn from."""
+    return {name: photo_rgb(name) for name in PHOTOS if name not in TEST_PHOTOS}
 
 
 def load_photos() -> dict[str, np.ndarray]:
@@ -91,7 +113,7 @@ def load_photos() -> dict[str, np.ndarray]:
     spec = json.loads(ASSET.read_text(encoding="utf-8"))
     photos = {}
     for im in spec["images"]:
-        pil = Image.fromarray(_rgb(im["skimage"]))
+        pil = Image.fromarray(photo_rgb(im["skimage"]))
         pil = pil.resize((im["width"], im["height"]), Image.Resampling.LANCZOS)
         photos[im["file_name"]] = np.asarray(pil)
     return photos
@@ -120,7 +142,7 @@ def _stage2_samples(out: Path, seed: int) -> list[dict]:
     samples = []
     for p, photo_name in enumerate(PHOTOS):
         split = "test" if photo_name in TEST_PHOTOS else "train"
-        crops = random_crops(_rgb(photo_name), CROPS_TEST if split == "test" else CROPS_TRAIN,
+        crops = random_crops(photo_rgb(photo_name), CROPS_TEST if split == "test" else CROPS_TRAIN,
                              rng)
         for k, crop in enumerate(crops):
             start = int(rng.integers(5))   # levels 1..5 in turn over the crop's classes

@@ -7,7 +7,8 @@ What is built (all deterministic: the same settings give the same bytes):
   chat special tokens (<|im_start|>, <|image_pad|>, ...) and a Qwen-style chat template;
 - the Qwen2-VL image processor with a small `max_pixels`;
 - `Qwen2_5_VLForConditionalGeneration` with tiny sizes (text hidden 128, 2 layers, head_dim
-  32 because vLLM's CPU attention needs >= 32; vision depth 2) and random weights from a
+  32 because vLLM's CPU attention needs >= 32; vision tower 128 wide, 4 deep) and random
+  weights from a
   fixed seed, saved as float32 safetensors.
 
 The result is an ordinary Hugging Face model directory that transformers and vLLM load as
@@ -70,10 +71,12 @@ class TinyModelSettings:
     num_heads: int = 4          # head_dim 32: vLLM's CPU attention needs >= 32
     num_kv_heads: int = 2
     mrope_section: tuple[int, int, int] = (4, 6, 6)   # sums to head_dim / 2
-    vision_depth: int = 2
-    vision_hidden: int = 64
+    # The eye (synth/distill.py) fits EfficientNet-Lite0's features into 128 x 4; 64 x 2
+    # explained less of them (measured 2026-12-04, README "Does it learn?").
+    vision_depth: int = 4
+    vision_hidden: int = 128
     vision_heads: int = 2
-    vision_intermediate: int = 128
+    vision_intermediate: int = 256
     min_pixels: int = 56 * 56
     max_pixels: int = 224 * 224
     max_position_embeddings: int = 4096
@@ -166,7 +169,8 @@ def model_config(settings: TinyModelSettings, vocab_size: int):
         vocab_size=vocab_size, hidden_size=settings.hidden_size,
         intermediate_size=settings.intermediate_size, num_hidden_layers=settings.num_layers,
         num_attention_heads=settings.num_heads, num_key_value_heads=settings.num_kv_heads,
-        max_position_embeddings=settings.max_position_embeddings, max_window_layers=settings.num_layers,
+        max_position_embeddings=settings.max_position_embeddings,
+        max_window_layers=settings.num_layers,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
                          "mrope_section": list(settings.mrope_section)},
         bos_token_id=SPECIAL_ID["<|endoftext|>"], eos_token_id=SPECIAL_ID["<|im_end|>"],

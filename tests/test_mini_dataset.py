@@ -23,7 +23,7 @@ from synth.mini_dataset import (
 )
 
 KEYS = ("stage1_train", "stage1_test", "stage2_train", "stage2_test")
-GREY = {"camera", "brick", "grass", "gravel"}   # saturation leaves them unchanged
+GREY = {"camera", "brick", "grass", "gravel", "moon", "coins", "text"}   # saturation: no change
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +47,9 @@ def test_manifests_validate_and_have_the_planned_sizes(built):
     # camera) hold 6 of the objects: 6 x 3 x 4 = 72 test samples, 9 x 3 x 4 = 108 train.
     assert len(samples["stage1_train"]) == 108 and len(samples["stage1_test"]) == 72
     # Stage-2: crops x (clean + 12 classes), less the 2 saturation classes on grey crops:
-    # train 8 photos x 6 crops x 13 - 3 grey photos x 6 x 2 = 588;
+    # train 13 photos x 6 crops x 13 - 6 grey photos x 6 x 2 = 942;
     # test 2 photos x 4 crops x 13 - 1 grey photo x 4 x 2 = 96.
-    assert len(samples["stage2_train"]) == 588 and len(samples["stage2_test"]) == 96
+    assert len(samples["stage2_train"]) == 942 and len(samples["stage2_test"]) == 96
     for key in KEYS:
         for s in samples[key]:
             assert s["split"] == key.split("_")[1]

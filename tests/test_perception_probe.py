@@ -36,3 +36,31 @@ def test_image_statistics_of_flat_and_checkered_images():
     # every horizontal neighbour differs by 255.
     assert stats[7] == stats[8] == pytest.approx(0.5)
     assert stats[9] == 2.0 and stats[10] == pytest.approx(255.0)
+
+
+def test_fr_oracle_ranks_by_ssim_to_the_clean_crop():
+    """Hand-made: one clean crop and three copies with more and more noise, labelled 4, 3,
+    2, 1: SSIM falls as the noise grows, so the oracle's SRCC is exactly 1."""
+    from benchmarks.perception_probe import fr_oracle
+
+    rng = np.random.default_rng(0)
+    clean = rng.integers(60, 200, (32, 32, 3)).astype(np.uint8)
+    images = [clean] + [np.clip(clean + rng.normal(0, s, clean.shape), 0, 255).astype(np.uint8)
+                        for s in (5, 20, 60)]
+    samples = [{"meta": {"photo": "p", "crop": 0, "level": k}} for k in range(4)]
+    assert fr_oracle(samples, images, np.array([4.0, 3.0, 2.0, 1.0])) == pytest.approx(1.0)
+
+
+def test_alpha_is_chosen_on_whole_photo_folds():
+    """Folds hold whole photos (a photo never straddles fit and score), and a feature that
+    is the label itself is read best with the least shrinkage of ALPHAS."""
+    from benchmarks.perception_probe import ALPHAS, choose_alpha, photo_folds
+
+    photos = np.array(["a", "b", "c", "d", "e", "f"] * 10)
+    folds = photo_folds(photos)
+    assert sum(f.astype(int) for f in folds).tolist() == [1] * 60
+    for f in folds:
+        assert not set(photos[f]) & set(photos[~f])
+    y = np.random.default_rng(1).normal(size=60)
+    x = np.c_[y, np.random.default_rng(2).normal(size=(60, 3))]
+    assert choose_alpha(x, y, photos) == ALPHAS[0]
