@@ -73,7 +73,7 @@ def train(cfg, model_path: str, out: Path) -> None:
     from driver.training_data import check_resumable, run_data
     from driver.validation import best_metric
 
-    data = run_data(cfg)
+    data = run_data(cfg, model_path)   # every sample checked: refusals before any actor
     check_resumable(cfg, out, data.fingerprint)   # refusals come before any actor starts
     best = best_metric(cfg)
     running = start_actors(cfg, model_path, engines=True, learners=True)

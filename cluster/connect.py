@@ -32,14 +32,21 @@ def _pin_local_cluster_to_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def starts_local_cluster(cfg: Any) -> bool:
+    """Whether `connect` would start a new local cluster (no address to join, none
+    joined yet): its size, ray.num_cpus, is then known before it starts."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    return not address and not joined
+
+
 def connect(cfg: Any, log_to_driver: bool = True) -> dict:
     """Join the cluster this job runs in, or start a local one; returns its resources.
 
     log_to_driver=False keeps the actors' logs out of this process's stdout (for a
     command whose stdout is machine-read, such as `evals.score --json`)."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    if not address and not joined:
+    if starts_local_cluster(cfg):
         _pin_local_cluster_to_loopback()
     import ray
 

@@ -20,6 +20,7 @@ LR_SCHEDULES = ("cosine", "constant")            # learner.ds_config
 ZERO_STAGES = (0, 1, 2, 3)                       # learner.ds_config
 TRANSPORTS = ("object_store", "collective")      # weight_sync.transport
 COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")   # actors.engine_settings (vLLM)
 
 # config key -> its choices: what conf/loader.py checks.
 CHOICES: dict[str, tuple] = {
@@ -34,4 +35,5 @@ CHOICES: dict[str, tuple] = {
     "learner.zero_stage": ZERO_STAGES,
     "weights.transport": TRANSPORTS,
     "weights.backend": COLLECTIVE_BACKENDS,
+    "rollout.dtype": ENGINE_DTYPES,
 }

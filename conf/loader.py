@@ -149,6 +149,12 @@ def parse_overrides(items: list[str]) -> DictConfig:
                 f"cannot read argument '{item}': overrides look like key.sub=value "
                 "(see python launch.py --help)"
             )
+        key, value = item.split("=", 1)
+        if not value.strip():
+            # YAML reads an empty value as null, so `data.train_manifest=$UNSET` would
+            # silently mean "the default" (for that key: the embedded mini dataset).
+            raise ConfigError(f"'{key}' is given no value ('{item}': an unset shell "
+                              f"variable?); give one, or write {key}=null for the default")
     try:
         return OmegaConf.from_dotlist(items)
     except Exception as exc:
@@ -193,6 +199,10 @@ def _null_or_at_least(low: int) -> Callable[[Any], bool]:
     return lambda v: v is None or v >= low
 
 
+def _null_or_count(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
 # Numeric keys and the values they may take (every number must also be finite); checked
 # before anything starts, so a bad value is one line, not a traceback mid-run.
 RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
@@ -206,7 +216,8 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("rollout.max_model_len", ">= 1", _at_least(1)),
     ("rollout.kv_cache_gib", ">= 1", _at_least(1)),
     ("rollout.gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1),
-    ("rollout.n", ">= 1", _at_least(1)),
+    ("rollout.n", ">= 2 (GRPO's advantages compare the rollouts of one prompt)",
+     _at_least(2)),
     ("rollout.temperature", ">= 0", _at_least(0)),
     ("rollout.top_p", "in (0, 1]", lambda v: 0 < v <= 1),
     ("rollout.max_new_tokens", ">= 1", _at_least(1)),
@@ -244,6 +255,7 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("eval.nothink_acc_every", ">= 0 (0: never)", _at_least(0)),
     ("logging.rollouts_per_step", ">= 0", _at_least(0)),
     ("logging.think_collapse_fraction", "in [0, 1]", lambda v: 0 <= v <= 1),
+    ("ray.num_cpus", "null (Ray's default) or a whole number >= 1", _null_or_count),
 ]
 
 
@@ -265,6 +277,12 @@ def _check_values(cfg: DictConfig) -> None:
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
         if not all(math.isfinite(v) for v in numbers) or not ok(value):
             raise ConfigError(f"'{key}' is {_shown(value)}; it must be {allowed}")
+    if cfg.rollout.max_model_len <= cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"'rollout.max_model_len' is {cfg.rollout.max_model_len}; it must hold the prompt "
+            f"(its images and question) and rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens} answer tokens: raise it (every sample's prompt "
+            "is measured against it before the run starts)")
     r = cfg.reward
     push = r.adv_shift / r.adv_eps
     if r.advantage == "clipped_positive" and push > r.max_tied_push * (1 + 1e-9):

@@ -59,7 +59,8 @@ class Trainer:
                                                   trust_remote_code=cfg.model.trust_remote_code)
         self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer)
         self.ahead = ExperienceAhead(self.maker, self.stream, cfg.train.async_rollout)
-        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test)
+        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test,
+                                   check=data.check, skipped=data.test_skipped)
         self.best = BestCheckpoint(out, best_metric) if best_metric else None
         self.watch = ThinkCollapseWatch(cfg.logging.think_collapse_fraction)
         self.gpus = requested(cfg)["GPU"]
