@@ -26,6 +26,7 @@ from actors.engine_group import EngineGroup
 from actors.engine_host import wait_ready
 from actors.engine_settings import settings_from_config
 from actors.scoring_actor import SCORER_NAME, start_scoring_actor
+from cluster import local_processes
 from cluster.connect import connect, node_resources, starts_local_cluster
 from cluster.placement import Placement
 from cluster.resources import check_resources, layout, with_scorer
@@ -102,4 +103,5 @@ def start_actors(cfg: Any, model_path: str, engines: bool = True, scorer: bool |
     except BaseException:
         RunningActors(cfg, model_path, sync, placement, group, scorer_handle).shutdown()
         raise
+    local_processes.refresh()   # a local cluster's record gains the actors' processes
     return RunningActors(cfg, model_path, sync, placement, group, scorer_handle)
