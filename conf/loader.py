@@ -29,6 +29,11 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message says what is wrong and what to do."""
 
 
+def _one_line(exc: BaseException) -> str:
+    # A YAML parser's message spans lines (a caret under the column): one line is read.
+    return " ".join(str(exc).split())
+
+
 def available_configs() -> list[str]:
     """Names of the configs a user can pick with `conf=NAME` (prompts is a fragment)."""
     return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "prompts")
@@ -48,7 +53,7 @@ def _read_yaml(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
     try:
         node = OmegaConf.load(path)
     except Exception as exc:  # yaml errors carry line numbers; keep them, drop the stack
-        raise ConfigError(f"cannot parse {path}: {exc}") from None
+        raise ConfigError(f"cannot parse {path}: {_one_line(exc)}") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at its top level")
     return node
@@ -158,7 +163,7 @@ def parse_overrides(items: list[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(items)
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides {items}: {exc}") from None
+        raise ConfigError(f"cannot parse overrides {items}: {_one_line(exc)}") from None
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
@@ -275,7 +280,11 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         values = list(value) if isinstance(value, ListConfig) else [value]
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if not all(math.isfinite(v) for v in numbers) or not ok(value):
+        try:
+            fits = all(math.isfinite(v) for v in numbers) and ok(value)
+        except TypeError:   # null (or text) where a number must be: train.batch_size=null
+            fits = False
+        if not fits:
             raise ConfigError(f"'{key}' is {_shown(value)}; it must be {allowed}")
     if cfg.rollout.max_model_len <= cfg.rollout.max_new_tokens:
         raise ConfigError(

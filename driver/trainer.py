@@ -175,6 +175,7 @@ class Trainer:
         kept = self.step if state else -1   # no checkpoint: the start's lines are redone too
         self.logger.rewind(kept)
         self.rollout_log.rewind(kept)
+        self.rollout_log.wandb_run = self.logger.wandb_run   # a rewind starts a new one
 
     def restart_learners(self, died: LearnerDied) -> None:
         """A new learner group from the newest checkpoint (or from model.path without

@@ -250,9 +250,10 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
             where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); a torn last line from an "
-                                 "interrupted build is repaired by rerunning the builder, "
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = getattr(e, "msg", "nested deeper than a parser can follow")
+                raise ValueError(f"{where}: not valid JSON ({reason}); a torn last line from "
+                                 "an interrupted build is repaired by rerunning the builder, "
                                  "anything else means the file was edited by hand") from None
             sample = validate_sample(obj, where)
             if sample["id"] in seen:
@@ -282,7 +283,7 @@ def existing_ids(path: str | os.PathLike, repair: bool = True) -> set[str]:
             continue
         try:
             ids.add(json.loads(raw)["id"])
-        except (ValueError, KeyError, TypeError):   # bad JSON, or bytes that are not UTF-8
+        except (ValueError, KeyError, TypeError, RecursionError):   # bad JSON or not UTF-8
             if lineno != len(lines):
                 raise ValueError(f"{path}:{lineno}: not a valid sample line; fix or delete "
                                  "the manifest and rebuild") from None

@@ -92,7 +92,7 @@ def read_decisions(manifest: str | os.PathLike) -> dict[str, dict[str, Any]]:
         try:
             rec = json.loads(line)
             key = rec["id"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
             if lineno >= len(lines) - 1:  # the torn write of a crash
                 continue
             raise ValueError(f"{path}:{lineno}: not a decision line; the file is append-only, "

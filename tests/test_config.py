@@ -179,6 +179,10 @@ def test_launch_fails_fast_when_actors_do_not_fit(tmp_path):
     ("rollout.max_model_len=8", "'rollout.max_model_len' is 8; it must hold the prompt"),
     ("rollout.n=1", "'rollout.n' is 1; it must be >= 2"),
     ("ray.num_cpus=0", "'ray.num_cpus' is 0; it must be null .* or a whole number >= 1"),
+    # Found by tests/test_input_fuzz.py: null where a number must be raised a TypeError,
+    # and a YAML parse error came out over several lines.
+    ("train.batch_size=null", "'train.batch_size' is None; it must be >= 1"),
+    ("train.lr={", "cannot parse overrides .*line 2, column 1$"),
 ])
 def test_out_of_range_values_name_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError, match=message):
