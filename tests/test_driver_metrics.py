@@ -118,6 +118,35 @@ def test_a_rewind_rewinds_wandb_so_redone_steps_replace_the_first_copies(tmp_pat
     assert (tmp_path / "wandb_id.txt").read_text() == segments[2]["id"]
 
 
+def test_a_refused_wandb_rewind_resumes_forward_with_a_warning(tmp_path, monkeypatch,
+                                                               caplog):
+    """A W&B server without run rewind (a preview feature) refuses resume_from. This
+    machine has no W&B server, so the refusal is simulated: wandb.init raises when given
+    resume_from. The run goes on, resumed forward under the same id, and says so."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real = wandb.init
+
+    def init(*args, **kwargs):
+        if "resume_from" in kwargs:
+            raise RuntimeError("rewind is not enabled for this entity")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    mean = M.SCORE.name("mean")
+    logger = MetricsLogger(tmp_path, {}, use_wandb=True, project="refine-iqa-test")
+    run_id = logger.wandb_run.id
+    for step in range(0, 4):
+        logger.log(step, {mean: float(step)})
+    logger.rewind(1)
+    logger.log(2, {mean: 20.0})
+    logger.close()
+    assert "wandb refused to rewind run" in caplog.text and "first copy" in caplog.text
+    segments = wandb_segments(tmp_path)
+    assert [s["id"] for s in segments] == [run_id, run_id] and segments[1]["branch"] is None
+
+
 def test_logger_refuses_an_undeclared_name(tmp_path):
     logger = MetricsLogger(tmp_path, {}, use_wandb=False, project="x")
     with pytest.raises(KeyError, match="not declared in driver/metrics.py"):
