@@ -90,11 +90,26 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
     return run
 
 
+def _held_out_with_a_missing_image(tmp_path: Path) -> Path:
+    """The mini Stage-2 test split, image paths absolute, one sample's image missing."""
+    from synth.manifest import load_samples, write_manifest
+    from synth.mini_dataset import build_mini_dataset
+
+    samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_test"])
+    samples[0]["images"] = [str(tmp_path / "gone.png")]
+    out = tmp_path / "held_out.jsonl"
+    write_manifest(out, samples)
+    return out
+
+
 def test_stage2_survives_each_role_dying(tmp_path):
+    """Also: one held-out image is missing (before, the engine's FileNotFoundError at the
+    first validation ended the run): it is left out and counted, validation goes on."""
     steps = 10
     run = _run_with_kills(tmp_path, [
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
-        "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3"],
+        "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3",
+        f"data.test_manifest={_held_out_with_a_missing_image(tmp_path)}"],
         {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
          6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -105,6 +120,8 @@ def test_stage2_survives_each_role_dying(tmp_path):
     assert last[M.LEARNER_RESTARTS] == 1
     # engine, engine core (its actor exits), scoring actor: three restarts, each replayed.
     assert last[M.RESTARTS] >= 3 and last[M.REPLAYS] >= 3
+    for validated in (records[0], last):
+        assert (validated[M.VAL_SAMPLES], validated[M.VAL_SKIPPED]) == (3, 1)
 
 
 def test_stage1_single_engine_is_replayed_from_the_driver(tmp_path):
