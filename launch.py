@@ -83,15 +83,13 @@ def train(cfg, model_path: str, out: Path) -> None:
     """Set up the run - its data, its actors (cluster.start), its loop (driver.trainer) -
     and run the steps."""
     from cluster.start import start_actors
-    from driver.dry_run import check_token_budget
     from driver.experience_maker import reward_plugins
     from driver.trainer import Trainer
     from driver.training_data import check_resumable, run_data
     from driver.validation import best_metric
 
-    data = run_data(cfg)
+    data = run_data(cfg, model_path)   # every sample checked: refusals before any actor
     check_resumable(cfg, out, data.fingerprint)   # refusals come before any actor starts
-    check_token_budget(cfg, model_path, data)
     best, plugins = best_metric(cfg), reward_plugins(cfg)
     running = start_actors(cfg, model_path, engines=True, learners=True)
     Trainer(cfg, out, data, running, best, plugins).fit()

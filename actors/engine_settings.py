@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from conf.choices import ENGINE_DTYPES
 from model_inputs.prompting import MAX_IMAGES_PER_PROMPT
 from weight_sync.lora import pushes_adapter
 
@@ -52,6 +53,8 @@ def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> En
         cpus, gpus = cfg.scoring.num_cpus, cfg.scoring.num_gpus
     else:
         raise ValueError(f"role must be 'rollout' or 'scoring', got {role!r}")
+    if r.dtype not in ENGINE_DTYPES:
+        raise ValueError(f"rollout.dtype must be one of {list(ENGINE_DTYPES)}, got {r.dtype!r}")
     return EngineSettings(
         model_path=str(model_path), dtype=r.dtype, max_model_len=r.max_model_len,
         kv_cache_gib=r.kv_cache_gib, gpu_memory_utilization=r.gpu_memory_utilization,

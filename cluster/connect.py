@@ -4,14 +4,19 @@
 `RAY_ADDRESS` is set and `ray.init()` joins it; `ray.address=auto` joins a cluster
 started with `ray start` on this machine. Otherwise the driver starts a local cluster
 bound to 127.0.0.1 with its dashboard on 127.0.0.1:8265 (`ray.num_cpus` sizes it). Ray's token
-authentication stays as Ray configures it (on by default).
+authentication stays as Ray configures it (on by default). A local cluster's processes are
+recorded, and those of a driver that was killed are ended before the next local cluster
+starts (cluster.local_processes).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import Any
+
+from cluster import local_processes
 
 
 def _pin_local_cluster_to_loopback() -> None:
@@ -32,15 +37,27 @@ def _pin_local_cluster_to_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def starts_local_cluster(cfg: Any) -> bool:
+    """Whether `connect` would start a new local cluster (no address to join, none
+    joined yet): its size, ray.num_cpus, is then known before it starts."""
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    return not address and not joined
+
+
 def connect(cfg: Any, log_to_driver: bool = True) -> dict:
     """Join the cluster this job runs in, or start a local one; returns its resources.
 
     log_to_driver=False keeps the actors' logs out of this process's stdout (for a
     command whose stdout is machine-read, such as `evals.score --json`)."""
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    if not address and not joined:
+    local = starts_local_cluster(cfg)
+    if local:
         _pin_local_cluster_to_loopback()
+        ended = local_processes.clean_stale()
+        if ended:
+            print(f"# ended {len(ended)} processes left by the local cluster of a killed "
+                  f"run: {', '.join(ended)}", file=sys.stderr)
     import ray
 
     if not ray.is_initialized():
@@ -52,6 +69,11 @@ def connect(cfg: Any, log_to_driver: bool = True) -> dict:
             ray.init(address="local", num_cpus=cfg.ray.num_cpus,
                      include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1",
                      _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
+    if local:
+        # Killed with -9, this driver leaves its cluster's agents running for a minute:
+        # the next local start ends them from this record (cluster.local_processes).
+        local_processes.record()
+        atexit.register(local_processes.forget)
     return dict(ray.cluster_resources())
 
 

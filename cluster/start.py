@@ -18,6 +18,7 @@ and replays it to an engine Ray restarted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ from actors.engine_group import EngineGroup
 from actors.engine_host import wait_ready
 from actors.engine_settings import settings_from_config
 from actors.scoring_actor import SCORER_NAME, start_scoring_actor
-from cluster.connect import connect, node_resources
+from cluster import local_processes
+from cluster.connect import connect, node_resources, starts_local_cluster
 from cluster.placement import Placement
 from cluster.resources import check_resources, layout, with_scorer
 from weight_sync.sync import WeightSync
@@ -74,6 +76,11 @@ def start_actors(cfg: Any, model_path: str, engines: bool = True, scorer: bool |
     scorer = with_scorer(cfg, scorer)
     if not (engines or scorer or learners):
         raise ValueError("nothing to start: engines, scorer and learners are all False")
+    if starts_local_cluster(cfg) and cfg.ray.num_cpus is not None:
+        # The local cluster will have ray.num_cpus CPUs: too few is said before it starts
+        # (its GPUs are only known once it runs).
+        check_resources(cfg, {"CPU": float(cfg.ray.num_cpus), "GPU": math.inf}, engines,
+                        scorer, learners)
     available = connect(cfg, log_to_driver=log_to_driver)
     check_resources(cfg, available, engines, scorer, learners, nodes=node_resources())
     placement = Placement(layout(cfg, engines, scorer, learners))
@@ -96,4 +103,5 @@ def start_actors(cfg: Any, model_path: str, engines: bool = True, scorer: bool |
     except BaseException:
         RunningActors(cfg, model_path, sync, placement, group, scorer_handle).shutdown()
         raise
+    local_processes.refresh()   # a local cluster's record gains the actors' processes
     return RunningActors(cfg, model_path, sync, placement, group, scorer_handle)

@@ -23,6 +23,7 @@ COLLECTIVE_BACKENDS = ("auto", "gloo", "nccl")   # weight_sync.transport
 LOGGING_BACKENDS = ("wandb", "tensorboard")      # driver.metrics_sink
 ATTN_IMPLEMENTATIONS = (None, "eager", "sdpa", "flash_attention_2")   # learner.learner_actor
 LORA_PUSHES = ("adapter", "merged")              # weight_sync.lora: what a LoRA push carries
+ENGINE_DTYPES = ("auto", "float32", "bfloat16", "float16")   # actors.engine_settings (vLLM)
 
 # config key -> its choices: what conf/loader.py checks.
 CHOICES: dict[str, tuple] = {
@@ -39,6 +40,7 @@ CHOICES: dict[str, tuple] = {
     "weights.backend": COLLECTIVE_BACKENDS,
     "model.attn_implementation": ATTN_IMPLEMENTATIONS,
     "lora.push": LORA_PUSHES,
+    "rollout.dtype": ENGINE_DTYPES,
 }
 # config key -> the choices each element of its list may take.
 LIST_CHOICES: dict[str, tuple] = {

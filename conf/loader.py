@@ -39,6 +39,11 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message says what is wrong and what to do."""
 
 
+def _one_line(exc: BaseException) -> str:
+    # A YAML parser's message spans lines (a caret under the column): one line is read.
+    return " ".join(str(exc).split())
+
+
 def available_configs() -> list[str]:
     """Names of the configs a user can pick with `conf=NAME` (prompts is a fragment)."""
     return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.stem != "prompts")
@@ -80,7 +85,7 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         node = OmegaConf.load(path)
     except Exception as exc:  # yaml errors carry line numbers; keep them, drop the stack
-        raise ConfigError(f"cannot parse {path}: {exc}") from None
+        raise ConfigError(f"cannot parse {path}: {_one_line(exc)}") from None
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path} must hold a mapping at its top level")
     return node
@@ -189,10 +194,16 @@ def parse_overrides(items: list[str]) -> DictConfig:
                 f"cannot read argument '{item}': overrides look like key.sub=value "
                 "(see python launch.py --help)"
             )
+        key, value = item.split("=", 1)
+        if not value.strip():
+            # YAML reads an empty value as null, so `data.train_manifest=$UNSET` would
+            # silently mean "the default" (for that key: the embedded mini dataset).
+            raise ConfigError(f"'{key}' is given no value ('{item}': an unset shell "
+                              f"variable?); give one, or write {key}=null for the default")
     try:
         return OmegaConf.from_dotlist(items)
     except Exception as exc:
-        raise ConfigError(f"cannot parse overrides {items}: {exc}") from None
+        raise ConfigError(f"cannot parse overrides {items}: {_one_line(exc)}") from None
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> DictConfig:
@@ -243,6 +254,10 @@ def _null_or_at_least(low: int) -> Callable[[Any], bool]:
     return lambda v: v is None or v >= low
 
 
+def _null_or_count(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
 # Numeric keys and the values they may take (every number must also be finite); checked
 # before anything starts, so a bad value is one line, not a traceback mid-run.
 RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
@@ -256,7 +271,8 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("rollout.max_model_len", ">= 1", _at_least(1)),
     ("rollout.kv_cache_gib", ">= 1", _at_least(1)),
     ("rollout.gpu_memory_utilization", "in (0, 1]", lambda v: 0 < v <= 1),
-    ("rollout.n", ">= 1", _at_least(1)),
+    ("rollout.n", ">= 2 (GRPO's advantages compare the rollouts of one prompt)",
+     _at_least(2)),
     ("rollout.temperature", ">= 0", _at_least(0)),
     ("rollout.top_p", "in (0, 1]", lambda v: 0 < v <= 1),
     ("rollout.max_new_tokens", ">= 1", _at_least(1)),
@@ -297,6 +313,7 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("eval.nothink_acc_every", ">= 0 (0: never)", _at_least(0)),
     ("logging.rollouts_per_step", ">= 0", _at_least(0)),
     ("logging.think_collapse_fraction", "in [0, 1]", lambda v: 0 <= v <= 1),
+    ("ray.num_cpus", "null (Ray's default) or a whole number >= 1", _null_or_count),
 ]
 
 
@@ -325,8 +342,18 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         values = list(value) if isinstance(value, ListConfig) else [value]
         numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-        if not all(math.isfinite(v) for v in numbers) or not ok(value):
+        try:
+            fits = all(math.isfinite(v) for v in numbers) and ok(value)
+        except TypeError:   # null (or text) where a number must be: train.batch_size=null
+            fits = False
+        if not fits:
             raise ConfigError(f"'{key}' is {_shown(value)}; it must be {allowed}")
+    if cfg.rollout.max_model_len <= cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"'rollout.max_model_len' is {cfg.rollout.max_model_len}; it must hold the prompt "
+            f"(its images and question) and rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens} answer tokens: raise it (every sample's prompt "
+            "is measured against it before the run starts)")
     r = cfg.reward
     push = r.adv_shift / r.adv_eps
     if r.advantage == "clipped_positive" and push > r.max_tied_push * (1 + 1e-9):

@@ -6,7 +6,12 @@ sees the very batches the interrupted one would have seen. A sample that the pro
 builder would refuse (an image that cannot be decoded or read by the model, too many
 images, a missing question: `check`, by default that every image decodes) is skipped,
 logged and counted the first time it comes up, never sent to an engine, where it would
-fail a whole batch.
+fail a whole batch. The driver checks every sample before the run starts
+(driver.sample_checks) and hands the results in (`checked`), so a training run meets an
+unusable sample here only when a file changed under it.
+
+A batch never waits for samples that cannot come: when a whole epoch cannot fill one batch
+(fewer usable samples than `batch_size`) `next_batch` raises DataError at once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("refine_iqa")
+
+
+class DataError(ValueError):
+    """Training or test data that cannot be used as configured; says what to do."""
 
 
 def images_decode(sample: dict[str, Any]) -> None:
@@ -33,17 +42,22 @@ class DataStream:
 
     def __init__(self, samples: Sequence[dict[str, Any]], batch_size: int, seed: int,
                  shuffle: bool = True,
-                 check: Callable[[dict[str, Any]], None] | None = images_decode) -> None:
+                 check: Callable[[dict[str, Any]], None] | None = images_decode,
+                 checked: tuple[set[str], dict[str, str]] | None = None) -> None:
+        """`checked`: (ids found usable, {id: reason} of those found unusable) by an
+        earlier pass of `check`; neither is checked again, the unusable ones count as
+        skipped from the start."""
         if not samples:
-            raise ValueError("the training manifest holds no samples")
+            raise DataError("the training manifest holds no samples")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
         self.samples = list(samples)
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
         self.check = check
         self.epoch, self.position = 0, 0
-        self.skipped: dict[str, str] = {}
-        self._checked: set[str] = set()
+        usable, skipped = checked or (set(), {})
+        self.skipped: dict[str, str] = dict(skipped)
+        self._checked: set[str] = set(usable)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -69,23 +83,27 @@ class DataStream:
         return True
 
     def next_batch(self) -> tuple[int, list[dict[str, Any]]]:
-        """(epoch of the batch, batch_size usable samples); a short tail is dropped."""
+        """(epoch of the batch, batch_size usable samples); a short tail is dropped.
+        DataError when a whole epoch holds fewer than batch_size usable samples."""
         batch: list[dict[str, Any]] = []
-        tried = 0
+        tails = 0
         while len(batch) < self.batch_size:
             order = self._order(self.epoch)
             if self.position + (self.batch_size - len(batch)) > len(order):
-                self.epoch, self.position = self.epoch + 1, 0  # drop the epoch's tail
+                # The epoch's tail cannot complete the batch: dropped, and the batch starts
+                # over with the next epoch. A second time means that a whole epoch, from its
+                # first sample, could not fill one batch: no later epoch will either.
+                tails += 1
+                if tails > 1:
+                    raise DataError(
+                        f"fewer than {self.batch_size} samples (one step's batch) of "
+                        f"{len(self.samples)} are usable ({len(self.skipped)} skipped, first "
+                        f"reason: {next(iter(self.skipped.values()), '-')})")
+                self.epoch, self.position = self.epoch + 1, 0
                 batch.clear()
                 continue
             sample = self.samples[order[self.position]]
             self.position += 1
-            tried += 1
-            if tried > 2 * len(self.samples) + self.batch_size:
-                raise ValueError(
-                    f"fewer than {self.batch_size} samples of the manifest are usable "
-                    f"({len(self.skipped)} skipped, first reason: "
-                    f"{next(iter(self.skipped.values()), '-')})")
             if self._usable(sample):
                 batch.append(sample)
         return self.epoch, batch
@@ -105,4 +123,5 @@ class DataStream:
             raise ValueError("the checkpoint's data seed differs from run.seed; resume with "
                              f"run.seed={state['seed']} or start a new run.name")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.skipped = dict(state.get("skipped", {}))
+        # What the checkpoint had skipped stays skipped, as does what this run found.
+        self.skipped = {**state.get("skipped", {}), **self.skipped}

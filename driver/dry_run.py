@@ -3,11 +3,12 @@ and the plan it would follow, without starting one.
 
 What is checked, each problem one line:
 - the config (conf/loader.py), the reward plug-ins, `checkpoint.best_metric`;
-- the data: manifests, splits, leakage (driver.training_data) and every training and
-  held-out sample's prompt against the context: prompt tokens, image placeholders
-  expanded at the configured pixels (both images of a full-reference prompt), plus
-  `rollout.max_new_tokens` must fit `rollout.max_model_len` (the same check a run makes
-  before it starts);
+- the data, as a run checks it before it starts (driver.training_data.run_data):
+  manifests, splits, leakage, and every training and held-out sample as the engines will
+  read it, its prompt's tokens (image placeholders expanded at the configured pixels, both
+  images of a full-reference prompt) against `rollout.max_model_len` less
+  `rollout.max_new_tokens`; the samples that would be skipped are counted, and too few
+  usable ones for a step is a problem;
 - the resources, in the cluster the run would use (joined, or a local one started and
   stopped again): totals, then node by node.
 
@@ -21,8 +22,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-MAX_LISTED = 5   # sample ids named per problem line
-
 
 def token_budget(cfg: Any) -> int:
     """Prompt tokens a sample may take: the context less the answer's room."""
@@ -34,15 +33,10 @@ def prompt_lengths(cfg: Any, model_path: str, samples: list[dict]) -> dict[str, 
     by id; a sample that cannot be read is left out (the data checks report it)."""
     from tqdm import tqdm
 
-    from conf import ConfigError
     from model_inputs.prompting import PromptBuilder
 
-    try:
-        builder = PromptBuilder(model_path, cfg.model.min_pixels, cfg.model.max_pixels,
-                                cfg.prompts, cfg.model.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"model.path: cannot load the processor of {model_path} to count "
-                          f"prompt tokens ({str(err).splitlines()[0]})") from None
+    builder = PromptBuilder(model_path, cfg.model.min_pixels, cfg.model.max_pixels,
+                            cfg.prompts, cfg.model.trust_remote_code)
     mode = "think" if cfg.stage == 2 else "no_think"
     out = {}
     for sample in tqdm(samples, desc="prompt lengths", unit="sample", leave=False):
@@ -51,31 +45,6 @@ def prompt_lengths(cfg: Any, model_path: str, samples: list[dict]) -> dict[str, 
         except (ValueError, OSError):
             continue
     return out
-
-
-def over_budget(lengths: dict[str, int], budget: int) -> str | None:
-    """One line naming the samples whose prompt exceeds `budget` tokens, or None."""
-    over = sorted(((n, sid) for sid, n in lengths.items() if n > budget), reverse=True)
-    if not over:
-        return None
-    named = ", ".join(f"{sid} ({n})" for n, sid in over[:MAX_LISTED])
-    more = f" and {len(over) - MAX_LISTED} more" if len(over) > MAX_LISTED else ""
-    return (f"{len(over)} samples need more prompt tokens than rollout.max_model_len - "
-            f"rollout.max_new_tokens = {budget}: {named}{more}. Lower model.max_pixels, "
-            "raise rollout.max_model_len, or leave them out of the manifest")
-
-
-def check_token_budget(cfg: Any, model_path: str, data: Any) -> dict[str, int]:
-    """Every training and held-out sample's prompt length, by id; DataError naming the
-    samples whose prompt leaves no room for the answer (a run refuses them before it
-    starts: vLLM would refuse them mid-run)."""
-    from driver.training_data import DataError
-
-    lengths = prompt_lengths(cfg, model_path, data.stream.samples + data.test)
-    line = over_budget(lengths, token_budget(cfg))
-    if line:
-        raise DataError(line)
-    return lengths
 
 
 def adapter_parameters(cfg: Any, model_dir: Path) -> int:
@@ -99,8 +68,11 @@ def plan_lines(cfg: Any, model_path: str, data: Any, lengths: dict[str, int]) ->
     from cluster.memory import estimate, local_model_dir, num_parameters
     from cluster.resources import layout
 
-    lines = [f"steps: {data.steps}, {data.stream.batch_size} images per step, "
-             f"{len(data.stream.samples)} training and {len(data.test)} held-out samples"]
+    stream = data.stream
+    lines = [f"steps: {data.steps}, {stream.batch_size} images per step, "
+             f"{len(stream.samples) - len(stream.skipped)} training and {len(data.test)} "
+             f"held-out samples usable ({len(stream.skipped)} and {len(data.test_skipped)} "
+             "would be skipped, and counted)"]
     for role in layout(cfg):
         shares = "; ".join(", ".join(f"{v:g} {k}" for k, v in share.items() if v)
                            or "nothing reserved" for share in role.shares)
@@ -144,19 +116,19 @@ def dry_run(cfg: Any, model_path: str, out: Path) -> int:
             check()
         except ConfigError as err:
             problems.append(str(err))
+    from cluster.memory import local_model_dir
+
+    # A model that is not on this machine (a hub id to be downloaded by the run) cannot
+    # count prompt tokens here: the other checks still run.
+    local = local_model_dir(model_path) is not None
     try:
-        data = run_data(cfg)
+        data = run_data(cfg, model_path if local else None)
         check_resumable(cfg, out, data.fingerprint)
     except DataError as err:
         problems.append(str(err))
-    from cluster.memory import local_model_dir
-
-    lengths: dict[str, int] = {}
-    if data is not None and local_model_dir(model_path) is not None:
-        try:
-            lengths = check_token_budget(cfg, model_path, data)
-        except (ConfigError, DataError) as err:
-            problems.append(str(err))
+    usable = ([s for s in data.stream.samples if str(s["id"]) not in data.stream.skipped]
+              if data is not None else [])
+    lengths = prompt_lengths(cfg, model_path, usable + data.test) if usable and local else {}
     try:
         check_resources(cfg, connect(cfg, log_to_driver=False), nodes=node_resources())
     except ResourceError as err:

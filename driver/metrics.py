@@ -155,6 +155,9 @@ PEAK_MEMORY = _declare("perf/max_memory_allocated_gb", "the learner ranks' peak 
 # -- held-out validation (driver/validation.py), every eval.every steps ----------------
 TIMING_TESTING = _declare("timing_s/testing", "validation on the held-out data", "periodic")
 VAL_SAMPLES = _declare("val/samples", "held-out samples validated on", "periodic")
+VAL_SKIPPED = _declare("val/skipped_samples", "held-out samples left out so far (an "
+                       "unreadable image, a prompt too long): checked before the run "
+                       "starts and again at each validation", "periodic")
 _VAL_SCORING = {"srcc": "SRCC of the numeric answers", "plcc": "PLCC (logistic4) of the "
                 "numeric answers", "eq8_srcc": "SRCC of Eq. 8's expected score",
                 "eq8_plcc": "PLCC (logistic4) of Eq. 8's expected score",
@@ -184,7 +187,8 @@ REPLAYS = _declare("events/weight_replays", "newest weights replayed to a receiv
 REDOS = _declare("events/stale_redos", "scoring calls redone so far (actor died or stale)")
 UNREACHABLE = _declare("events/weight_push_unreachable",
                        "receivers a weight push could not reach so far")
-SKIPPED = _declare("data/skipped_samples", "samples skipped so far (unreadable image)")
+SKIPPED = _declare("data/skipped_samples", "training samples skipped so far (an unreadable "
+                   "or too small image, a prompt too long): checked before the run starts")
 LEARNER_RESTARTS = _declare("events/learner_restarts", "learner groups restarted from the "
                             "newest checkpoint after a rank died, so far")
 

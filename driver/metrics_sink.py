@@ -9,6 +9,15 @@ there loses nothing), so each step appears once. The same numbers, under the sam
 (`logging.backends=[tensorboard]`: event files in `<run>/tensorboard`, `tensorboard --logdir
 <run>/tensorboard --host 127.0.0.1`) and to Ray custom metrics (gauges named
 `refine_iqa_<name>`, charted by Prometheus + Grafana when the cluster has them set up).
+
+wandb's steps only go forward: a step logged again is dropped. So when a rewind drops
+steps wandb already has, its run is rewound too - `wandb.init(resume_from="<id>?_step=N")`,
+W&B's run rewind, which truncates the run's history at the checkpoint's step - and the
+redone steps replace the first copies. With no checkpoint (every line dropped) the wandb
+run starts over under a new id. A server that refuses the rewind (it is a preview feature
+of W&B) gets the run resumed forward instead, with a warning: it then keeps its first copy
+of the redone steps. TensorBoard keeps both copies of a redone step (its readers show the
+later one).
 """
 
 from __future__ import annotations
@@ -51,6 +60,18 @@ def cut_jsonl(path: Path, through_step: int) -> None:
     os.replace(tmp, path)
 
 
+def last_step(path: Path) -> int | None:
+    """The highest step of a step log (None: no line)."""
+    steps = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                steps.append(int(json.loads(line).get(STEP, 0)))
+            except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+                continue
+    return max(steps, default=None)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; None says "not measured this step"
@@ -66,23 +87,40 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a")
         self._gauges: dict[str, Any] = {}
+        self._wandb_args = (Path(run_dir), dict(config), project)
         self.wandb_run = None
         self.tensorboard = None
         if "wandb" in backends:
-            self.wandb_run = self._start_wandb(Path(run_dir), config, project)
+            self.wandb_run = self._start_wandb()
         if "tensorboard" in backends:
             self.tensorboard = self._start_tensorboard(Path(run_dir) / TENSORBOARD_DIR)
 
-    @staticmethod
-    def _start_wandb(run_dir: Path, config: Mapping[str, Any], project: str):
+    def _start_wandb(self, rewind_to: int | None = None):
+        """Start (or resume) the run's wandb run; `rewind_to`: W&B's rewind of the run to
+        that step (below 0: a new run id, nothing of the old run kept)."""
         import wandb
 
+        run_dir, config, project = self._wandb_args
         id_file = run_dir / "wandb_id.txt"
         # The run id is kept beside the metrics so that a resumed run continues one wandb run.
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        if rewind_to is not None and rewind_to < 0:
+            run_id = uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        return wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow",
-                          dir=str(run_dir), config=dict(config))
+        common = {"project": project, "name": run_dir.name, "dir": str(run_dir),
+                  "config": config}
+        if rewind_to is not None and rewind_to >= 0:
+            # A folder of its own: wandb names it by the start second and the run id, which
+            # a rewind right after a resume's start would share.
+            suffix = wandb.Settings(x_sync_dir_suffix=f"rewind-{rewind_to}")
+            try:
+                return wandb.init(resume_from=f"{run_id}?_step={rewind_to}", settings=suffix,
+                                  **common)
+            except Exception as err:   # noqa: BLE001 - wandb raises its own kinds
+                log.warning("wandb refused to rewind run %s to step %d (%s): resuming it "
+                            "forward, it keeps its first copy of the steps redone", run_id,
+                            rewind_to, err)
+        return wandb.init(id=run_id, resume="allow", **common)
 
     @staticmethod
     def _start_tensorboard(log_dir: Path):
@@ -136,11 +174,15 @@ class MetricsLogger:
 
     def rewind(self, step: int) -> None:
         """Drop the lines after `step` (a resume or a learner restart goes back to a
-        checkpoint and redoes the later steps; -1: every line). wandb keeps what it got:
-        its steps only go forward."""
+        checkpoint and redoes the later steps; -1: every line), and rewind the wandb run
+        when it has any of them (module docstring)."""
+        logged = last_step(self.path)
         self._file.close()
         cut_jsonl(self.path, step)
         self._file = self.path.open("a")
+        if self.wandb_run is not None and logged is not None and logged > step:
+            self.wandb_run.finish()
+            self.wandb_run = self._start_wandb(rewind_to=step)
 
     def close(self) -> None:
         self._file.close()

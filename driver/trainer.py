@@ -60,7 +60,8 @@ class Trainer:
                                                   trust_remote_code=cfg.model.trust_remote_code)
         self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer, plugins)
         self.ahead = ExperienceAhead(self.maker, self.stream, cfg.train.async_rollout)
-        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test)
+        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test,
+                                   check=data.check, skipped=data.test_skipped)
         self.best = BestCheckpoint(out, best_metric) if best_metric else None
         self.watch = ThinkCollapseWatch(cfg.logging.think_collapse_fraction)
         self.gpus = requested(cfg)["GPU"]
@@ -175,6 +176,7 @@ class Trainer:
         kept = self.step if state else -1   # no checkpoint: the start's lines are redone too
         self.logger.rewind(kept)
         self.rollout_log.rewind(kept)
+        self.rollout_log.wandb_run = self.logger.wandb_run   # a rewind starts a new one
 
     def restart_learners(self, died: LearnerDied) -> None:
         """A new learner group from the newest checkpoint (or from model.path without

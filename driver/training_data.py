@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from driver.data_stream import DataError  # raised here too; launch catches it from here
+
 log = logging.getLogger("refine_iqa")
-
-
-class DataError(ValueError):
-    """Training or test data that cannot be used as configured; says what to do."""
 
 
 def manifest_paths(value: Any, key: str) -> list[Path]:
@@ -164,13 +162,16 @@ def fingerprint_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[
 
 @dataclass
 class RunData:
-    """What a training run reads: the stream of training batches, the held-out samples,
-    the number of steps and the fingerprint of the data order."""
+    """What a training run reads: the stream of training batches, the held-out samples
+    (the usable ones; {id: reason} of those skipped), the number of steps, the
+    fingerprint of the data order, and the sample check (validation repeats it)."""
 
     stream: Any   # driver.data_stream.DataStream
     test: list[dict]
     steps: int
     fingerprint: dict[str, Any]
+    test_skipped: dict[str, str] = field(default_factory=dict)
+    check: Any = None
 
 
 def configured_manifests(cfg: Any) -> tuple[Any, Any]:
@@ -183,31 +184,47 @@ def configured_manifests(cfg: Any) -> tuple[Any, Any]:
         mini = build_mini_dataset(Path(cfg.model.cache_dir) / "mini")
         train_m = str(mini[f"stage{cfg.stage}_train"])
         test_m = test_m or str(mini[f"stage{cfg.stage}_test"])
+        print(f"# data: the embedded mini dataset of stage {cfg.stage} "
+              "(data.train_manifest is null)")
     return train_m, test_m
 
 
-def run_data(cfg: Any) -> RunData:
+def run_data(cfg: Any, model_path: str | None = None) -> RunData:
     """The run's data as conf `data` and `train` say: its samples (load_training_data),
     batches of train.batch_size x train.grad_accum images (one optimizer step weighs every
-    token of them in one update, which is what accumulation over rounds would give), every
-    sample checked as the engines will read it before it is trained on, train.max_steps
-    or train.epochs of them."""
-    import functools
-
+    token of them in one update, which is what accumulation over rounds would give),
+    train.max_steps or train.epochs of them. Every training and held-out sample is
+    checked here as the engines will read it (driver.sample_checks; with `model_path`,
+    the prompt's length too): the unusable ones are skipped and counted, and DataError
+    refuses a run whose usable training samples cannot fill one step's batch."""
     from driver.data_stream import DataStream
-    from model_inputs.prompting import MAX_IMAGES_PER_PROMPT, check_sample
+    from driver.sample_checks import check_all, sample_check, skipped_note
 
     stage2 = cfg.stage == 2
     data = load_training_data(*configured_manifests(cfg), cfg.data.drop_test_split,
                               ("score",) if stage2 else ("choice", "grounding"))
     per_step = cfg.train.batch_size * cfg.train.grad_accum
-    check = functools.partial(check_sample, mode="think" if stage2 else "no_think",
-                              min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels,
-                              max_images=MAX_IMAGES_PER_PROMPT, prompts=cfg.prompts)
-    stream = DataStream(data.train, per_step, cfg.run.seed, cfg.data.shuffle, check=check)
+    check = sample_check(cfg, model_path)
+    train = check_all(data.train, check)
+    if len(train.usable) < per_step:
+        first = next(iter(train.skipped.values()), None)
+        raise DataError(
+            f"data.train_manifest: {len(train.usable)} of {len(data.train)} training samples "
+            f"are usable, fewer than one step takes (train.batch_size x train.grad_accum = "
+            f"{cfg.train.batch_size} x {cfg.train.grad_accum} = {per_step})"
+            + (f"; {len(train.skipped)} skipped, the first: {first}" if first else "")
+            + ": add samples, fix the skipped ones, or lower train.batch_size")
+    test = check_all(data.test, check)
+    for what, checked in (("data.train_manifest", train), ("data.test_manifest", test)):
+        note = skipped_note(what, checked)
+        if note:
+            print(f"# {note}")
+    stream = DataStream(data.train, per_step, cfg.run.seed, cfg.data.shuffle, check=check,
+                        checked=(train.usable_ids, train.skipped))
     steps = cfg.train.max_steps or cfg.train.epochs * stream.steps_per_epoch
-    return RunData(stream, data.test, steps, fingerprint(
-        data.manifests, per_step, cfg.data.shuffle, cfg.run.seed, cfg.data.drop_test_split))
+    return RunData(stream, test.usable, steps, fingerprint(
+        data.manifests, per_step, cfg.data.shuffle, cfg.run.seed, cfg.data.drop_test_split),
+        test_skipped=test.skipped, check=check)
 
 
 def check_resumable(cfg: Any, run_dir: Path, current: dict[str, Any]) -> None:

@@ -64,10 +64,15 @@ def held_out_subset(samples: list[dict], max_samples: int | None, seed: int) -> 
 
 
 class Validator:
-    """Validation on the running actors (module docstring)."""
+    """Validation on the running actors (module docstring). `samples` are the usable
+    held-out samples, `skipped` {id: reason} of those the driver's check left out before
+    the run; with `check` (driver.sample_checks) each validation checks its samples again
+    and leaves out, for good, one that became unusable since (a file removed, say), so
+    that no engine is handed an image it cannot read: the count is val/skipped_samples."""
 
     def __init__(self, cfg: Any, engines: Any, scorer: Any, sync: Any,
-                 samples: list[dict]) -> None:
+                 samples: list[dict], check: Any = None,
+                 skipped: dict[str, str] | None = None) -> None:
         from actors.engine_settings import sampling_from_config
         from evals.engines import EvalEngines
 
@@ -75,6 +80,7 @@ class Validator:
         self.every = cfg.eval.every
         self.eps = cfg.reward.eps
         self.prompts = cfg.prompts
+        self.check, self.skipped = check, dict(skipped or {})
         self.samples = held_out_subset(samples, cfg.eval.max_samples, cfg.run.seed)
         self.engines = EvalEngines(engines, scorer, sampling=sampling_from_config(cfg, True),
                                    batch_size=max(1, len(self.samples)), sync=sync,
@@ -82,13 +88,24 @@ class Validator:
 
     def due(self, step: int, last_step: int) -> bool:
         """Before the first step (0), every `eval.every` steps, after the last one."""
-        return bool(self.samples) and due(step, self.every, always=(0, last_step))
+        # Held-out samples all skipped: the counts are still logged, so the loss is seen.
+        return bool(self.samples or self.skipped) and due(step, self.every,
+                                                          always=(0, last_step))
 
     def run(self) -> dict[str, float]:
-        """The val/* metrics of the current weights and the seconds they took."""
+        """The val/* metrics of the current weights and the seconds they took (only the
+        counts when no held-out sample is left to validate on)."""
         start = time.perf_counter()
-        metrics = self._scoring() if self.stage == 2 else self._perception()
+        if self.check is not None:
+            from driver.sample_checks import check_all
+
+            checked = check_all(self.samples, self.check)
+            self.samples, self.skipped = checked.usable, {**self.skipped, **checked.skipped}
+        metrics = {}
+        if self.samples:
+            metrics = self._scoring() if self.stage == 2 else self._perception()
         metrics[M.VAL_SAMPLES] = float(len(self.samples))
+        metrics[M.VAL_SKIPPED] = float(len(self.skipped))
         metrics[M.TIMING_TESTING] = time.perf_counter() - start
         return metrics
 

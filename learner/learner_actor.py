@@ -318,7 +318,12 @@ class LearnerWorker:
                 raise RuntimeError("the collective transport needs open_weight_session on "
                                    "rank 0 and a push from WeightSync")
             listener, self._weights_listener = self._weights_listener, None
-            transport.send(counted(), push, listener)
+            buckets = counted()
+            try:
+                transport.send(buckets, push, listener)
+            finally:   # a failed send: the other ranks would wait in the next gather
+                for _ in buckets:
+                    pass
             handles: list[Any] = []
         else:
             handles = transport.publish(counted())

@@ -23,7 +23,8 @@ paths or PIL images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ TASKS = ("score", "choice", "grounding")
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
                          "<|vision_end|>", "<|vision_pad|>")
 MAX_ASPECT_RATIO = 200  # Qwen2-VL refuses more extreme images
+# One visual token covers 28 x 28 pixels (patch 14 x merge 2): a side shorter than that
+# holds less than one token of its own and is blown up from almost nothing (a 1x1 image
+# becomes 56x56 of one colour). Qwen2-VL's first resize rule refused such images too.
+MIN_IMAGE_SIDE = 28
 MAX_IMAGES_PER_PROMPT = 2   # full-reference prompts carry two images (reference, judged)
 
 
@@ -62,14 +67,6 @@ def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int,
 
     h, w = smart_resize(height, width, factor, min_pixels, max_pixels)
     return w, h
-
-
-def image_tokens(width: int, height: int, min_pixels: int, max_pixels: int,
-                 factor: int = 28) -> int:
-    """Tokens an image takes in a prompt: one per factor x factor block of its model-input
-    size (Qwen2-VL merges 2 x 2 patches of 14 pixels into one token)."""
-    w, h = model_input_size(width, height, min_pixels, max_pixels, factor)
-    return (w // factor) * (h // factor)
 
 
 def box_to_model(box: Sequence[float], original_size: Sequence[int],
@@ -143,20 +140,47 @@ def load_images(sample: dict) -> list[Any]:
     return images
 
 
+def image_tokens(width: int, height: int, min_pixels: int, max_pixels: int,
+                 factor: int = 28) -> int:
+    """How many tokens an image of this size takes in the prompt: one per factor x factor
+    block of its model-input size (vLLM and the HF processor expand the placeholder to
+    this many)."""
+    w, h = model_input_size(width, height, min_pixels, max_pixels, factor)
+    return (w // factor) * (h // factor)
+
+
 def check_sample(sample: dict, mode: str, min_pixels: int, max_pixels: int,
-                 max_images: int, prompts: Any | None = None, factor: int = 28) -> None:
+                 max_images: int, prompts: Any | None = None, factor: int = 28,
+                 max_prompt_tokens: int | None = None,
+                 text_tokens: Callable[[str, int], int] | None = None) -> None:
     """Everything `PromptBuilder.prepare` would refuse about a sample, without a processor:
     the question, the image count an engine allows, each image decodable and of a size
-    Qwen2-VL can read. Raises ValueError (or FileNotFoundError) saying what is wrong; the
-    data stream skips such samples before they reach an engine."""
-    question_for(sample, mode, prompts)
+    Qwen2-VL can read (each side at least MIN_IMAGE_SIDE). With `max_prompt_tokens` and
+    `text_tokens` (the prompt's tokens besides the images: `PromptBuilder.text_tokens`),
+    also that the prompt fits: rollout.max_model_len less the answer's
+    rollout.max_new_tokens. Raises ValueError (or FileNotFoundError) saying what is
+    wrong; the driver skips such samples before they reach an engine."""
+    sid = sample.get("id", "?")
+    question = question_for(sample, mode, prompts)
     images = load_images(sample)
     if len(images) > max_images:
-        raise ValueError(f"sample {sample.get('id', '?')}: {len(images)} images, more than "
+        raise ValueError(f"sample {sid}: {len(images)} images, more than "
                          f"the {max_images} an engine takes per prompt")
     for image in images:
         model_input_size(image.width, image.height, min_pixels, max_pixels, factor)
+        if min(image.size) < MIN_IMAGE_SIDE:
+            raise ValueError(f"sample {sid}: image {image.width}x{image.height} is below "
+                             f"{MIN_IMAGE_SIDE} pixels on a side (one visual token); "
+                             "use the original image, not a thumbnail")
     _check_stated_size(sample, images[-1].size)
+    if max_prompt_tokens is not None and text_tokens is not None:
+        total = text_tokens(question, len(images)) + sum(
+            image_tokens(i.width, i.height, min_pixels, max_pixels, factor) for i in images)
+        if total > max_prompt_tokens:
+            raise ValueError(f"sample {sid}: its prompt takes {total} tokens, more than the "
+                             f"{max_prompt_tokens} that rollout.max_model_len leaves beside "
+                             "rollout.max_new_tokens: raise rollout.max_model_len (or "
+                             "lower model.max_pixels)")
 
 
 def decode(tokenizer: Any, token_ids: Sequence[int]) -> str:
@@ -239,7 +263,8 @@ class PromptBuilder:
         self.prompts = prompts
         vocab = self.tokenizer.get_vocab()
         self.vision_token_ids = frozenset(vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab)
-        self._text_tokens: dict[tuple[str, int], int] = {}   # prompt_length's cache
+        self._text_tokens: dict[tuple[str, int], int] = {}   # text_tokens' cache
+        self._lock = threading.Lock()
 
     def resize(self, image: Any) -> Any:
         """`image` at its model-input size (bicubic, as the processor would)."""
@@ -265,10 +290,10 @@ class PromptBuilder:
             input_sizes=[img.size for img in resized])
 
     def prompt_length(self, sample: dict, mode: str) -> int:
-        """The prompt's tokens once vLLM expands each image placeholder: the chat text's
-        tokens (counted once per question and image count) plus each image's tokens at
-        its model-input size. Reads only the images' headers (a rotation tag does not
-        change the count: the resize rule is symmetric in width and height)."""
+        """The prompt's tokens once vLLM expands each image placeholder: `text_tokens` plus
+        each image's tokens at its model-input size, reading only the images' headers (a
+        rotation tag does not change the count: the resize rule is symmetric in width and
+        height). `check_sample` makes the same count on the decoded images."""
         from PIL import Image
 
         question = question_for(sample, mode, self.prompts)
@@ -279,17 +304,25 @@ class PromptBuilder:
             else:
                 with Image.open(item) as image:
                     sizes.append(image.size)
-        key = (question, len(sizes))
-        if key not in self._text_tokens:
-            text = self.processor.apply_chat_template(
-                build_messages(len(sizes), question), tokenize=False, add_generation_prompt=True)
-            self._text_tokens[key] = len(self.encode(text)) - len(sizes)   # minus the pads
-        return self._text_tokens[key] + sum(
+        return self.text_tokens(question, len(sizes)) + sum(
             image_tokens(w, h, self.min_pixels, self.max_pixels, self.factor) for w, h in sizes)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of text (chat special tokens recognised, nothing added)."""
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def text_tokens(self, question: str, num_images: int) -> int:
+        """Tokens of a prompt besides its images' own: the chat template around
+        `num_images` images and `question` (each image's single placeholder, which the
+        engine expands to `image_tokens`, left out). `check_sample` adds the images."""
+        key = (question, num_images)
+        with self._lock:   # checks run on threads; a Rust tokenizer may refuse a 2nd caller
+            if key not in self._text_tokens:
+                text = self.processor.apply_chat_template(
+                    build_messages(num_images, question), tokenize=False,
+                    add_generation_prompt=True)
+                self._text_tokens[key] = len(self.encode(text)) - num_images
+            return self._text_tokens[key]
 
     def learner_inputs(self, sample: dict, mode: str) -> dict:
         """What the learner needs for a prompt: the HF processor's own output.

@@ -43,6 +43,7 @@ repair=True)` cuts it off (and says so) before a builder resumes.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -201,10 +202,40 @@ def validate_sample(sample: Mapping[str, Any], where: str = "") -> dict[str, Any
     return s
 
 
+# Line and paragraph separators are valid inside a JSON string, but readers that split a
+# file on every Unicode line break (str.splitlines, JavaScript) would cut the line there.
+_SEPARATORS = {"\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(record: Mapping[str, Any]) -> str:
+    """One JSONL line (no newline): UTF-8 text as it is, but U+2028 / U+2029 escaped, so
+    that the line stays one line for every reader."""
+    text = json.dumps(record, ensure_ascii=False)
+    for raw, escaped in _SEPARATORS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A text file's content as UTF-8 (a leading byte-order mark dropped); ValueError
+    naming the file, line and column of the first byte that is not UTF-8."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at "
+                         f"column {column}); JSONL files are UTF-8: re-save it as UTF-8 or "
+                         "rebuild it") from None
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and validate every line of a manifest (blank lines are skipped).
 
-    Errors name the file and line, and what to do. Duplicate ids are an error.
+    Errors name the file and line, and what to do (a byte that is not UTF-8 as well).
+    Duplicate ids are an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -212,16 +243,17 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
                                 "(python -m synth.perception / synth.iqa_datasets --help)")
     samples: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
+    with io.StringIO(read_utf8(path), newline=None) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); a torn last line from an "
-                                 "interrupted build is repaired by rerunning the builder, "
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = getattr(e, "msg", "nested deeper than a parser can follow")
+                raise ValueError(f"{where}: not valid JSON ({reason}); a torn last line from "
+                                 "an interrupted build is repaired by rerunning the builder, "
                                  "anything else means the file was edited by hand") from None
             sample = validate_sample(obj, where)
             if sample["id"] in seen:
@@ -251,7 +283,7 @@ def existing_ids(path: str | os.PathLike, repair: bool = True) -> set[str]:
             continue
         try:
             ids.add(json.loads(raw)["id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):   # bad JSON or not UTF-8
             if lineno != len(lines):
                 raise ValueError(f"{path}:{lineno}: not a valid sample line; fix or delete "
                                  "the manifest and rebuild") from None
@@ -275,8 +307,7 @@ def append_samples(path: str | os.PathLike, samples: Iterable[Mapping[str, Any]]
     business: builders skip ids that `existing_ids` returns.
     """
     path = Path(path)
-    lines = [json.dumps(validate_sample(s, f"{path} (new sample)"), ensure_ascii=False)
-             for s in samples]
+    lines = [json_line(validate_sample(s, f"{path} (new sample)")) for s in samples]
     if not lines:
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)

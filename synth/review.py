@@ -50,6 +50,7 @@ PAGE_DIR = Path(__file__).resolve().parent / "review_page"
 STATIC = {"review.js": "text/javascript", "review.css": "text/css"}
 STATE = web.AppKey("state", dict)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+MAX_BODY = 64 * 1024   # a decision is a few hundred bytes
 
 
 def load_items(manifest: str | Path) -> tuple[list[dict[str, Any]], dict[str, Path]]:
@@ -150,8 +151,13 @@ async def decide(request: web.Request) -> web.Response:
     try:
         body = await request.json()
         key, decision = body["id"], body.get("decision")
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
+        # RecursionError: JSON nested deeper than the parser's stack (a hostile body).
         return web.json_response({"error": 'expected JSON {"id": ..., "decision": ...}'},
+                                 status=400)
+    named = body.get("reviewer")
+    if named is not None and not isinstance(named, str):
+        return web.json_response({"error": "reviewer must be a name (a string) or null"},
                                  status=400)
     item = next((it for it in state["items"] if it["id"] == key), None)
     if item is None:
@@ -159,7 +165,7 @@ async def decide(request: web.Request) -> web.Response:
     if decision is not None and decision not in DECISIONS:
         return web.json_response({"error": f"decision must be one of {DECISIONS} or null"},
                                  status=400)
-    reviewer = str(body.get("reviewer") or state["reviewer"] or "").strip() or None
+    reviewer = (named or state["reviewer"] or "").strip() or None
     record = append_decision(state["manifest"], key, item["sample_ids"], decision, reviewer)
     if decision is None:
         state["decisions"].pop(key, None)
@@ -190,6 +196,17 @@ async def same_machine(request: web.Request, handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def bounded_body(request: web.Request, handler) -> web.StreamResponse:
+    """Refuse a body the server would not read whole (client_max_size) by its declared
+    length, before reading it: a client that announces more than it sends would otherwise
+    hold the request open until it gives up."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY,
+                                            actual_size=request.content_length)
+    return await handler(request)
+
+
+@web.middleware
 async def plain_errors(request: web.Request, handler) -> web.StreamResponse:
     """A bug shows as one line on the page (and a traceback in the terminal), never as a
     stack trace in the browser."""
@@ -206,7 +223,8 @@ async def plain_errors(request: web.Request, handler) -> web.StreamResponse:
 def make_app(manifest: str | Path, reviewer: str | None = None,
              host: str = "127.0.0.1") -> web.Application:
     """The review application for one manifest, to be served on `host`."""
-    app = web.Application(middlewares=[same_machine, plain_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[same_machine, bounded_body, plain_errors],
+                          client_max_size=MAX_BODY)
     app[STATE] = {"manifest": Path(manifest).resolve(), "reviewer": reviewer, "host": host}
     _load(app)
     app.add_routes([web.get("/", index), web.get("/static/{name}", static),

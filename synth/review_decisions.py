@@ -30,7 +30,9 @@ from typing import Any
 
 from synth.manifest import (
     existing_ids,
+    json_line,
     read_manifest,
+    read_utf8,
     relative_image_path,
     resolve_images,
     write_manifest,
@@ -70,7 +72,7 @@ def append_decision(manifest: str | os.PathLike, item: str, sample_ids: list[str
               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "reviewer": reviewer or None}
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write(json_line(record) + "\n")
         f.flush()
         os.fsync(f.fileno())  # "saved" on the page must mean saved on disk
     return record
@@ -83,14 +85,14 @@ def read_decisions(manifest: str | os.PathLike) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
     current: dict[str, dict[str, Any]] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_utf8(path).split("\n")
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
             key = rec["id"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (json.JSONDecodeError, KeyError, TypeError, RecursionError):
             if lineno >= len(lines) - 1:  # the torn write of a crash
                 continue
             raise ValueError(f"{path}:{lineno}: not a decision line; the file is append-only, "

@@ -11,6 +11,7 @@ cluster is a child of the driver), never another Ray session's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -89,11 +90,26 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
     return run
 
 
+def _held_out_with_a_missing_image(tmp_path: Path) -> Path:
+    """The mini Stage-2 test split, image paths absolute, one sample's image missing."""
+    from synth.manifest import load_samples, write_manifest
+    from synth.mini_dataset import build_mini_dataset
+
+    samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_test"])
+    samples[0]["images"] = [str(tmp_path / "gone.png")]
+    out = tmp_path / "held_out.jsonl"
+    write_manifest(out, samples)
+    return out
+
+
 def test_stage2_survives_each_role_dying(tmp_path):
+    """Also: one held-out image is missing (before, the engine's FileNotFoundError at the
+    first validation ended the run): it is left out and counted, validation goes on."""
     steps = 10
     run = _run_with_kills(tmp_path, [
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
-        "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3"],
+        "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3",
+        f"data.test_manifest={_held_out_with_a_missing_image(tmp_path)}"],
         {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
          6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -104,6 +120,8 @@ def test_stage2_survives_each_role_dying(tmp_path):
     assert last[M.LEARNER_RESTARTS] == 1
     # engine, engine core (its actor exits), scoring actor: three restarts, each replayed.
     assert last[M.RESTARTS] >= 3 and last[M.REPLAYS] >= 3
+    for validated in (records[0], last):
+        assert (validated[M.VAL_SAMPLES], validated[M.VAL_SKIPPED]) == (3, 1)
 
 
 def test_stage1_single_engine_is_replayed_from_the_driver(tmp_path):
@@ -114,3 +132,57 @@ def test_stage1_single_engine_is_replayed_from_the_driver(tmp_path):
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(0, steps + 1))
     assert records[-1][M.RESTARTS] >= 1 and records[-1][M.REPLAYS] >= 1
+
+
+def _driver(code: str, env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, text=True,
+                            **kwargs)
+
+
+def _running(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{proc.name()} ({proc.pid})")
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_a_killed_drivers_local_cluster_is_ended_by_the_next_start(tmp_path):
+    """kill -9 of a driver left its local cluster's ray::DashboardAgent (on 127.0.0.1:
+    52365) and ray::RuntimeEnvAgent running: they report the raylet's death to the dead
+    GCS first and exit only when that request times out (measured: alive 60 s after the
+    kill, gone by 90 s). The next start of a local cluster now ends every process the
+    killed driver recorded. The processes checked are the killed driver's own tree, as
+    this test lists it before the kill, not the record."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["REFINE_IQA_CLUSTER_RECORDS"] = str(tmp_path / "records")   # this test's own
+    start = ("from conf import load_config\nfrom cluster.connect import connect\n"
+             "connect(load_config('tiny', ['ray.num_cpus=1']))\nprint('ready', flush=True)\n")
+    first = _driver(start + "import time\ntime.sleep(600)\n", env, stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL, start_new_session=True)
+    tree: list[psutil.Process] = []
+    try:
+        assert first.stdout.readline().strip() == "ready"
+        tree = psutil.Process(first.pid).children(recursive=True)
+        names = {p.name() for p in tree}
+        assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        killed = time.monotonic()
+        second = _driver(start, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = second.communicate(timeout=180)
+        assert second.returncode == 0 and "ready" in out, err[-2000:]
+        while _running(tree) and time.monotonic() < killed + 30:
+            time.sleep(0.5)
+        assert _running(tree) == [], err[-2000:]
+        assert "ended" in err and "ray::DashboardAgent" in err
+        assert list((tmp_path / "records").glob("*.json")) == []   # both records gone
+    finally:   # whatever the outcome, nothing this test started outlives it
+        if first.poll() is None:
+            first.kill()
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()

@@ -143,6 +143,21 @@ def test_launch_bad_input_is_one_clear_line(args, message):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_launch_refuses_bad_data_in_one_line_before_any_actor(tmp_path):
+    """Three usable samples of five for a step of four: before, launch.py started the
+    cluster and the actors and died at the first step with a ValueError traceback.
+    Now: one line, exit 2, no Ray output (no cluster was started)."""
+    from tests.test_driver_training_data import _manifest
+
+    train = _manifest(tmp_path, "train", [(f"t{i}", "train") for i in range(5)])
+    for sid in ("t1", "t3"):
+        (tmp_path / "images" / f"{sid}.png").unlink()
+    proc = _launch(f"data.train_manifest={train}", f"run.output_dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "3 of 5 training samples are usable" in proc.stderr and "t1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Ray" not in proc.stderr
+
+
 def test_launch_fails_fast_when_actors_do_not_fit(tmp_path):
     # tiny asks 0.5 CPU per engine: 9 engines + learner + scorer = 5.25 > the 2 logical CPUs
     # of a local cluster. Ray would wait forever; launch.py says why and stops.
@@ -165,10 +180,32 @@ def test_launch_fails_fast_when_actors_do_not_fit(tmp_path):
     ("train.max_steps=-5", "'train.max_steps' is -5; it must be null or >= 1"),
     ("run.name=a/b", "'run.name' is 'a/b'; it must be a folder name"),
     ("rollout.top_p=0", "'rollout.top_p' is 0.0; it must be in \\(0, 1\\]"),
+    # These four passed the checks and failed only once the cluster ran: vLLM refused the
+    # dtype or every prompt, a group of one rollout has no advantage, Ray started with 0
+    # CPUs and the actors could not be placed.
+    ("rollout.dtype=float64x", "'rollout.dtype' is 'float64x'; choose one of"),
+    ("rollout.max_model_len=8", "'rollout.max_model_len' is 8; it must hold the prompt"),
+    ("rollout.n=1", "'rollout.n' is 1; it must be >= 2"),
+    ("ray.num_cpus=0", "'ray.num_cpus' is 0; it must be null .* or a whole number >= 1"),
+    # Found by tests/test_input_fuzz.py: null where a number must be raised a TypeError,
+    # and a YAML parse error came out over several lines.
+    ("train.batch_size=null", "'train.batch_size' is None; it must be >= 1"),
+    ("train.lr={", "cannot parse overrides .*line 2, column 1$"),
 ])
 def test_out_of_range_values_name_the_key_and_the_range(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", [override])
+
+
+@pytest.mark.parametrize("name", ["tiny", "stage1", "stage2"])
+def test_an_empty_value_is_refused_not_read_as_null(name):
+    """`data.train_manifest=$UNSET` reached the loader as `data.train_manifest=`, which
+    YAML reads as null: every config then trained on the embedded mini dataset, the paper
+    configs included, without a word."""
+    with pytest.raises(ConfigError, match="'data.train_manifest' is given no value .*"
+                                          "data.train_manifest=null for the default"):
+        load_config(name, ["data.train_manifest="])
+    assert load_config(name, ["data.train_manifest=null"]).data.train_manifest is None
 
 
 def test_a_numeric_run_name_is_a_folder_name():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,115 @@ def test_tensorboard_gets_the_same_names_and_values(tmp_path):
         (1, 0.1), (2, 0.2), (3, 0.3)]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r[M.GRAD_NORM] for r in records] == [e.value for e in events.Scalars(M.GRAD_NORM)]
+
+
+def wandb_segments(run_dir: Path, wait_s: float = 30.0) -> list[dict]:
+    """What wandb wrote offline under run_dir, one entry per run segment (each wandb.init),
+    oldest first: {"id", "start", "branch": (run, step) of a rewind or None, "history":
+    {step: {key: value}}, "exit": whether it was finished}, once every segment is (within
+    `wait_s`). wandb has no public reader of its offline file; this one follows its
+    format (a LevelDB-style log: a 7-byte file header, then 32 KiB blocks of records,
+    each with a 7-byte header - checksum, length, type: 1 whole, 2 first, 3 middle,
+    4 last) and decodes the records with wandb's own protobuf definitions."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def records(data: bytes):
+        pos, block, parts = 7, 32768, b""
+        while pos + 7 <= len(data):
+            left = block - pos % block
+            if left < 7:
+                pos += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+            if length == kind == 0:
+                pos += left
+                continue
+            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            parts = chunk if kind in (1, 2) else parts + chunk
+            if kind in (1, 4):
+                yield parts
+
+    out = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        segment = {"id": None, "start": 0, "branch": None, "history": {}, "exit": False}
+        for raw in records(path.read_bytes()):
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            segment["exit"] |= rec.WhichOneof("record_type") == "exit"
+            if rec.WhichOneof("record_type") == "run":
+                segment["id"], segment["start"] = rec.run.run_id, rec.run.start_time.ToNanoseconds()
+                if rec.run.branch_point.run:
+                    segment["branch"] = (rec.run.branch_point.run, rec.run.branch_point.value)
+            elif rec.WhichOneof("record_type") == "history":
+                row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                       for item in rec.history.item}
+                segment["history"][int(row["_step"])] = row
+        out.append(segment)
+    if not all(segment["exit"] for segment in out) and wait_s > 0:
+        time.sleep(0.5)   # wandb's service may still be writing after finish() returned
+        return wandb_segments(run_dir, wait_s - 0.5)
+    return sorted(out, key=lambda segment: segment["start"])
+
+
+def test_a_rewind_rewinds_wandb_so_redone_steps_replace_the_first_copies(tmp_path,
+                                                                          monkeypatch):
+    """A learner restart went back to step 6's checkpoint after step 8 had been logged:
+    metrics.jsonl dropped 7-8 and got the redone ones, but wandb dropped the redone steps
+    (its steps only go forward) and kept its first copy. Now the wandb run is rewound to
+    step 6 (wandb.init resume_from: the offline record carries the branch point, which
+    W&B applies to the run's history when it is synced) and gets the redone 7-8; with no
+    checkpoint the wandb run starts over under a new id."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    mean = M.SCORE.name("mean")
+    logger = MetricsLogger(tmp_path, {"a": 1}, backends=["wandb"], project="refine-iqa-test")
+    first_id = logger.wandb_run.id
+    for step in range(0, 9):
+        logger.log(step, {mean: float(step)})
+    logger.rewind(6)
+    for step in (7, 8):
+        logger.log(step, {mean: 100.0 + step})
+    logger.rewind(-1)
+    logger.log(0, {mean: 50.0})
+    logger.close()
+    segments = wandb_segments(tmp_path)
+    assert [s["id"] for s in segments[:2]] == [first_id, first_id]
+    assert sorted(segments[0]["history"]) == list(range(0, 9))
+    assert segments[1]["branch"] == (first_id, 6.0)
+    assert {k: v[mean] for k, v in segments[1]["history"].items()} == {7: 107.0, 8: 108.0}
+    assert segments[2]["id"] != first_id and segments[2]["branch"] is None
+    assert {k: v[mean] for k, v in segments[2]["history"].items()} == {0: 50.0}
+    assert (tmp_path / "wandb_id.txt").read_text() == segments[2]["id"]
+
+
+def test_a_refused_wandb_rewind_resumes_forward_with_a_warning(tmp_path, monkeypatch,
+                                                               caplog):
+    """A W&B server without run rewind (a preview feature) refuses resume_from. This
+    machine has no W&B server, so the refusal is simulated: wandb.init raises when given
+    resume_from. The run goes on, resumed forward under the same id, and says so."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real = wandb.init
+
+    def init(*args, **kwargs):
+        if "resume_from" in kwargs:
+            raise RuntimeError("rewind is not enabled for this entity")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    mean = M.SCORE.name("mean")
+    logger = MetricsLogger(tmp_path, {}, backends=["wandb"], project="refine-iqa-test")
+    run_id = logger.wandb_run.id
+    for step in range(0, 4):
+        logger.log(step, {mean: float(step)})
+    logger.rewind(1)
+    logger.log(2, {mean: 20.0})
+    logger.close()
+    assert "wandb refused to rewind run" in caplog.text and "first copy" in caplog.text
+    segments = wandb_segments(tmp_path)
+    assert [s["id"] for s in segments] == [run_id, run_id] and segments[1]["branch"] is None
 
 
 def test_logger_refuses_an_undeclared_name(tmp_path):

@@ -7,13 +7,17 @@ import json
 import pytest
 from PIL import Image
 
+from conf import load_config
+from driver import metrics as M
 from driver.training_data import (
     DataError,
     fingerprint,
     fingerprint_changes,
     load_training_data,
     manifest_paths,
+    run_data,
 )
+from driver.validation import Validator
 
 
 def _manifest(folder, name, rows):
@@ -101,3 +105,75 @@ def test_fingerprint_changes_are_named(tmp_path):
     assert fingerprint_changes(first, fingerprint([path], 8, True, 1234, False)) == [
         f"{path.resolve()} changed content"]
     assert json.loads(json.dumps(first)) == first   # stored in trainer_state.json
+
+
+def _cfg(train, test=None, *overrides):
+    return load_config("tiny", [f"data.train_manifest={train}",
+                                f"data.test_manifest={test or 'null'}", *overrides])
+
+
+def test_held_out_samples_are_checked_before_the_run(tmp_path):
+    """A good training manifest and a test manifest with one missing image: before, the
+    missing image reached an engine at the first validation, after the cluster had
+    started (FileNotFoundError from RolloutEngine.generate, a traceback, no metrics).
+    Now it is left out up front and counted, and validation runs on the rest."""
+    train = _manifest(tmp_path / "tr", "train", [(f"t{i}", "train") for i in range(4)])
+    test = _manifest(tmp_path / "te", "test", [("x", "test"), ("y", "test"), ("z", "test")])
+    (tmp_path / "te" / "images" / "y.png").unlink()
+    data = run_data(_cfg(train, test))
+    assert [s["id"] for s in data.test] == ["x", "z"]
+    assert list(data.test_skipped) == ["y"] and "does not exist" in data.test_skipped["y"]
+    # A file removed after the start is left out at the next validation; with none left
+    # the counts are still logged (no engine is asked anything: it holds None here).
+    validator = Validator(_cfg(train, test), None, None, None, data.test, check=data.check,
+                          skipped=data.test_skipped)
+    for sid in ("x", "z"):
+        (tmp_path / "te" / "images" / f"{sid}.png").unlink()
+    assert validator.due(0, 10)
+    got = validator.run()
+    assert (got[M.VAL_SAMPLES], got[M.VAL_SKIPPED]) == (0.0, 3.0)
+
+
+def test_too_few_usable_samples_are_refused_before_the_run(tmp_path):
+    """3 usable of 5 with 4 per step: before, run_data accepted it and the data stream
+    raised a plain ValueError at the first step, after the cluster had started (a
+    traceback); a batch size above the sample count (train.batch_size=10**23 passes the
+    config checks) hung the stream for ever."""
+    train = _manifest(tmp_path, "train", [(f"t{i}", "train") for i in range(5)])
+    for sid in ("t1", "t3"):
+        (tmp_path / "images" / f"{sid}.png").unlink()
+    with pytest.raises(DataError, match=r"3 of 5 training samples are usable, fewer than one "
+                                        r"step takes \(train.batch_size x train.grad_accum = "
+                                        r"4 x 1 = 4\); 2 skipped, the first: sample t1"):
+        run_data(_cfg(train))
+    with pytest.raises(DataError, match="= 99999999999999999999999"):
+        run_data(_cfg(train, None, "train.batch_size=99999999999999999999999"))
+
+
+def test_a_one_pixel_image_is_skipped_and_counted(tmp_path):
+    """A 1x1 PNG was trained on silently (blown up to 56x56 of one colour)."""
+    train = _manifest(tmp_path, "train", [(f"t{i}", "train") for i in range(5)])
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(tmp_path / "images" / "t2.png")
+    path = tmp_path / "train.jsonl"
+    path.write_text(path.read_text().replace('"t2.png"], "question": null, "answer": null, '
+                                             '"mos": 2.5, "bbox": null, "image_size": [40, 40]',
+                                             '"t2.png"], "question": null, "answer": null, '
+                                             '"mos": 2.5, "bbox": null, "image_size": [1, 1]'))
+    data = run_data(_cfg(train))
+    assert list(data.stream.skipped) == ["t2"]
+    assert "1x1 is below 28 pixels on a side" in data.stream.skipped["t2"]
+    drawn = {s["id"] for _ in range(3) for s in data.stream.next_batch()[1]}
+    assert drawn == {"t0", "t1", "t3", "t4"}
+
+
+def test_prompts_longer_than_the_model_length_are_refused_before_the_run(tmp_path,
+                                                                         tiny_model_dir):
+    """rollout.max_model_len=100 with rollout.max_new_tokens=64 leaves 36 tokens for a
+    prompt whose 40x40 image alone takes 4 (56x56 at min_pixels: 2 x 2 tokens) and whose
+    think template takes more than 32: every sample would have failed inside vLLM at the
+    first step. The sample check counts the prompt with the model's own processor."""
+    train = _manifest(tmp_path, "train", [(f"t{i}", "train") for i in range(4)])
+    with pytest.raises(DataError, match=r"prompt takes \d+ tokens, more than the 36 that "
+                                        r"rollout.max_model_len leaves"):
+        run_data(_cfg(train, None, "rollout.max_model_len=100"), str(tiny_model_dir))
+    assert len(run_data(_cfg(train), str(tiny_model_dir)).stream.skipped) == 0

@@ -2,7 +2,7 @@
 
 Memory figures are worked by hand from the formulas of cluster/memory.py beside each
 assertion; the prompt lengths' own check against the processor is in
-tests/test_prompting.py.
+tests/test_prompting.py, the data checks' in tests/test_driver_training_data.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 
 from cluster.memory import GIB, estimate, num_parameters
 from conf import load_config
-from driver.dry_run import over_budget
 from tests.conftest import REPO
 
 
@@ -51,14 +50,6 @@ def test_parameters_are_read_from_the_headers(tiny_model_dir):
     assert num_parameters(tiny_model_dir / "no-such-dir") is None
 
 
-def test_over_budget_names_the_longest_first():
-    lengths = {"a": 100, "b": 300, "c": 250, "d": 90}
-    line = over_budget(lengths, 200)
-    assert line.startswith("2 samples need more prompt tokens than rollout.max_model_len - "
-                           "rollout.max_new_tokens = 200: b (300), c (250).")
-    assert over_budget(lengths, 300) is None
-
-
 def _launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "launch.py", *args, "ray.dashboard=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -69,7 +60,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     proc = _launch("tiny", "--dry-run", f"run.output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "# steps: 40, 4 images per step, 588 training and 96 held-out samples" in out
+    assert "# steps: 40, 4 images per step, 942 training and 96 held-out samples usable" in out
     assert "# role learners: 1 node(s)" in out and "# role rollout: 1 node(s)" in out
     assert "memory, ESTIMATED from" in out and "longest prompt:" in out
     assert "dry run: ready; no actor was started" in out
@@ -78,16 +69,18 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_prompts_longer_than_the_context_are_refused_before_the_run(tmp_path):
-    # 200 - 64 new tokens leaves 136 prompt tokens; the mini set's prompts take ~250.
+    # 200 - 64 new tokens leaves 136 prompt tokens; the mini set's prompts take ~250: every
+    # sample would be skipped, fewer than one step takes. The dry run names it beside the
+    # cluster that is too small (1 CPU for 1.25 asked), one line each.
     proc = _launch("tiny", "--dry-run", "rollout.max_model_len=200", "ray.num_cpus=1",
                    f"run.output_dir={tmp_path}")
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2, proc.stderr[-2000:]   # the budget, and 1.25 CPUs on 1
-    assert "need more prompt tokens than rollout.max_model_len - rollout.max_new_tokens = 136" \
-        in errors[0]
+    assert len(errors) == 2, proc.stderr[-2000:]
+    assert "training samples are usable, fewer than one step takes" in errors[0]
+    assert "more than the 136 that rollout.max_model_len leaves" in errors[0]
     assert "the Ray cluster has 1" in errors[1]
-    # A run refuses the same samples with one line, before any actor starts.
+    # A run refuses with the same line, before any actor starts.
     proc = _launch("tiny", "rollout.max_model_len=200", f"run.output_dir={tmp_path}")
     assert proc.returncode == 2
     assert [line for line in proc.stderr.splitlines() if line.startswith("error:")] == [

@@ -319,3 +319,54 @@ def test_unschedulable_learners_fail_with_a_message(ray_cluster, model_dir):
     with pytest.raises(RuntimeError, match="could not start.*num_gpus=1"):
         LearnerGroup(cfg, total_steps=1, model_path=model_dir, name_prefix="learner-gpu",
                      schedule_timeout_s=3)
+
+
+def test_a_failed_collective_send_leaves_no_rank_in_a_gather(ray_cluster, model_dir):
+    """ZeRO-3 over two ranks, collective transport, a receiver that dies after the first
+    bucket: rank 0's send fails. Before, rank 0 left publish_weights there while rank 1
+    went on to the next bucket's gather and waited in it for rank 0 (until the learners'
+    collective timeout, 30 min): the group could neither push again nor train. Now rank 0
+    takes part in the remaining gathers, both ranks return, and the next push (the one
+    WeightSync makes after a receiver's death) goes through."""
+    from conf import load_config
+    from learner.group import LearnerGroup
+
+    class Quitter:  # defined here so Ray ships it by value
+        """A collective-transport receiver that dies once it holds the first bucket (its
+        sockets close under the sender), or, with `take_all`, takes the whole push."""
+
+        def take(self, push: dict, take_all: bool = False) -> int:
+            import os
+
+            from weight_sync.transport import CollectiveTransport
+
+            count = 0
+            for _ in CollectiveTransport().stream(push):
+                count += 1
+                if not take_all:
+                    os._exit(1)
+            return count
+
+    overrides = ["learner.zero_stage=3", "learner.num_learners=2", "learner.num_cpus=1",
+                 "weights.bucket_mb=1", "weights.transport=collective", "weights.timeout_s=120"]
+    group = LearnerGroup(load_config("tiny", overrides), total_steps=TOTAL_STEPS,
+                         model_path=model_dir, name_prefix="learner-quit")
+    receiver = ray.remote(Quitter).options(num_cpus=0.1, max_restarts=0)
+    try:
+        push, sending = group.start_push(1)
+        quitter = receiver.remote()
+        died = quitter.take.remote({**push, "rank": 1})
+        done, pending = ray.wait(sending, num_returns=2, timeout=120)
+        assert not pending, "a rank is still in publish_weights (waiting in a gather)"
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(sending[0])   # rank 0: its send failed
+        assert ray.get(sending[1]) == ([], {})   # rank 1 finished its gathers
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(died)
+        push, sending = group.start_push(1)
+        taker = receiver.remote()
+        got = taker.take.remote({**push, "rank": 1}, True)
+        _, info = ray.get(sending, timeout=120)[0]
+        assert ray.get(got, timeout=120) == info["buckets"] >= 3   # 2.9 MB in 1 MB buckets
+    finally:
+        group.shutdown()

@@ -102,6 +102,37 @@ def test_read_manifest_names_file_and_line(tmp_path: Path):
         read_manifest(path)
 
 
+def test_bytes_that_are_not_utf8_are_named_by_file_and_line(tmp_path: Path):
+    """A 0xff byte on line 2 (a Latin-1 edit, say): read_manifest used to fail with the
+    codec's "can't decode byte 0xff in position N" naming neither file nor line, and
+    existing_ids (a builder's resume) with a bare UnicodeDecodeError."""
+    path = tmp_path / "m.jsonl"
+    good = json.dumps(score_sample("a")) + "\n"
+    bad = json.dumps(score_sample("b")).replace('"koniq10k"', '"koniq\xff"')
+    path.write_bytes(good.encode() + bad.encode("latin-1") + b"\n"
+                     + json.dumps(score_sample("c")).encode() + b"\n")
+    column = bad.index("\xff") + 1
+    with pytest.raises(ValueError, match=rf"m\.jsonl:2: not UTF-8 text \(byte 0xff at "
+                                         rf"column {column}\)"):
+        read_manifest(path)
+    with pytest.raises(ValueError, match=r"m\.jsonl:2: not a valid sample line"):
+        existing_ids(path)
+    # A byte-order mark (some editors write one) is not an error.
+    path.write_bytes(b"\xef\xbb\xbf" + good.encode())
+    assert [s["id"] for s in read_manifest(path)] == ["a"]
+
+
+def test_line_separators_inside_strings_are_escaped(tmp_path: Path):
+    """U+2028 is valid inside a JSON string, but str.splitlines (and JavaScript) break a
+    line there: written raw, the sample would read back as two lines elsewhere."""
+    path = tmp_path / "m.jsonl"
+    sample = {**score_sample("a"), "meta": {"note": "one\u2028two\u2029three"}}
+    append_samples(path, [sample])
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 1 and "\\u2028" in text and "\\u2029" in text
+    assert read_manifest(path) == [sample]
+
+
 def test_read_manifest_rejects_duplicate_ids(tmp_path: Path):
     path = tmp_path / "m.jsonl"
     append_samples(path, [score_sample("a"), score_sample("b"), score_sample("a")])

@@ -200,3 +200,28 @@ def test_images_must_be_resolved(builder, images, tmp_path):
     # PIL images are accepted as they are (converted to RGB).
     grey = Image.fromarray(np.zeros((60, 80), np.uint8))
     assert builder.prepare({**base, "images": [grey]}, "think").input_sizes == [(84, 56)]
+
+
+def test_the_prompt_length_check_counts_what_the_processor_builds(builder, images):
+    """check_sample's prompt length (text_tokens + image_tokens) against the length of
+    the HF processor's own prompt ids, placeholders expanded, for a no-reference score
+    prompt and a two-image Stage-1 prompt; chelsea reads as 252x168 (hand-worked above):
+    9 x 6 = 54 tokens."""
+    from model_inputs.prompting import check_sample, image_tokens
+
+    assert image_tokens(451, 300, MIN_PIXELS, MAX_PIXELS) == 54
+    one = {"id": "s", "task": "score", "images": [images["chelsea"]], "question": None}
+    two = {"id": "c", "task": "choice", "images": [images["astronaut"], images["chelsea"]],
+           "question": stage1_choice_prompt(["cat", "dog"], True)}
+    for sample, mode in ((one, "think"), (two, "no_think")):
+        expanded = len(builder.learner_inputs(sample, mode)["prompt_ids"])
+        question = question_for(sample, mode)
+        counted = builder.text_tokens(question, len(sample["images"])) + sum(
+            image_tokens(*Image.open(p).size, MIN_PIXELS, MAX_PIXELS) for p in sample["images"])
+        assert counted == expanded
+        limits = dict(mode=mode, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, max_images=2,
+                      text_tokens=builder.text_tokens)
+        check_sample(sample, max_prompt_tokens=expanded, **limits)   # fits exactly
+        with pytest.raises(ValueError, match=f"takes {expanded} tokens, more than the "
+                                             f"{expanded - 1}"):
+            check_sample(sample, max_prompt_tokens=expanded - 1, **limits)

@@ -12,6 +12,7 @@ import http.client
 import io
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -286,6 +287,37 @@ def test_only_manifest_images_are_served(server, manifest):
     assert request(server, "/api/decision", "POST", form,
                    {"Content-Type": "text/plain"})[0] == 415
     assert not decisions_path(manifest).exists()
+
+
+def test_hostile_decision_posts_are_refused_and_lines_stay_lines(server, manifest):
+    """Four POSTs to /api/decision that went wrong before: nested JSON answered 500
+    (RecursionError), Content-Length 10**12 with a 2-byte body got no answer (the server
+    waited for the rest until the client gave up), a non-string reviewer was stored as a
+    Python repr, and U+2028 in a reviewer name was written raw (a reader that splits on
+    Unicode line breaks then saw two lines)."""
+    key = next(iter(group_items(read_manifest(manifest))))
+    json_type = {"Content-Type": "application/json"}
+
+    def post(record) -> int:
+        body = record if isinstance(record, bytes) else json.dumps(
+            record, ensure_ascii=False).encode()
+        return request(server, "/api/decision", "POST", body, json_type)[0]
+
+    assert post(b"[" * 30000 + b"]" * 30000) == 400   # 60 kB: under the 64 KiB limit
+    assert post({"id": key, "decision": "accept", "reviewer": {"name": "x"}}) == 400
+    assert post({"id": key, "decision": "accept", "reviewer": 7}) == 400
+    assert not decisions_path(manifest).exists()
+
+    u = urlsplit(server)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as sock:
+        sock.sendall(f"POST /api/decision HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: "
+                     "application/json\r\nContent-Length: 1000000000000\r\n\r\n{}".encode())
+        assert sock.recv(64).startswith(b"HTTP/1.1 413")   # at once, not after 5 s
+
+    assert post({"id": key, "decision": "accept", "reviewer": "ana\u2028bo"}) == 200
+    text = decisions_path(manifest).read_text(encoding="utf-8")
+    assert "\u2028" not in text and len(text.splitlines()) == 1
+    assert json.loads(text)["reviewer"] == "ana\u2028bo"
 
 
 def test_export_accepted_and_perception_never_rebuilds_rejected(tmp_path, manifest, capsys):

@@ -43,6 +43,9 @@ class Sender:
         self.listener = listen_on("127.0.0.1")
         return int(self.listener.getsockname()[1])
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def send(self, push: dict, buckets: list[dict]) -> int:
         CollectiveTransport().send(iter(buckets), push, self.listener)
         return len(buckets)
@@ -145,14 +148,16 @@ class Learners:
     push sends w1 = value and w2 = value in two buckets; `poison` makes w2 NaN."""
 
     live = True
+    timeout_s = 60.0   # weights.timeout_s
 
-    def __init__(self, sender):
-        self.sender, self.value, self.poison, self.pushes = sender, 0.0, False, 0
+    def __init__(self, sender, value: float = 0.0):
+        self.sender, self.value, self.poison, self.pushes = sender, value, False, 0
 
     def start_push(self, num_receivers: int):
         self.pushes += 1
         port = ray.get(self.sender.open.remote())
-        push = _push(port, num_receivers + 1, f"p{self.pushes}")
+        push = {**_push(port, num_receivers + 1, f"p{self.pushes}"),
+                "timeout_s": self.timeout_s}
         w2 = torch.full((4,), float("nan") if self.poison else self.value)
         buckets = [{"w1": torch.full((8, 4), self.value)}, {"w2": w2}]
         return push, [self.sender.publish.remote(push, buckets)]
@@ -192,4 +197,181 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
             assert ray.get(handle.total.remote()) == 0.0
     finally:
         for handle in [sender, *receivers.values()]:
+            ray.kill(handle, no_restart=True)
+
+
+MANY = {f"w{i}": (8, 4) for i in range(8)}   # eight buckets of one tensor each
+
+
+class SlowReceiver(DictReceiver):
+    """A receiver whose engine takes `delay_s` per bucket, so that a push lasts long
+    enough to kill a member in the middle of it. With `marker`, it creates that file
+    when it has loaded its first bucket of a push ("loading"), or, with `join_delay_s`,
+    when the first push reaches it, and waits that long before it joins the group
+    ("joining")."""
+
+    def __init__(self, delay_s: float = 0.4, marker: str | None = None,
+                 join_delay_s: float = 0.0):
+        import pathlib
+        import time
+
+        self.engine = DictEngine({k: torch.zeros(s) for k, s in MANY.items()})
+        self.marker, self.join_delay_s = marker, join_delay_s
+        load = self.engine.load_part
+
+        def slow(tensors):
+            load(tensors)
+            if marker and not join_delay_s:
+                pathlib.Path(marker).touch()
+            time.sleep(delay_s)
+
+        self.engine.load_part = slow
+        self.receiver = WeightReceiver(WeightSpec(shapes=MANY), self.engine,
+                                       CollectiveTransport())
+
+    def update_weights(self, version, push):
+        import pathlib
+        import time
+
+        if self.marker and self.join_delay_s and not pathlib.Path(self.marker).exists():
+            pathlib.Path(self.marker).touch()   # once: restarted, it joins at once
+            time.sleep(self.join_delay_s)
+        return self.receiver.update(version, push)
+
+
+class ManyLearners(Learners):
+    """As Learners, with one bucket per tensor of MANY."""
+
+    def start_push(self, num_receivers: int):
+        self.pushes += 1
+        port = ray.get(self.sender.open.remote())
+        push = {**_push(port, num_receivers + 1, f"m{self.pushes}"),
+                "timeout_s": self.timeout_s}
+        buckets = [{name: torch.full(shape, self.value)} for name, shape in MANY.items()]
+        return push, [self.sender.publish.remote(push, buckets)]
+
+
+def _kill_later(pid: int, after_s: float = 0.0, marker=None):
+    """SIGKILL `pid` on a thread after `after_s`, or once the file `marker` exists."""
+    import signal
+    import threading
+    import time
+
+    def kill():
+        time.sleep(after_s)
+        deadline = time.monotonic() + 120
+        while marker is not None and not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+
+    timer = threading.Thread(target=kill, daemon=True)
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("phase", ["loading", "joining"])
+def test_a_receiver_dying_mid_push_leaves_the_others_with_the_new_weights(ray_cluster,
+                                                                        tmp_path, phase):
+    """Before, a receiver killed during a collective push - after its first bucket
+    (loading), or before it joined the group (joining) - failed the push for every
+    member (the group needs all of them) and WeightSync raised: the run stopped. Now the
+    push is made again with those that answer, and the dead one is brought up to date
+    once Ray has restarted it. Joining, the others first wait for it until the push's
+    timeout (10 s here, weights.timeout_s); loading, its closed sockets end the push at
+    once."""
+    import time
+
+    sender = ray.remote(Sender).options(num_cpus=0.1).remote()
+    remote = ray.remote(SlowReceiver).options(num_cpus=0.1, max_restarts=2,
+                                              max_task_retries=0)
+    marker = tmp_path / "scorer-busy"
+    receivers = {"engine-a": remote.remote(), "scorer": remote.remote(
+        0.4, str(marker), 30.0 if phase == "joining" else 0.0)}
+    sync, learners = WeightSync(ready_timeout_s=120), ManyLearners(sender)
+    learners.timeout_s = 10.0
+    for name, handle in receivers.items():
+        sync.register(name, handle)
+    try:
+        victim = ray.get(receivers["scorer"].ready.remote())["pid"]
+        learners.value = 3.0
+        timer = _kill_later(victim, marker=marker)
+        start = time.monotonic()
+        out = sync.publish(learners)
+        took = time.monotonic() - start
+        timer.join()
+        assert took < 60, took   # a redo, not a wait for anything longer than the timeout
+        assert learners.pushes >= 2   # the first push broke, a second one went through
+        # 8 tensors of 32 elements, 3.0 each.
+        assert ray.get(receivers["engine-a"].total.remote()) == 768.0
+        assert out["unreachable"] in (0.0, 1.0)   # 1: the scorer was not back in time
+        sync.bring_current("scorer", RuntimeError("killed mid-push"))
+        assert ray.get(receivers["scorer"].ready.remote())["pid"] != victim
+        assert ray.get(receivers["scorer"].total.remote()) == 768.0
+        assert all(ray.get(h.ready.remote())["version"] == 1 for h in receivers.values())
+    finally:
+        for handle in [sender, *receivers.values()]:
+            ray.kill(handle, no_restart=True)
+
+
+class HeldReceiver(DictReceiver):
+    """A receiver held in a push for 10 minutes: as one is whose group waits on a sender
+    that died without its peers noticing (NCCL notices a dead peer only at its timeout)."""
+
+    def update_weights(self, version, push):
+        import time
+
+        time.sleep(600)
+
+
+class DyingLearners:
+    """LearnerGroup's push interface whose rank 1 dies 2 s into the push (rank 0 waits
+    for it, as in a ZeRO-3 gather)."""
+
+    live = True
+
+    def __init__(self, ranks):
+        self.ranks = ranks
+
+    def start_push(self, num_receivers: int):
+        push = {**_push(1, num_receivers + 1, "dying"), "timeout_s": 600.0}
+        return push, [self.ranks[0].wait.remote(600), self.ranks[1].die.remote(2)]
+
+
+class Mortal:
+    def wait(self, seconds: float):
+        import time
+
+        time.sleep(seconds)
+
+    def die(self, after_s: float):
+        import time
+
+        time.sleep(after_s)
+        os._exit(1)
+
+
+def test_a_learner_rank_dying_is_reported_without_waiting_for_the_receivers(ray_cluster):
+    """A learner rank dies while the receivers are still held in the push. Before,
+    WeightSync waited for every receiver first and reported the learner's death only
+    when they gave up (at weights.timeout_s, or the backend's own timeout). Now the
+    learners and the receivers are awaited together and a learner's death is raised at
+    once; the trainer then replaces the learners, which ends the receivers' group.
+    (With gloo, as here on CPU, a killed sender's closed sockets end the receivers' wait
+    within seconds; README "Failures the run survives" has what may still hold them.)"""
+    import time
+
+    ranks = [ray.remote(Mortal).options(num_cpus=0.1).remote() for _ in range(2)]
+    receivers = {name: ray.remote(HeldReceiver).options(num_cpus=0.1).remote()
+                 for name in ("engine-a", "scorer")}
+    sync = WeightSync(ready_timeout_s=120)
+    for name, handle in receivers.items():
+        sync.register(name, handle)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ray.exceptions.RayActorError):
+            sync.publish(DyingLearners(ranks))
+        took = time.monotonic() - start
+        assert took < 30, f"the learner's death was reported after {took:.0f} s"
+    finally:
+        for handle in [*ranks, *receivers.values()]:
             ray.kill(handle, no_restart=True)

@@ -25,11 +25,61 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
+
+PUSH_TRIES = 3   # collective pushes redone after a receiver died mid-push
 
 
 class StaleResultError(RuntimeError):
     """A receiver answered with weights older than the current version."""
+
+
+@dataclass
+class _PushOutcome:
+    """How one collective push ended: rank 0's info, the receivers that died, those whose
+    intake failed (the group broke, or they refused the push), rank 0's send error."""
+
+    info: dict = field(default_factory=dict)
+    died: list[str] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    send_error: BaseException | None = None
+
+    def raise_failure(self) -> None:
+        """A receiver's error first (what it refused says most), else rank 0's."""
+        for error in self.failed.values():
+            raise error
+        if self.send_error is not None:
+            raise self.send_error
+
+
+def _await_push(calls: dict[str, Any], sending: list[Any]) -> _PushOutcome:
+    """Wait for every receiver's intake and every learner rank's publish together, in the
+    order they finish; a learner rank's death (RayActorError) is raised at once."""
+    import ray
+
+    who = {ref: ("receiver", name) for name, ref in calls.items()}
+    who.update({ref: ("learner", rank) for rank, ref in enumerate(sending)})
+    out = _PushOutcome()
+    pending = list(who)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        kind, name = who[done[0]]
+        try:
+            value = ray.get(done[0])
+        except ray.exceptions.RayActorError:
+            if kind == "learner":
+                raise   # the caller replaces the learners; that frees the receivers
+            out.died.append(name)
+        except ray.exceptions.RayError as err:
+            if kind == "learner":
+                out.send_error = out.send_error or err
+            else:
+                out.failed[name] = err
+        else:
+            if kind == "learner" and name == 0:
+                out.info = value[1]
+    return out
 
 
 def result_versions(result: Any) -> list[int]:
@@ -139,20 +189,34 @@ class WeightSync:
 
     def _push_live(self, names: list[str]) -> tuple[dict, list[str]]:
         """Collective transport: a group of rank 0 and the receivers that answer now (one
-        that cannot join would leave the others waiting); the rest are unreachable."""
-        import ray
+        that cannot join would leave the others waiting); the rest are unreachable.
 
-        alive = [name for name in names if self._answers(name)]
-        unreachable = [name for name in names if name not in alive]
+        A receiver that dies mid-push breaks the group for every member (the others roll
+        back, weight_sync.receiver): the push is made again with those that answer then,
+        at most PUSH_TRIES times; one that missed it is brought up to date when next used.
+        A learner rank that dies fails the push at once (its RayActorError), without
+        waiting for the receivers: they wait on rank 0, which waits on the dead rank in a
+        gather, until the caller replaces the learners."""
+        delivered: list[str] = []
         info: dict = {}
-        if alive:
+        for _ in range(PUSH_TRIES):
+            alive = [name for name in names if self._answers(name)]
+            if not alive:
+                break
             push, sending = self._learners.start_push(len(alive))
             calls = {name: self.receivers[name].update_weights.remote(
                 self.version, {**push, "rank": rank}) for rank, name in enumerate(alive, 1)}
-            try:
-                unreachable += self._gather(calls)
-            finally:
-                info = ray.get(sending)[0][1]   # rank 0's; raises if the send failed
+            got = _await_push(calls, sending)
+            if got.died and (got.failed or got.send_error is not None):
+                continue   # the dead receiver broke the group: again, without it
+            if not got.died:
+                got.raise_failure()   # a refused push (NaN, wrong shapes), or a failed send
+            info, delivered = got.info, [name for name in alive if name not in got.died]
+            break
+        else:
+            raise RuntimeError(f"the weight push failed {PUSH_TRIES} times: a receiver died "
+                               "in each (see the receivers' logs)")
+        unreachable = [name for name in names if name not in delivered]
         self.counts["unreachable"] += len(unreachable)
         return info, unreachable
 
