@@ -52,7 +52,7 @@ def test_valid_samples_of_every_task_pass_unchanged():
     ({"mos": -0.1}, "mos"),
     ({"mos": None}, "mos"),
     ({"image_size": [64]}, "image_size"),
-    ({"split": "val"}, "split"),
+    ({"split": "dev"}, "split"),           # train, val, test only
     ({"source": ""}, "source"),
     ({"meta": []}, "meta"),
     ({"extra": 1}, "extra"),
