@@ -3,11 +3,13 @@
 First the probes (benchmarks/perception_probe.py, one number each): the teacher
 (EfficientNet-Lite0), the model RL starts from, and the FR oracle (the label's ceiling).
 Then every row is one or two `python launch.py` runs per seed (real Ray, vLLM,
-DeepSpeed), read back from their own metrics.jsonl; step 0 of a run is the validation of
-its starting model:
+DeepSpeed), read back from their own metrics.jsonl: each run's final test (`test/*`,
+eval.final_test, once after the last step), never its validation (photos carved from the
+training photos, which only steer `best/`):
 
-  base            the tiny model with its eye, after its warm-up, no RL: the step-0
-                  validation of the Stage-2 runs (greedy, so the same for any seed)
+  base            the tiny model with its eye, after its warm-up, no RL: `python -m
+                  evals.scoring_eval` on the same test split, with the same greedy
+                  evaluation code (so the same for any seed)
   stage2          Stage-2 only, think + PD reward (conf/repro_stage2.yaml)      Table 3
   stage2 subset   Stage-2 on the learnability subset: the classes whose per-class probe
                   of the start model reads >= 0.7 on the training photos (the three best
@@ -20,7 +22,8 @@ image of either stage comes from, with the SYNTHETIC MOS 4.5 - 0.8 x level (not 
 opinion; synth/mini_dataset.py). Per row: SRCC / PLCC of the numeric answers and of Eq. 8,
 think and no-think; answer accuracy (|s - MOS| < 0.5); the think length (tokens) over the
 first and last 5 steps; the greedy no-think accuracy on the training batch (Fig. 5 right)
-at the start and end; Stage-1's held-out perception accuracy; the wall time. Each value is
+at the start and end; Stage-1's perception accuracy on its validation photos (start ->
+end) and on the test photos (end); the wall time. Each value is
 the mean over the seeds with [min, max] beside it.
 
     .venv/bin/python benchmarks/reproduce.py                    # > 34 min on 2 cores
@@ -165,8 +168,8 @@ def run_all(args, prep: dict) -> dict[str, list[dict]]:
     s1 = [f"train.max_steps={args.stage1_steps}"] if args.stage1_steps else []
     plan = []   # (row, seed, [(stage, conf, name, overrides)])
     for seed in args.seeds:
-        subset = [f"data.train_manifest={prep['subset']['train']}",
-                  f"data.test_manifest={prep['subset']['test']}"]
+        subset = [f"data.train_files={prep['subset']['train']}",
+                  f"data.test_files={prep['subset']['test']}"]
         plan += [("stage2", seed, [("s2", "repro_stage2", f"stage2-s{seed}", s2)]),
                  ("stage2_subset", seed, [("s2", "repro_stage2", f"stage2-subset-s{seed}",
                                            s2 + subset)]),
@@ -201,13 +204,16 @@ def _val(record: dict, name: str) -> float:
     return float(value) if isinstance(value, (int, float)) else float("nan")
 
 
-def scoring_summary(run_dir: str | Path, at: str) -> dict[str, float]:
-    """Held-out scoring numbers of a Stage-2 run at its first ("start") or last ("end")
-    validation, and its training curves' start and end."""
+def scoring_summary(run_dir: str | Path) -> dict[str, float]:
+    """A Stage-2 run's final test (test/*, after its last step) and its training curves'
+    start and end."""
     records = read_metrics(Path(run_dir) / "metrics.jsonl")
-    validated = [r for r in records if M.VAL_SCORING[("think", "srcc")] in r]
-    point = validated[0] if at == "start" else validated[-1]
-    out = {f"{mode}/{q}": _val(point, M.VAL_SCORING[(mode, q)]) for mode, q in SCORING}
+    test = {key: M.TEST_OF[M.VAL_SCORING[key]] for key in SCORING}
+    tested = [r for r in records if test[("think", "srcc")] in r]
+    if not tested:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl has no final test ({test[('think', 'srcc')]})"
+                           ": the rows need eval.final_test=true (conf/tiny.yaml sets it)")
+    out = {f"{mode}/{q}": _val(tested[-1], test[(mode, q)]) for mode, q in SCORING}
     steps = [r for r in records if r[M.STEP] > 0]
     think = [r.get(M.THINK_LENGTH.name("mean")) for r in steps]
     nothink = [r[M.NO_THINK_ACC] for r in steps if M.NO_THINK_ACC in r]
@@ -223,35 +229,75 @@ def scoring_summary(run_dir: str | Path, at: str) -> dict[str, float]:
 
 
 def perception_summary(run_dir: str | Path) -> dict[str, float]:
-    """Stage-1's held-out perception accuracy at its first and last validation, and its
-    training multi-choice reward over the first and last steps."""
+    """Stage-1's perception accuracy at its first and last validation and at its final
+    test ("test", when eval.final_test ran), and its training multi-choice reward over the
+    first and last steps."""
     every = read_metrics(Path(run_dir) / "metrics.jsonl")
     records = [r for r in every if M.VAL_ACC_MEAN in r]
     choice = [r.get(M.REWARD_CHOICE) for r in every if r[M.STEP] > 0]
     out = {"s1_train_choice_start": _mean(choice[:EDGE_STEPS]),
            "s1_train_choice_end": _mean(choice[-EDGE_STEPS:])}
-    for at, r in (("start", records[0]), ("end", records[-1])):
-        out[f"s1_acc_mean_{at}"] = _val(r, M.VAL_ACC_MEAN)
-        for part in ("class", "severity", "object"):
-            out[f"s1_{part}_{at}"] = _val(r, M.VAL_PERCEPTION[("all", part)])
-        out[f"s1_iou_{at}"] = _val(r, M.VAL_PERCEPTION[("all", "iou")])
+    points = [("start", records[0], lambda name: name), ("end", records[-1], lambda name: name)]
+    tested = [r for r in every if M.TEST_OF[M.VAL_ACC_MEAN] in r]
+    if tested:
+        points.append(("test", tested[-1], M.TEST_OF.get))
+    for at, r, named in points:
+        out[f"s1_acc_mean_{at}"] = _val(r, named(M.VAL_ACC_MEAN))
+        for part in ("class", "severity", "object", "iou"):
+            out[f"s1_{part}_{at}"] = _val(r, named(M.VAL_PERCEPTION[("all", part)]))
     return out
 
 
-def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
-    """{row: {"seeds": [per-seed numbers], "mean": {...}, "min": {...}, "max": {...}}}."""
-    per_row: dict[str, list[dict]] = {"base": []}
+def base_summary(args, prep: dict) -> dict[str, float]:
+    """The start model on the mini test split: `python -m evals.scoring_eval` (greedy,
+    think and no-think, numeric and Eq. 8: the code the runs' final test calls), read
+    into the rows' keys. Answer accuracy is |s - MOS| < reward.eps over every answer (an
+    unread one counts wrong), as the runs count it."""
+    from conf import load_config
+    from synth.mini_dataset import build_mini_dataset
+
+    out_dir = args.out_dir / "runs" / "base"
+    results = out_dir / "results.json"
+    if not (args.reuse and results.is_file()):
+        manifest = build_mini_dataset(args.cache_dir / "mini")["stage2_test"]
+        args.out_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "evals.scoring_eval", "--model", prep["model"],
+               "--conf", "repro_stage2", "--manifest", str(manifest), "--out", str(out_dir),
+               f"model.cache_dir={args.cache_dir}"]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        with open(args.out_dir / "logs" / "base.log", "w") as log:
+            done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise RuntimeError(f"the base evaluation failed (exit {done.returncode}); see "
+                               f"{args.out_dir / 'logs' / 'base.log'}")
+    payload = json.loads(results.read_text())
+    (dataset,) = payload["datasets"].values()
+    eps = load_config("repro_stage2").reward.eps
+    records = [json.loads(line) for line in (out_dir / "predictions.jsonl").open()]
+    out = {}
+    for mode in ("think", "no_think"):
+        numeric, prob = dataset["results"][mode]["numeric"], dataset["results"][mode]["prob"]
+        hits = [r[f"{mode}_numeric"] is not None and abs(r[f"{mode}_numeric"] - r["mos"]) < eps
+                for r in records]
+        values = {"srcc": numeric["srcc"], "plcc": numeric["plcc_logistic"],
+                  "eq8_srcc": prob["srcc"], "eq8_plcc": prob["plcc_logistic"],
+                  "parse_fail": numeric["failure_rate"], "answer_acc": _mean(hits)}
+        out.update({f"{mode}/{q}": math.nan if v is None else float(v)
+                    for q, v in values.items()})
+    return out
+
+
+def summarise(results: dict[str, list[dict]], base: dict[str, float]) -> dict[str, dict]:
+    """{row: {"seeds": [per-seed numbers], "mean": {...}, "min": {...}, "max": {...}}};
+    `base` is the start model's one evaluation (greedy: no seed)."""
+    per_row: dict[str, list[dict]] = {"base": [{"seed": None, **base}]}
     for row, entries in results.items():
         for e in entries:
             numbers = {"seed": e["seed"], "wall_s": e["wall_s"],
-                       **scoring_summary(e["runs"]["s2"], "end")}
+                       **scoring_summary(e["runs"]["s2"])}
             if "s1" in e["runs"]:
                 numbers.update(perception_summary(e["runs"]["s1"]))
             per_row.setdefault(row, []).append(numbers)
-            if row == "stage2":   # its step 0 is the base model
-                base = scoring_summary(e["runs"]["s2"], "start")
-                per_row["base"].append({"seed": e["seed"], **{
-                    k: v for k, v in base.items() if "/" in k}})
     table = {}
     for row, seeds in per_row.items():
         keys = [k for k in seeds[0] if k != "seed"]
@@ -283,8 +329,8 @@ def markdown(table: dict, prep: dict | None = None) -> str:
             ("unread", "think/parse_fail"), ("no-think SRCC", "no_think/srcc"),
             ("no-think Eq.8 SRCC", "no_think/eq8_srcc"), ("no-think acc", "no_think/answer_acc")]
     head = ("| run | " + " | ".join(c for c, _ in cols) + " | think len start -> end | "
-            "train no-think acc start -> end | Stage-1 held-out class / severity acc; "
-            "train choice reward | wall |")
+            "train no-think acc start -> end | Stage-1 class / severity acc: validation "
+            "start -> end, test; train choice reward | wall |")
     lines = [head, "|" + "---|" * (len(cols) + 5)]
     blank = " | ".join("-" for _ in range(len(cols) + 3))
     if prep:
@@ -302,7 +348,9 @@ def markdown(table: dict, prep: dict | None = None) -> str:
         nothink = (f"{cell(table, row, 'train_nothink_start')} -> "
                    f"{cell(table, row, 'train_nothink_end')}" if row != "base" else "-")
         s1 = (f"{cell(table, row, 's1_class_start')} / {cell(table, row, 's1_severity_start')} -> "
-              f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}; "
+              f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}, "
+              f"test {cell(table, row, 's1_class_test')} / "
+              f"{cell(table, row, 's1_severity_test')}; "
               f"train {cell(table, row, 's1_train_choice_start')} -> "
               f"{cell(table, row, 's1_train_choice_end')}"
               if "s1_class_end" in t["mean"] else "-")
@@ -322,7 +370,7 @@ def rows_by_name(table: dict, prep: dict) -> dict[str, dict]:
             t = table[row]
             out[title] = {f"{q}_{agg}": t[agg].get(f"think/{q}") for q in ("srcc", "eq8_srcc")
                           for agg in ("mean", "min", "max")}
-            out[title]["seeds"] = [s["seed"] for s in t["seeds"]]
+            out[title]["seeds"] = [s["seed"] for s in t["seeds"] if s["seed"] is not None]
     out["Stage-2, learnability subset"] = {**out.get("Stage-2, learnability subset", {}),
                                            "classes": prep["subset_classes"]}
     return out
@@ -349,7 +397,8 @@ def plots(results: dict[str, list[dict]], out_dir: Path) -> list[Path]:
             "training answer accuracy, Stage-2: think (rollouts) vs no-think (greedy)",
             [("stage2", M.REWARD_ANSWER.name("mean"), "think"),
              ("stage2", M.NO_THINK_ACC, "no-think")]),
-        "heldout_srcc.png": ("held-out SRCC of Eq. 8 (think), every row",
+        "validation_srcc.png": ("validation SRCC of Eq. 8 (think; photos carved from the "
+                                "training photos), every row",
                              [(row, M.VAL_SCORING[("think", "eq8_srcc")], row)
                               for row in ("stage2", "stage1_stage2", "stage2_no_pd")])}
     written = []
@@ -386,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(prep['subset_classes'])}")
     prep_wall = time.perf_counter() - start
     results = run_all(args, prep)
-    table = summarise(results)
+    table = summarise(results, base_summary(args, prep))
     md = markdown(table, prep)
     # The parts' own wall times, so that a --reuse redraw reports the runs it reused.
     total = prep_wall + sum(e["wall_s"] for entries in results.values() for e in entries)

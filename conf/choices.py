@@ -49,4 +49,6 @@ LIST_CHOICES: dict[str, tuple] = {
 # keys that were renamed: the old name -> what to write now.
 RENAMED = {
     "logging.wandb": "logging.backends=[wandb]",
+    "data.train_manifest": "data.train_files=... (manifests and data files alike)",
+    "data.test_manifest": "data.test_files=... (validation reads data.val_files)",
 }

@@ -312,6 +312,9 @@ RANGES: list[tuple[str, str, Callable[[Any], bool]]] = [
     ("eval.max_samples", "null or >= 1", _null_or_at_least(1)),
     ("eval.nothink_acc_every", ">= 0 (0: never)", _at_least(0)),
     ("logging.rollouts_per_step", ">= 0", _at_least(0)),
+    ("data.val_fraction", "in [0, 1)", lambda v: 0 <= v < 1),
+    ("data.mos_range", "null or [low, high] with low < high",
+     lambda v: v is None or (len(v) == 2 and v[0] < v[1])),
     ("logging.think_collapse_fraction", "in [0, 1]", lambda v: 0 <= v <= 1),
     ("ray.num_cpus", "null (Ray's default) or a whole number >= 1", _null_or_count),
 ]

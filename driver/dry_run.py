@@ -69,10 +69,11 @@ def plan_lines(cfg: Any, model_path: str, data: Any, lengths: dict[str, int]) ->
     from cluster.resources import layout
 
     stream = data.stream
-    lines = [f"steps: {data.steps}, {stream.batch_size} images per step, "
-             f"{len(stream.samples) - len(stream.skipped)} training and {len(data.test)} "
-             f"held-out samples usable ({len(stream.skipped)} and {len(data.test_skipped)} "
-             "would be skipped, and counted)"]
+    lines = [f"steps: {data.steps}, {stream.batch_size} images per step; usable samples: "
+             f"{len(stream.samples) - len(stream.skipped)} training, {len(data.val)} "
+             f"validation, {len(data.test)} test ({len(stream.skipped)}, "
+             f"{len(data.val_skipped)} and {len(data.test_skipped)} would be skipped, and "
+             "counted)"]
     for role in layout(cfg):
         shares = "; ".join(", ".join(f"{v:g} {k}" for k, v in share.items() if v)
                            or "nothing reserved" for share in role.shares)
@@ -128,7 +129,8 @@ def dry_run(cfg: Any, model_path: str, out: Path) -> int:
         problems.append(str(err))
     usable = ([s for s in data.stream.samples if str(s["id"]) not in data.stream.skipped]
               if data is not None else [])
-    lengths = prompt_lengths(cfg, model_path, usable + data.test) if usable and local else {}
+    lengths = (prompt_lengths(cfg, model_path, usable + data.val + data.test)
+               if usable and local else {})
     try:
         check_resources(cfg, connect(cfg, log_to_driver=False), nodes=node_resources())
     except ResourceError as err:

@@ -177,6 +177,13 @@ VAL_PERCEPTION = {(v, q): _declare(f"val/{'' if v == 'all' else v + '/'}"
                   for v in ("all", "fr", "nr") for q, meaning in _VAL_PARTS.items()}
 VAL_ACC_MEAN = _declare("val/acc_mean", "mean of the object, class and severity accuracies",
                         "periodic")
+# -- the final test (eval.final_test): every val/* quantity on the test split, once -------
+TEST_OF = {name: _declare("test/" + name.removeprefix("val/"), f"{CATALOGUE[name].meaning}, "
+                          "on the test split, after the last step (eval.final_test)",
+                          "periodic")
+           for name in [n for n in CATALOGUE if n.startswith("val/")]}
+TIMING_FINAL_TEST = _declare("timing_s/final_test", "the final test (eval.final_test)",
+                             "periodic")
 # checkpoint.best_metric=auto: the headline of each stage.
 BEST_DEFAULT = {1: VAL_ACC_MEAN, 2: VAL_SCORING[("think", "srcc")]}
 

@@ -30,7 +30,7 @@ from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
 from driver.plots import plot_run
 from driver.rollout_log import RolloutLog
 from driver.training_data import RunData
-from driver.validation import BestCheckpoint, Validator
+from driver.validation import BestCheckpoint, Validator, test_metrics
 
 MAX_LEARNER_RESTARTS = 3   # learner groups restarted from a checkpoint before a run gives up
 
@@ -60,8 +60,12 @@ class Trainer:
                                                   trust_remote_code=cfg.model.trust_remote_code)
         self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer, plugins)
         self.ahead = ExperienceAhead(self.maker, self.stream, cfg.train.async_rollout)
-        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.test,
-                                   check=data.check, skipped=data.test_skipped)
+        self.validator = Validator(cfg, running.engines, running.scorer, self.sync, data.val,
+                                   check=data.check, skipped=data.val_skipped)
+        # eval.final_test: every test sample once, after the last step (never selection)
+        self.tester = Validator(cfg, running.engines, running.scorer, self.sync, data.test,
+                                check=data.check, skipped=data.test_skipped, cap=False) \
+            if cfg.eval.final_test and (data.test or data.test_skipped) else None
         self.best = BestCheckpoint(out, best_metric) if best_metric else None
         self.watch = ThinkCollapseWatch(cfg.logging.think_collapse_fraction)
         self.gpus = requested(cfg)["GPU"]
@@ -130,8 +134,8 @@ class Trainer:
 
     def evaluate(self, step: int, batch: list[dict]) -> dict[str, float]:
         """The evaluations due at `step`, each timed apart from the step: the greedy
-        no-think accuracy on the batch (Stage-2, the paper's Fig. 5, right) and held-out
-        validation."""
+        no-think accuracy on the batch (Stage-2, the paper's Fig. 5, right), validation,
+        and after the last step the final test (eval.final_test)."""
         out: dict[str, float] = {}
         every = self.cfg.eval.nothink_acc_every
         if self.cfg.stage == 2 and due(step, every, always=(1,) if every else ()):
@@ -140,6 +144,8 @@ class Trainer:
             out[M.TIMING_NO_THINK] = time.perf_counter() - t
         if self.validator.due(step, self.steps):
             out.update(self.validator.run())
+        if step == self.steps and self.tester is not None:
+            out.update(test_metrics(self.tester))
         return out
 
     def record(self, step: int, metrics: dict[str, float]) -> None:

@@ -1,10 +1,10 @@
-"""Held-out validation during training, and the best checkpoint it selects.
+"""Validation during training, the best checkpoint it selects, and the final test.
 
 Every `eval.every` steps, before the first step and after the last, the current policy
-answers the held-out samples (the test split of `data.test_manifest`, capped at
-`eval.max_samples` by a subset drawn once from `run.seed`, the same every time) on the
-running rollout engines and scoring actor - no engines of its own - through the very
-evaluation code of `python -m evals.*`, greedy as the paper evaluates:
+answers the validation samples (driver.data_splits: `data.val_files`, or carved from the
+training files; capped at `eval.max_samples` by a subset drawn once from `run.seed`, the
+same every time) on the running rollout engines and scoring actor - no engines of its own
+- through the very evaluation code of `python -m evals.*`, greedy as the paper evaluates:
 
 - Stage-2: SRCC and PLCC (logistic4) of the numeric answers and of Eq. 8's expected score,
   answer accuracy and parse failures, in think and no-think mode (evals.scoring_eval);
@@ -15,8 +15,10 @@ evaluation code of `python -m evals.*`, greedy as the paper evaluates:
 Names are driver.metrics' `val/*`; an undefined value (a correlation of fewer than two
 readable answers) is NaN, written as null. `BestCheckpoint` keeps a Hugging Face export of
 the step with the best `checkpoint.best_metric` in `<run>/best/`, outside the pruning of
-`checkpoint.keep_last`; its marker file records the metric, value and step, which a
-resumed run reads back.
+`checkpoint.keep_last`; its marker file records the metric, value, step and the split it
+was chosen on (always val: model selection never reads the test split), which a resumed
+run reads back. With `eval.final_test`, the same evaluation runs once on every test
+sample after the last step, logged as `test/*` (`test_metrics`).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Validator:
 
     def __init__(self, cfg: Any, engines: Any, scorer: Any, sync: Any,
                  samples: list[dict], check: Any = None,
-                 skipped: dict[str, str] | None = None) -> None:
+                 skipped: dict[str, str] | None = None, cap: bool = True) -> None:
         from actors.engine_settings import sampling_from_config
         from evals.engines import EvalEngines
 
@@ -81,7 +83,9 @@ class Validator:
         self.eps = cfg.reward.eps
         self.prompts = cfg.prompts
         self.check, self.skipped = check, dict(skipped or {})
-        self.samples = held_out_subset(samples, cfg.eval.max_samples, cfg.run.seed)
+        # `cap` False: every sample (the final test), not eval.max_samples of them
+        self.samples = held_out_subset(samples, cfg.eval.max_samples if cap else None,
+                                       cfg.run.seed)
         self.engines = EvalEngines(engines, scorer, sampling=sampling_from_config(cfg, True),
                                    batch_size=max(1, len(self.samples)), sync=sync,
                                    progress=False)
@@ -165,6 +169,15 @@ class BestCheckpoint:
         if value is None or not math.isfinite(value) or value <= self.value:
             return False
         learners.export_hf(self.dir, meta={"metric": self.metric, "value": float(value),
-                                           "step": int(step)})
+                                           "step": int(step), "split": "val"})
         self.value, self.step = float(value), int(step)
         return True
+
+
+def test_metrics(validator: Validator) -> dict[str, float]:
+    """The final test (eval.final_test): `validator` (on the test samples, uncapped) run
+    once, its val/* quantities under their test/* names, and the seconds it took."""
+    start = time.perf_counter()
+    out = {M.TEST_OF[k]: v for k, v in validator.run().items() if k in M.TEST_OF}
+    out[M.TIMING_FINAL_TEST] = time.perf_counter() - start
+    return out

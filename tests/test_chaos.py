@@ -91,11 +91,14 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
 
 
 def _held_out_with_a_missing_image(tmp_path: Path) -> Path:
-    """The mini Stage-2 test split, image paths absolute, one sample's image missing."""
+    """The mini Stage-2 test photos as a validation file (split val), image paths
+    absolute, one sample's image missing."""
     from synth.manifest import load_samples, write_manifest
     from synth.mini_dataset import build_mini_dataset
 
     samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_test"])
+    for sample in samples:
+        sample["split"] = "val"
     samples[0]["images"] = [str(tmp_path / "gone.png")]
     out = tmp_path / "held_out.jsonl"
     write_manifest(out, samples)
@@ -109,7 +112,7 @@ def test_stage2_survives_each_role_dying(tmp_path):
     run = _run_with_kills(tmp_path, [
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
         "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3",
-        f"data.test_manifest={_held_out_with_a_missing_image(tmp_path)}"],
+        f"data.val_files={_held_out_with_a_missing_image(tmp_path)}"],
         {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
          6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -93,6 +93,7 @@ def test_overrides_are_typed():
     ("logging.backends=3", "must be a list"),
     ("logging.backends=[wandb,mlflow]", "list each of \\['wandb', 'tensorboard'\\]"),
     ("logging.wandb=true", "is gone: write logging.backends=\\[wandb\\]"),
+    ("data.train_manifest=x.jsonl", "is gone: write data.train_files="),
     ("reward.advantage=foo", "choose one of"),
     ("rollout=3", "must be a mapping"),
     ("noequals", "key.sub=value"),
@@ -152,7 +153,8 @@ def test_launch_refuses_bad_data_in_one_line_before_any_actor(tmp_path):
     train = _manifest(tmp_path, "train", [(f"t{i}", "train") for i in range(5)])
     for sid in ("t1", "t3"):
         (tmp_path / "images" / f"{sid}.png").unlink()
-    proc = _launch(f"data.train_manifest={train}", f"run.output_dir={tmp_path}")
+    proc = _launch(f"data.train_files={train}", "data.val_fraction=0",
+                   f"run.output_dir={tmp_path}")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "3 of 5 training samples are usable" in proc.stderr and "t1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Ray" not in proc.stderr
@@ -199,13 +201,13 @@ def test_out_of_range_values_name_the_key_and_the_range(override, message):
 
 @pytest.mark.parametrize("name", ["tiny", "stage1", "stage2"])
 def test_an_empty_value_is_refused_not_read_as_null(name):
-    """`data.train_manifest=$UNSET` reached the loader as `data.train_manifest=`, which
+    """`data.train_files=$UNSET` reached the loader as `data.train_files=`, which
     YAML reads as null: every config then trained on the embedded mini dataset, the paper
     configs included, without a word."""
-    with pytest.raises(ConfigError, match="'data.train_manifest' is given no value .*"
-                                          "data.train_manifest=null for the default"):
-        load_config(name, ["data.train_manifest="])
-    assert load_config(name, ["data.train_manifest=null"]).data.train_manifest is None
+    with pytest.raises(ConfigError, match="'data.train_files' is given no value .*"
+                                          "data.train_files=null for the default"):
+        load_config(name, ["data.train_files="])
+    assert load_config(name, ["data.train_files=null"]).data.train_files is None
 
 
 def test_a_numeric_run_name_is_a_folder_name():

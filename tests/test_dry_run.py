@@ -60,7 +60,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     proc = _launch("tiny", "--dry-run", f"run.output_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "# steps: 40, 4 images per step, 942 training and 96 held-out samples usable" in out
+    # The mini set's 13 training photos: 10 % carved for validation rounds to 1 photo.
+    assert "# steps: 40, 4 images per step; usable samples: " in out
+    assert "validation, 96 test (0, 0 and 0 would be skipped" in out
     assert "# role learners: 1 node(s)" in out and "# role rollout: 1 node(s)" in out
     assert "memory, ESTIMATED from" in out and "longest prompt:" in out
     assert "dry run: ready; no actor was started" in out

@@ -37,7 +37,7 @@ def test_manifest_reading_names_file_and_line_or_reads(tmp_path, lines):
 
 
 KEYS = ["train.batch_size", "train.grad_accum", "rollout.n", "rollout.max_model_len",
-        "rollout.dtype", "ray.num_cpus", "data.train_manifest", "train.lr", "reward.lambdas",
+        "rollout.dtype", "ray.num_cpus", "data.train_files", "train.lr", "reward.lambdas",
         "run.name", "eval.max_samples"]
 VALUES = st.one_of(st.sampled_from(["", " ", "null", "0", "-1", "1e999", ".nan", "[]",
                                     "{}", "abc", "99999999999999999999999", "1.5", "[1,2]",

@@ -100,14 +100,15 @@ def test_the_two_stage_recipe(tmp_path):
     common = [f"run.output_dir={out}", f"model.cache_dir={TEST_CACHE}", "ray.dashboard=false",
               "logging.rollouts_per_step=100"]   # every rollout logged: the leak check
     _run("launch.py", "conf=tiny_stage1", "run.name=s1", "train.max_steps=2", "eval.every=1",
-         f"data.train_manifest={s1data / 'stage1_train.jsonl'}",
-         f"data.test_manifest={s1data / 'stage1_test.jsonl'}", *common)
+         f"data.train_files={s1data / 'stage1_train.jsonl'}",
+         f"data.test_files={s1data / 'stage1_test.jsonl'}", *common)
     train2 = [iqa / "koniq10k_train.jsonl", iqa / "spaq_train.jsonl"]
     test2 = [iqa / "koniq10k_test.jsonl", iqa / "spaq_test.jsonl"]
     stage2 = _run("launch.py", "conf=tiny", "run.name=s2", f"model.path={out / 's1'}",
                   "train.max_steps=3", "eval.every=2", "checkpoint.every=3",
-                  f"data.train_manifest=[{','.join(map(str, train2))}]",
-                  f"data.test_manifest=[{','.join(map(str, test2))}]", *common)
+                  "eval.final_test=true",
+                  f"data.train_files=[{','.join(map(str, train2))}]",
+                  f"data.test_files=[{','.join(map(str, test2))}]", *common)
     assert f"# model: {out / 's1' / 'export'}" in stage2.stdout   # Stage-2 from Stage-1
     report = tmp_path / "eval"
     _run("-m", "evals.scoring_eval", "--model", str(out / "s2"), "--conf", "tiny",
@@ -126,7 +127,12 @@ def test_the_two_stage_recipe(tmp_path):
         assert [r["step"] for r in metrics if key in r] == steps, run
         assert all(r[M.VAL_SAMPLES] > 0 for r in metrics if key in r)
         assert (run / "best" / "COMPLETE").is_file()
-    assert json.loads((out / "s2" / "best" / "COMPLETE").read_text())["metric"] == "val/srcc"
+    best = json.loads((out / "s2" / "best" / "COMPLETE").read_text())
+    assert (best["metric"], best["split"]) == ("val/srcc", "val")   # chosen on val, not test
+    # The test split was read once, after the last step, under test/*.
+    s2 = _lines(out / "s2" / "metrics.jsonl")
+    assert [r["step"] for r in s2 if M.TEST_OF[M.VAL_SCORING[("think", "srcc")]] in r] == [3]
+    assert s2[-1][M.TEST_OF[M.VAL_SAMPLES]] == sum(len(load_samples(m)) for m in test2)
     # The evaluation scored the test split: every test sample, nothing else.
     results = json.loads((report / "results.json").read_text())
     assert results["split"] == "test"
@@ -136,7 +142,7 @@ def test_the_two_stage_recipe(tmp_path):
     again = subprocess.run(
         [sys.executable, "launch.py", "conf=tiny", "run.name=s2", f"model.path={out / 's1'}",
          "train.max_steps=4", "train.batch_size=2",
-         f"data.train_manifest=[{','.join(map(str, train2))}]",
-         f"data.test_manifest=[{','.join(map(str, test2))}]", *common],
+         f"data.train_files=[{','.join(map(str, train2))}]",
+         f"data.test_files=[{','.join(map(str, test2))}]", *common],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "samples_per_step 4 -> 2" in again.stderr
