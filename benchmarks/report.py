@@ -45,7 +45,7 @@ class Column:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were measured on (the README's Performance table quotes it)."""
+    """What the figures were measured on (docs/performance.md's table quotes it)."""
     return {"platform": platform.platform(), "processor": platform.processor()
             or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
 

@@ -21,8 +21,8 @@ the language side a small share of instruction following, and nothing more:
 So the warm-up never supervises severity or the score: severity is what Stage-1's RL
 teaches, the score what Stage-2's RL teaches. Test-split images are never used (the
 manifests given are training manifests; training refuses test samples in them). What it
-measures (held-out class naming, the probe of the model RL starts from) is in the README's
-"Does it learn?" (`make reproduce`).
+measures (held-out class naming, the probe of the model RL starts from) is in
+docs/does-it-learn.md (`make reproduce`).
 
 The result is cached beside the base model, keyed by the base model, the manifests' bytes,
 their images' bytes and the settings; one thread keeps it deterministic on any machine.

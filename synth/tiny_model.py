@@ -72,7 +72,7 @@ class TinyModelSettings:
     num_kv_heads: int = 2
     mrope_section: tuple[int, int, int] = (4, 6, 6)   # sums to head_dim / 2
     # The eye (synth/distill.py) fits EfficientNet-Lite0's features into 128 x 4; 64 x 2
-    # explained less of them (measured 2026-12-04, README "Does it learn?").
+    # explained less of them (measured 2026-12-04, docs/does-it-learn.md).
     vision_depth: int = 4
     vision_hidden: int = 128
     vision_heads: int = 2

@@ -7,7 +7,7 @@ with the default seed (2026-11-29; run.seed 0, 1, 2 over 30 steps: +0.16, +0.20,
 0.48 -> 0.87 with the eye and its frozen tower (2026-12-04); the test asks for +0.15. What
 rises is the format reward and the answer reward of a score prior (one score near the
 middle of the scale), not perception: the held-out SRCC does not rise (Eq. 8: 0.24 at the
-start, 0.07 after 40 steps; README "Does it learn?"), so this test does not ask for it.
+start, 0.07 after 40 steps; docs/does-it-learn.md), so this test does not ask for it.
 """
 
 from __future__ import annotations

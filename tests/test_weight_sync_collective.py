@@ -357,7 +357,7 @@ def test_a_learner_rank_dying_is_reported_without_waiting_for_the_receivers(ray_
     learners and the receivers are awaited together and a learner's death is raised at
     once; the trainer then replaces the learners, which ends the receivers' group.
     (With gloo, as here on CPU, a killed sender's closed sockets end the receivers' wait
-    within seconds; README "Failures the run survives" has what may still hold them.)"""
+    within seconds; docs/failures.md has what may still hold them.)"""
     import time
 
     ranks = [ray.remote(Mortal).options(num_cpus=0.1).remote() for _ in range(2)]
