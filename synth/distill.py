@@ -21,7 +21,7 @@ distillation and the probe's fit) found 128 x 4, 1200 images, 6 epochs as good a
 the epochs, twice the images or 192 wide; leaving the teacher's last block and head out of
 the targets then raised the probe on the training photos from 0.21 to 0.29, and a learning
 rate of 5e-4 instead of 1e-3 to 0.36
-(benchmarks/perception_probe.py, docs/does-it-learn.md for the held-out figures).
+(benchmarks/perception_probe.py, the README's "Does it learn?" for the held-out figures).
 Pooled targets (the naive way) measured lower.
 
 Pure parts (images, targets, the tower's states and the loss) are functions;
