@@ -90,29 +90,32 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
     return run
 
 
-def _held_out_with_a_missing_image(tmp_path: Path) -> Path:
-    """The mini Stage-2 test photos as a validation file (split val), image paths
-    absolute, one sample's image missing."""
+def _validation_with_a_missing_image(tmp_path: Path) -> list[str]:
+    """data.train_files / data.val_files overrides: one training photo's Stage-2 images as
+    a validation file (split val, one sample's image missing), the other photos' as the
+    training file. (Validation never reads the test photos: the run refuses that.)"""
+    from driver.data_splits import source_of
     from synth.manifest import load_samples, write_manifest
     from synth.mini_dataset import build_mini_dataset
 
-    samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_test"])
-    for sample in samples:
-        sample["split"] = "val"
-    samples[0]["images"] = [str(tmp_path / "gone.png")]
-    out = tmp_path / "held_out.jsonl"
-    write_manifest(out, samples)
-    return out
+    samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_train"])
+    held = min(source_of(s) for s in samples)
+    val = [dict(s, split="val") for s in samples if source_of(s) == held]
+    val[0]["images"] = [str(tmp_path / "gone.png")]
+    write_manifest(tmp_path / "train.jsonl", [s for s in samples if source_of(s) != held])
+    write_manifest(tmp_path / "val.jsonl", val)
+    return [f"data.train_files={tmp_path / 'train.jsonl'}",
+            f"data.val_files={tmp_path / 'val.jsonl'}"]
 
 
 def test_stage2_survives_each_role_dying(tmp_path):
-    """Also: one held-out image is missing (before, the engine's FileNotFoundError at the
-    first validation ended the run): it is left out and counted, validation goes on."""
+    """Also: one validation image is missing (before, the engine's FileNotFoundError at
+    the first validation ended the run): it is left out and counted, validation goes on."""
     steps = 10
     run = _run_with_kills(tmp_path, [
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
         "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3",
-        f"data.val_files={_held_out_with_a_missing_image(tmp_path)}"],
+        *_validation_with_a_missing_image(tmp_path)],
         {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
          6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
