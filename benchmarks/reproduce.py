@@ -57,6 +57,7 @@ from benchmarks.reproduce_report import markdown, plots, rows_by_name  # noqa: E
 from driver import metrics as M  # noqa: E402
 from driver.plots import read_metrics  # noqa: E402
 from evals.report import write_json  # noqa: E402
+from evals.scoring_eval import headline  # noqa: E402
 
 SUBSET_MIN_SRCC = 0.7   # a class joins the learnability subset at this per-class probe SRCC
 SCORING = [(mode, q) for mode in ("think", "no_think")
@@ -242,8 +243,7 @@ def perception_summary(run_dir: str | Path) -> dict[str, float]:
 def base_summary(args, prep: dict) -> dict[str, float]:
     """The start model on the mini test split: `python -m evals.scoring_eval` (greedy,
     think and no-think, numeric and Eq. 8: the code the runs' final test calls), read
-    into the rows' keys. Answer accuracy is |s - MOS| < reward.eps over every answer (an
-    unread one counts wrong), as the runs count it."""
+    into the rows' keys by the function the runs' validation uses (headline)."""
     from conf import load_config
     from synth.mini_dataset import build_mini_dataset
 
@@ -265,14 +265,11 @@ def base_summary(args, prep: dict) -> dict[str, float]:
     (dataset,) = payload["datasets"].values()
     eps = load_config("repro_stage2").reward.eps
     records = [json.loads(line) for line in (out_dir / "predictions.jsonl").open()]
+    mos = [r["mos"] for r in records]
     out = {}
     for mode in ("think", "no_think"):
-        numeric, prob = dataset["results"][mode]["numeric"], dataset["results"][mode]["prob"]
-        hits = [r[f"{mode}_numeric"] is not None and abs(r[f"{mode}_numeric"] - r["mos"]) < eps
-                for r in records]
-        values = {"srcc": numeric["srcc"], "plcc": numeric["plcc_logistic"],
-                  "eq8_srcc": prob["srcc"], "eq8_plcc": prob["plcc_logistic"],
-                  "parse_fail": numeric["failure_rate"], "answer_acc": _mean(hits)}
+        values = headline(dataset["results"][mode], [r[f"{mode}_numeric"] for r in records],
+                          mos, eps)
         out.update({f"{mode}/{q}": math.nan if v is None else float(v)
                     for q, v in values.items()})
     return out

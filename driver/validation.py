@@ -114,20 +114,14 @@ class Validator:
         return metrics
 
     def _scoring(self) -> dict[str, float]:
-        from evals.scoring_eval import evaluate_samples
-        from rewards import answer_rewards
+        from evals.scoring_eval import evaluate_samples, headline
 
         results, _, preds = evaluate_samples(self.engines, self.samples, "validation",
                                              ("think", "no_think"), ("numeric", "prob"))
         mos = [float(s["mos"]) for s in self.samples]
         out = {}
         for mode in ("think", "no_think"):
-            numeric, prob = results[mode]["numeric"], results[mode]["prob"]
-            values = {"srcc": numeric["srcc"], "plcc": numeric["plcc_logistic"],
-                      "eq8_srcc": prob["srcc"], "eq8_plcc": prob["plcc_logistic"],
-                      "parse_fail": numeric["failure_rate"],
-                      "answer_acc": float(np.mean(answer_rewards(
-                          preds[(mode, "numeric")], mos, self.eps)))}
+            values = headline(results[mode], preds[(mode, "numeric")], mos, self.eps)
             out.update({M.VAL_SCORING[(mode, q)]: _nan(v) for q, v in values.items()})
         return out
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evals.engines import MODE_CHOICES, EvalEngines, Generation
 from evals.metrics import SCORE_DIGITS, MetricWarning, expected_score, fit_logistic4, plcc, srcc
@@ -73,6 +76,22 @@ def prob_score(digit_probs: list[float] | None) -> float | None:
     if len(head) != SCORE_DIGITS or sum(head) <= 0.0:
         return None
     return expected_score(head, kind="probs")
+
+
+def headline(results: dict[str, dict[str, Any]], numeric: list[float | None],
+             mos: list[float], eps: float) -> dict[str, float | None]:
+    """One mode's headline numbers, as training's validation (val/*, test/*) and
+    `make reproduce` report them: SRCC / PLCC (logistic4) of the numeric answers and of
+    Eq. 8, the parse-failure rate, and the answer accuracy |s - MOS| < eps over every
+    answer (an unread one counts wrong; rewards.answer_rewards, the training reward)."""
+    from rewards import answer_rewards
+
+    values, prob = results["numeric"], results["prob"]
+    return {"srcc": values["srcc"], "plcc": values["plcc_logistic"],
+            "eq8_srcc": prob["srcc"], "eq8_plcc": prob["plcc_logistic"],
+            "parse_fail": values["failure_rate"],
+            "answer_acc": float(np.mean(answer_rewards(
+                [math.nan if p is None else p for p in numeric], mos, eps)))}
 
 
 def summarize(preds: list[float | None], mos: list[float]) -> dict[str, Any]:
