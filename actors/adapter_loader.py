@@ -21,15 +21,17 @@ from typing import Any
 
 from weight_sync import lora
 
-# vLLM's accepted max_lora_rank values (vllm.config.lora.MaxLoRARanks).
-VLLM_MAX_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
 
 def vllm_lora_kwargs(settings: Any) -> dict[str, Any]:
-    """LLM(...) arguments that let an engine serve one adapter of `settings.lora`."""
+    """LLM(...) arguments that let an engine serve one adapter of `settings.lora`:
+    max_lora_rank is the smallest rank vLLM accepts at or above lora.rank."""
+    from typing import get_args
+
+    from vllm.config.lora import MaxLoRARanks
+
     rank = int(settings.lora["rank"])
     return {"enable_lora": True, "max_loras": 1,
-            "max_lora_rank": min(r for r in VLLM_MAX_RANKS if r >= rank),
+            "max_lora_rank": min(r for r in get_args(MaxLoRARanks) if r >= rank),
             "enable_tower_connector_lora": bool(settings.lora["vision"])}
 
 

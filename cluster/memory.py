@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.resources import with_scorer
+
 GIB = 2**30
 
 
@@ -84,7 +86,8 @@ def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]
     weights = params * _bytes(r.dtype) / GIB
     out = []
     for role, count, gpus in (("rollout engine", r.num_engines, r.num_gpus_per_engine),
-                              ("scoring actor", int(cfg.stage == 2), cfg.scoring.num_gpus)):
+                              ("scoring actor", int(with_scorer(cfg, None)),
+                               cfg.scoring.num_gpus)):
         if count == 0:
             continue
         if gpus > 0:

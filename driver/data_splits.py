@@ -93,14 +93,15 @@ def source_of(sample: dict) -> str:
 def carve(samples: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, val): `fraction` of the source images (at least one, when there are two or
     more and fraction > 0), drawn with `seed`, and all their samples go to val."""
-    sources = sorted({source_of(s) for s in samples})
+    of = [source_of(s) for s in samples]
+    sources = sorted(set(of))
     if fraction <= 0 or len(sources) < 2:
         return samples, []
     count = min(len(sources) - 1, max(1, round(fraction * len(sources))))
     order = np.random.default_rng([int(seed), 11]).permutation(len(sources))
     chosen = {sources[i] for i in order[:count]}
-    return ([s for s in samples if source_of(s) not in chosen],
-            [s for s in samples if source_of(s) in chosen])
+    return ([s for s, src in zip(samples, of) if src not in chosen],
+            [s for s, src in zip(samples, of) if src in chosen])
 
 
 def _judged(sample: dict) -> str:

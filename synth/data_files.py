@@ -53,9 +53,10 @@ def is_manifest(path: Path) -> bool:
         for line in handle:
             if line.strip():
                 try:
-                    return "images" in json.loads(line)
-                except json.JSONDecodeError:
+                    first = json.loads(line)
+                except (ValueError, RecursionError):   # not JSON, or nested past the parser
                     return False
+                return isinstance(first, dict) and "images" in first
     return False
 
 
@@ -123,8 +124,7 @@ def _image_path(value: Any, folder: Path | None, images_dir: Path, where: str) -
 def read_data_file(source: str, columns: Columns, images_dir: str | Path,
                    split: str = "train") -> list[dict]:
     """The samples of a manifest or a data file (module docstring)."""
-    from PIL import Image
-
+    from synth.images import UnreadableImage, displayed_size
     from synth.iqa_datasets import rescale_mos
     from synth.manifest import load_samples, validate_sample
 
@@ -154,10 +154,9 @@ def read_data_file(source: str, columns: Columns, images_dir: str | Path,
                                  f"[{low:g}, {high:g}]")
             raw = rescale_mos(raw, low, high, True)
         image = _image_path(row[columns.image], folder, Path(images_dir), where)
-        try:
-            with Image.open(image) as opened:
-                size = list(opened.size)
-        except (OSError, ValueError):
+        try:   # as the engines see it: EXIF-turned photos swap width and height
+            size = list(displayed_size(image))
+        except UnreadableImage:
             size = [1, 1]   # unreadable: the data checks skip and count it before the run
         sample = {"id": str(row[columns.id]) if columns.id else f"{stem}-{i}",
                   "task": "score", "images": [image], "question": None, "answer": None,

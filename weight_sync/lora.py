@@ -84,12 +84,11 @@ def adapter_shapes(model_path: str, lora: Mapping[str, Any],
     """Saved name -> shape of every adapter tensor for the model at `model_path`, from
     its config alone (built on the meta device: no memory, no weights read)."""
     from peft import get_peft_model
-    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    from weight_sync.receiver import meta_model
+
     with torch.device("meta"):
-        model = get_peft_model(AutoModelForImageTextToText.from_config(
-            config, trust_remote_code=trust_remote_code), lora_config(lora))
+        model = get_peft_model(meta_model(model_path, trust_remote_code), lora_config(lora))
     return {name: tuple(p.shape) for name, p in adapter_parameters(model)}
 
 
@@ -102,7 +101,6 @@ def write_adapter(directory: str | Path, lora: Mapping[str, Any], base_model: st
     directory.mkdir(parents=True, exist_ok=True)
     config = lora_config(lora).to_dict()
     config["base_model_name_or_path"] = str(base_model)
-    config["target_modules"] = target_regex(lora)
     (directory / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, default=list))
     save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()},
               str(directory / ADAPTER_WEIGHTS))

@@ -79,21 +79,24 @@ class WeightSpec:
         return set(self.shapes) - set(self.optional)
 
 
-def weight_spec(model_path: str, trust_remote_code: bool = False) -> WeightSpec:
-    """The state-dict names and shapes of the model at `model_path`, read from its config.
-
-    The model is built on the meta device (no memory, no weights read), so the names are
-    exactly those a transformers model of this config (the learner's) produces.
-    """
+def meta_model(model_path: str, trust_remote_code: bool = False) -> torch.nn.Module:
+    """The transformers model of `model_path`'s config (the learner's class) built on the
+    meta device: its names and shapes, no memory, no weights read."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         try:
-            model = AutoModelForImageTextToText.from_config(
+            return AutoModelForImageTextToText.from_config(
                 config, trust_remote_code=trust_remote_code)
         except ValueError:  # a text-only model
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def weight_spec(model_path: str, trust_remote_code: bool = False) -> WeightSpec:
+    """The state-dict names and shapes of the model at `model_path`, read from its config:
+    exactly those a transformers model of this config (the learner's) produces."""
+    model = meta_model(model_path, trust_remote_code)
     state = model.state_dict()
     owned = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     return WeightSpec(shapes={n: tuple(t.shape) for n, t in state.items()},
