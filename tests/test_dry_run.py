@@ -18,6 +18,10 @@ from tests.conftest import REPO
 
 
 def test_memory_estimate_of_stage2_by_hand():
+    # The ZeRO paper's accounting of model states (Rajbhandari et al. 2020, Sec. 3.1):
+    # 2 bytes of bf16 parameters, 2 of gradients and K = 12 of fp32 AdamW state (master
+    # weights, two moments) per parameter, each split over the N ranks by ZeRO-3. (DeepSpeed's
+    # estimate_zero3_model_states_mem_needs adds buffers on top; this counts states only.)
     # 1e9 parameters, Stage-2 (bf16 everywhere, 4 ranks, ZeRO-3 with offload on GPUs):
     # a rank keeps its gradient shard 2e9/4 bytes on the GPU; the AdamW state 12e9/4 and
     # the parameter shard 2e9/4 live on the host. An engine holds the 2e9 bytes of weights;
@@ -61,6 +65,9 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     # The mini set's 13 training photos: 10 % carved for validation rounds to 1 photo.
+    # 40 steps of 4 images: conf/tiny.yaml's max_steps and batch_size; 96 test images: two
+    # photos x 4 crops x 13 versions - 4 x 2 saturation classes of the grey photo
+    # (tests/test_mini_dataset.py).
     assert "# steps: 40, 4 images per step; usable samples: " in out
     assert "validation, 96 test (0, 0 and 0 would be skipped" in out
     assert "# role learners: 1 node(s)" in out and "# role rollout: 1 node(s)" in out

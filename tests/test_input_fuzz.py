@@ -52,6 +52,7 @@ def test_overrides_are_accepted_or_refused_with_the_key(key, value):
         load_config("tiny", [f"{key}={value}"])
     except ConfigError as err:
         assert str(err).strip() and "\n" not in str(err).strip()
+        assert key in str(err)   # the message names what to change
 
 
 @settings(deadline=None, max_examples=200)
