@@ -69,3 +69,19 @@ def test_a_manifest_is_read_as_a_manifest(tmp_path):
     (tmp_path / "m.jsonl").write_text(json.dumps({"id": "s", "images": ["x.png"]}) + "\n")
     (tmp_path / "rows.jsonl").write_text(json.dumps({"image": "x.png", "mos": 2.0}) + "\n")
     assert is_manifest(tmp_path / "m.jsonl") and not is_manifest(tmp_path / "rows.jsonl")
+    # A first line that is not an object, or nested past the parser: not a manifest (a
+    # data file, refused later with its own message), never an exception here.
+    (tmp_path / "n.jsonl").write_text("5\n")
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert not is_manifest(tmp_path / "n.jsonl") and not is_manifest(tmp_path / "deep.jsonl")
+
+
+def test_an_exif_turned_photo_states_the_size_the_engines_see(tmp_path):
+    # A 40 x 30 JPEG whose EXIF orientation 6 turns it by 90 degrees: the engines (and
+    # synth.images.open_rgb) see 30 x 40, so the sample must say 30 x 40.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "turned.jpg", exif=exif)
+    (tmp_path / "labels.csv").write_text("image,mos\nturned.jpg,2.0\n")
+    (sample,) = read_data_file(str(tmp_path / "labels.csv"), Columns(), tmp_path / "images")
+    assert sample["image_size"] == [30, 40]
