@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,10 @@ def rollout_records(step: int, mode: str, samples: list[dict], exp: Any,
 class RolloutLog:
     """Appends rollout rows to <run>/rollouts.jsonl (and a wandb Table)."""
 
-    def __init__(self, run_dir: Path, groups_per_step: int, wandb_run: Any = None) -> None:
+    def __init__(self, run_dir: Path, groups_per_step: int,
+                 wandb_run: Callable[[], Any] = lambda: None) -> None:
+        """`wandb_run()`: the run's current wandb run, or None (asked at each step: a
+        rewind replaces the logger's run)."""
         self.path = Path(run_dir) / FILE
         self.groups = groups_per_step
         self.wandb_run = wandb_run
@@ -64,11 +68,12 @@ class RolloutLog:
             return 0
         with self.path.open("a") as handle:
             handle.write("".join(json.dumps(r) + "\n" for r in rows))
-        if self.wandb_run is not None:
+        run = self.wandb_run()
+        if run is not None:
             import wandb
 
             columns = list(dict.fromkeys(k for r in rows for k in r))
             table = wandb.Table(columns=columns, data=[[r.get(c) for c in columns]
                                                        for r in rows])
-            self.wandb_run.log({WANDB_TABLE: table}, step=step, commit=False)
+            run.log({WANDB_TABLE: table}, step=step, commit=False)
         return len(rows)

@@ -71,7 +71,8 @@ class Trainer:
         self.gpus = requested(cfg)["GPU"]
         self.logger = MetricsLogger(out, OmegaConf.to_container(cfg, resolve=True),
                                     list(cfg.logging.backends), cfg.logging.wandb_project)
-        self.rollout_log = RolloutLog(out, cfg.logging.rollouts_per_step, self.logger.wandb_run)
+        self.rollout_log = RolloutLog(out, cfg.logging.rollouts_per_step,
+                                      lambda: self.logger.wandb_run)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> Path:
@@ -182,7 +183,6 @@ class Trainer:
         kept = self.step if state else -1   # no checkpoint: the start's lines are redone too
         self.logger.rewind(kept)
         self.rollout_log.rewind(kept)
-        self.rollout_log.wandb_run = self.logger.wandb_run   # a rewind starts a new one
 
     def restart_learners(self, died: LearnerDied) -> None:
         """A new learner group from the newest checkpoint (or from model.path without

@@ -106,7 +106,7 @@ def test_rollout_log_cuts_back_on_resume_and_feeds_wandb(tmp_path, monkeypatch):
     import wandb
 
     run = wandb.init(project="refine-iqa-test", dir=str(tmp_path))
-    log = RolloutLog(tmp_path, groups_per_step=2, wandb_run=run)
+    log = RolloutLog(tmp_path, groups_per_step=2, wandb_run=lambda: run)
     for step in (1, 2, 3):
         assert log.log(step, "think", SAMPLES, _experience()) == 4
         run.log({M.SCORE.name("mean"): 0.5}, step=step)   # the metrics commit the step
