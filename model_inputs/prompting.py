@@ -38,10 +38,6 @@ TASKS = ("score", "choice", "grounding")
 VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
                          "<|vision_end|>", "<|vision_pad|>")
 MAX_ASPECT_RATIO = 200  # Qwen2-VL refuses more extreme images
-# One visual token covers 28 x 28 pixels (patch 14 x merge 2): a side shorter than that
-# holds less than one token of its own and is blown up from almost nothing (a 1x1 image
-# becomes 56x56 of one colour). Qwen2-VL's first resize rule refused such images too.
-MIN_IMAGE_SIDE = 28
 MAX_IMAGES_PER_PROMPT = 2   # full-reference prompts carry two images (reference, judged)
 
 
@@ -155,7 +151,7 @@ def check_sample(sample: dict, mode: str, min_pixels: int, max_pixels: int,
                  text_tokens: Callable[[str, int], int] | None = None) -> None:
     """Everything `PromptBuilder.prepare` would refuse about a sample, without a processor:
     the question, the image count an engine allows, each image decodable and of a size
-    Qwen2-VL can read (each side at least MIN_IMAGE_SIDE). With `max_prompt_tokens` and
+    Qwen2-VL can read (each side at least `factor`). With `max_prompt_tokens` and
     `text_tokens` (the prompt's tokens besides the images: `PromptBuilder.text_tokens`),
     also that the prompt fits: rollout.max_model_len less the answer's
     rollout.max_new_tokens. Raises ValueError (or FileNotFoundError) saying what is
@@ -168,9 +164,13 @@ def check_sample(sample: dict, mode: str, min_pixels: int, max_pixels: int,
                          f"the {max_images} an engine takes per prompt")
     for image in images:
         model_input_size(image.width, image.height, min_pixels, max_pixels, factor)
-        if min(image.size) < MIN_IMAGE_SIDE:
+        # One visual token covers factor x factor pixels (patch 14 x merge 2 = 28): a
+        # shorter side holds less than one token of its own and is blown up from almost
+        # nothing (a 1x1 image becomes 56x56 of one colour). Qwen2-VL's first resize rule
+        # refused such images too.
+        if min(image.size) < factor:
             raise ValueError(f"sample {sid}: image {image.width}x{image.height} is below "
-                             f"{MIN_IMAGE_SIDE} pixels on a side (one visual token); "
+                             f"{factor} pixels on a side (one visual token); "
                              "use the original image, not a thumbnail")
     _check_stated_size(sample, images[-1].size)
     if max_prompt_tokens is not None and text_tokens is not None:
