@@ -31,6 +31,7 @@ from driver.plots import plot_run
 from driver.rollout_log import RolloutLog
 from driver.training_data import RunData
 from driver.validation import BestCheckpoint, Validator, test_metrics
+from weight_sync.sync import LearnersGone
 
 MAX_LEARNER_RESTARTS = 3   # learner groups restarted from a checkpoint before a run gives up
 
@@ -97,7 +98,9 @@ class Trainer:
                 bar.set_postfix(reward=f"{metrics[M.SCORE.name('mean')]:.3f}")
                 if due(self.step, self.cfg.checkpoint.every, always=(self.steps,)):
                     self.save_checkpoint()
-            except LearnerDied as died:
+            except (LearnerDied, LearnersGone) as died:
+                # LearnersGone: a receiver that restarted needs weights that died with the
+                # learners, found before the learners' own calls would find them dead.
                 self.restart_learners(died)
             bar.n = self.step
             bar.refresh()
@@ -184,7 +187,7 @@ class Trainer:
         self.logger.rewind(kept)
         self.rollout_log.rewind(kept)
 
-    def restart_learners(self, died: LearnerDied) -> None:
+    def restart_learners(self, died: LearnerDied | LearnersGone) -> None:
         """A new learner group from the newest checkpoint (or from model.path without
         one), and the loop restored to it; gives up after MAX_LEARNER_RESTARTS."""
         cause = died.__cause__ or died

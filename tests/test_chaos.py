@@ -1,7 +1,7 @@
 """Every role can die and the run goes on: one tiny Stage-2 run (vLLM in multiprocess
 mode, so that an engine core is a process of its own) in which the test kills, in turn,
-a rollout engine, the engine core inside the restarted engine, the scoring actor and the
-learner; and a Stage-1 run whose single engine is killed (no peer holds its weights: the
+a rollout engine, the engine core inside the restarted engine, the scoring actor, and
+the learner together with the scoring actor; and a Stage-1 run whose single engine is killed (no peer holds its weights: the
 driver replays them). Each run must finish every step, log every step once, and count
 each recovery in events/*.
 
@@ -59,10 +59,11 @@ def _kill(root: psutil.Process, title: str, under: str | None = None) -> int | N
     return None
 
 
-def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
+def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, list[tuple]],
                     timeout_s: float = 1500) -> Path:
-    """Launch the run; once step s is logged, kill the process kills[s] = (title, parent
-    title or None) names, as soon as it exists (a restarting actor may not, yet)."""
+    """Launch the run; once step s is logged, kill each process kills[s] = [(title,
+    parent title or None), ...] names, as soon as it exists (a restarting actor may not,
+    yet)."""
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # stderr to a file, not a pipe: nobody reads a pipe while the run goes on, and a full
@@ -76,9 +77,10 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
         deadline = time.monotonic() + timeout_s
         while proc.poll() is None and time.monotonic() < deadline:
             seen = _steps(run / "metrics.jsonl")
-            for step, (title, under) in kills.items():
-                if not done.get(step) and seen and max(seen) >= step:
-                    done[step] = _kill(root, title, under)
+            for step, targets in kills.items():
+                for title, under in targets:
+                    if not done.get((step, title)) and seen and max(seen) >= step:
+                        done[step, title] = _kill(root, title, under)
             time.sleep(0.5)
         if proc.poll() is None:
             proc.kill()
@@ -86,7 +88,7 @@ def _run_with_kills(tmp_path: Path, args: list[str], kills: dict[int, tuple],
         log.seek(0)
         stderr = log.read()
     assert proc.returncode == 0, stderr[-4000:]
-    assert all(done.get(s) for s in kills), (done, stderr[-2000:])
+    assert all(done.get((s, t)) for s in kills for t, _ in kills[s]), (done, stderr[-2000:])
     return run
 
 
@@ -116,8 +118,12 @@ def test_stage2_survives_each_role_dying(tmp_path):
         "conf=tiny", f"train.max_steps={steps}", "checkpoint.every=3",
         "rollout.multiprocessing=true", "eval.every=0", "eval.max_samples=3",
         *_validation_with_a_missing_image(tmp_path)],
-        {2: ("ray::RolloutEngine", None), 4: ("VLLM::EngineCore", "ray::RolloutEngine"),
-         6: ("ray::ScoringActor", None), 8: ("ray::Learner", None)})
+        {2: [("ray::RolloutEngine", None)], 4: [("VLLM::EngineCore", "ray::RolloutEngine")],
+         6: [("ray::ScoringActor", None)],
+         # Both at once: the restarted scorer needs version 8, whose buckets died with
+         # learner rank 0 (Ray's OwnerDiedError ended the run before: the learners had to
+         # be replaced first, and are now, weight_sync.sync.LearnersGone).
+         8: [("ray::Learner", None), ("ray::ScoringActor", None)]})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     # Every step once (the learner restart went back to step 6's checkpoint and redid 7-8),
     # with validation at step 0 and after the last.
@@ -134,7 +140,7 @@ def test_stage1_single_engine_is_replayed_from_the_driver(tmp_path):
     steps = 5
     run = _run_with_kills(tmp_path, [
         "conf=tiny_stage1", f"train.max_steps={steps}", "checkpoint.every=5", "eval.every=0",
-        "eval.max_samples=4"], {2: ("ray::RolloutEngine", None)})
+        "eval.max_samples=4"], {2: [("ray::RolloutEngine", None)]})
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(0, steps + 1))
     assert records[-1][M.RESTARTS] >= 1 and records[-1][M.REPLAYS] >= 1

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.conftest import restart_actor
-from weight_sync.sync import StaleResultError, WeightSync, result_versions
+from weight_sync.sync import LearnersGone, StaleResultError, WeightSync, result_versions
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray")
@@ -64,6 +64,27 @@ class Learners:
         return [ray.put({"w": torch.full((4,), self.value)})], {"bytes": 16.0}
 
 
+class Rank0:
+    """Puts buckets it owns, as learner rank 0 does: they die with it."""
+
+    def put(self, value):
+        return [ray.put({"w": torch.full((4,), value)})]
+
+    def ready(self):
+        return {"pid": os.getpid()}
+
+
+class MortalLearners:
+    """Learners whose rank 0 is a Ray actor (the buckets' owner) that a test can kill."""
+
+    def __init__(self):
+        self.value, self.rank0 = 0.0, ray.remote(Rank0).options(num_cpus=0).remote()
+
+    def publish_weights(self):
+        self.value += 1.0
+        return ray.get(self.rank0.put.remote(self.value)), {"bytes": 16.0}
+
+
 def _wait_dead(handle, timeout_s: float = 60.0) -> None:
     """ray.kill is asynchronous: wait until the actor answers with its death."""
     import time
@@ -78,6 +99,21 @@ def _wait_dead(handle, timeout_s: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError("the killed actor still answers")
+
+
+def _wait_lost(ref, timeout_s: float = 60.0) -> None:
+    """Ray frees a dead owner's objects a moment after its death (measured: a 4 MB object
+    still readable at once, lost 1 s later): wait until the driver sees `ref` lost."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(ref, timeout=10)
+        except ray.exceptions.ObjectLostError:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the dead owner's object is still readable")
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +221,25 @@ def test_restore_behind_what_is_out_goes_out_as_a_new_version(actors):
     assert ray.get(actors["engine-a"].measure.remote()) == Measured(8.0, 21)
     sync.restore(learners, 21)
     assert ray.get(actors["engine-a"].measure.remote()) == Measured(12.0, 22)
+
+
+def test_a_replay_of_weights_that_died_with_the_learners_asks_for_new_learners(actors):
+    """Learner rank 0 owns the published buckets; once it is dead, a receiver that
+    restarted cannot be replayed from them. bring_current says so (LearnersGone, which the
+    trainer answers by replacing the learners) instead of failing the run with Ray's
+    OwnerDiedError; the new learners' restore then brings every receiver current."""
+    sync, dying = WeightSync(ready_timeout_s=60), MortalLearners()
+    sync.register("scorer", actors["scorer"])
+    sync.restore(dying, 30)
+    assert ray.get(actors["scorer"].measure.remote()) == Measured(4.0, 30)
+    ray.kill(dying.rank0)
+    _wait_dead(dying.rank0)
+    _wait_lost(sync._handles[0])
+    restart_actor(actors["scorer"])   # back with version 0, as a restarted engine
+    with pytest.raises(LearnersGone, match="holds weights version 0 and needs version 30"):
+        sync.call("scorer", "measure")
+    new = MortalLearners()
+    sync.restore(new, 30)   # the checkpoint's version is what is out: a new one goes out
+    assert sync.version == 31
+    assert sync.call("scorer", "measure") == Measured(4.0, 31)
+    ray.kill(new.rank0)

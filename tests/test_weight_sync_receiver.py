@@ -15,7 +15,13 @@ import torch
 from actors.engine_host import wait_ready
 from actors.rollout_engine import start_rollout_engine
 from model_inputs.prompting import PromptBuilder
-from weight_sync.receiver import StaleWeightsError, WeightUpdateError, checked_buckets, weight_spec
+from weight_sync.receiver import (
+    StaleWeightsError,
+    WeightsLostError,
+    WeightUpdateError,
+    checked_buckets,
+    weight_spec,
+)
 from weight_sync.transport import ObjectStoreTransport
 
 pytestmark = pytest.mark.slow
@@ -214,6 +220,36 @@ def test_bad_push_leaves_the_engine_at_its_version(engine, case, model_dir, dama
         push(engine, 3, state)
     assert ray.get(engine.weights_version.remote()) == 2
     assert engine_logprobs(engine, case) == before
+
+
+def test_buckets_whose_owner_died_are_weights_lost(engine, model_dir):
+    """The buckets of learner rank 0 live in the object store only while it does: a push
+    of a dead rank's refs (a restarted engine replayed after the learners died) fails as
+    WeightsLostError, which the driver answers by replacing the learners
+    (weight_sync.sync.LearnersGone), and leaves the engine at its version."""
+    import time
+
+    @ray.remote(num_cpus=0)
+    class Rank0:
+        def put(self, buckets):
+            return [ray.put(b) for b in buckets]
+
+    owner = Rank0.remote()
+    state = load_hf(model_dir).state_dict()
+    refs = ray.get(owner.put.remote(buckets_of(state, 256 * 1024)))
+    ray.kill(owner)
+    # Ray frees an owner's objects a moment after its death (measured: still readable at
+    # once, lost 1 s later): wait until the driver sees the first bucket lost.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(refs[0], timeout=10)
+        except ray.exceptions.ObjectLostError:
+            break
+        time.sleep(0.2)
+    with pytest.raises(WeightsLostError, match="OwnerDiedError"):
+        ray.get(engine.update_weights.remote(3, refs))
+    assert ray.get(engine.weights_version.remote()) == 2
 
 
 def test_repeated_tensor_and_empty_push_are_refused(model_dir, engine):

@@ -47,6 +47,11 @@ class WeightUpdateError(RuntimeError):
     """An update was refused or failed; the message says which tensor and what to do."""
 
 
+class WeightsLostError(WeightUpdateError):
+    """The push's buckets are gone from the object store: their owner, learner rank 0,
+    died. No receiver can take that version any more; the sender must publish anew."""
+
+
 class StaleWeightsError(WeightUpdateError):
     """The pushed version is not newer than the loaded one."""
 
@@ -186,6 +191,14 @@ class EngineLoader(Protocol):
     def load_initial(self) -> None: ...
 
 
+def _buckets_lost(err: BaseException) -> bool:
+    """Whether a push failed because its buckets died with their owner (the ObjectRefs of
+    a learner rank that was killed), not because of what they held."""
+    import ray
+
+    return isinstance(err, ray.exceptions.ObjectLostError)
+
+
 class WeightReceiver:
     """Version bookkeeping, streaming and rollback around an engine's load session."""
 
@@ -222,7 +235,7 @@ class WeightReceiver:
                 self._roll_back(version, err)
             if isinstance(err, WeightUpdateError) and not touched:
                 raise
-            raise WeightUpdateError(
+            raise (WeightsLostError if _buckets_lost(err) else WeightUpdateError)(
                 f"weights version {version} refused ({type(err).__name__}: {err}); the "
                 f"engine is back at version {self.version}") from err
         self.version = version

@@ -35,6 +35,13 @@ class StaleResultError(RuntimeError):
     """A receiver answered with weights older than the current version."""
 
 
+class LearnersGone(RuntimeError):
+    """A receiver must be brought to the current version, but the learners that hold its
+    weights died: the object store's buckets die with their owner, learner rank 0, and a
+    collective replay needs a live rank 0. The caller replaces the learners; their
+    restore publishes a new version to every receiver (driver.trainer)."""
+
+
 @dataclass
 class _PushOutcome:
     """How one collective push ended: rank 0's info, the receivers that died, those whose
@@ -256,14 +263,35 @@ class WeightSync:
         if behind or isinstance(cause, ray.exceptions.RayActorError):
             self.counts["restarts"] += 1
         if behind:
-            if getattr(self._learners, "live", False):
+            self._replay(name, int(info["version"]), cause)
+            self.counts["replays"] += 1
+        return info
+
+    def _replay(self, name: str, held: int, cause: BaseException) -> None:
+        """The current version again, to receiver `name` alone (it holds `held`)."""
+        import ray
+
+        from weight_sync.receiver import WeightsLostError
+
+        live = getattr(self._learners, "live", False)
+        try:
+            if live:
                 _, missed = self._push_live([name])
                 if missed:
                     raise RuntimeError(f"{name} could not take the weights replay") from cause
             else:
-                ray.get(handle.update_weights.remote(self.version, self._handles))
-            self.counts["replays"] += 1
-        return info
+                ray.get(self.receivers[name].update_weights.remote(self.version,
+                                                                   self._handles))
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+                WeightsLostError) as err:
+            # Live: receivers' deaths are handled inside _push_live, so an actor error is
+            # a learner rank's. Object store: a receiver that died again is a RayActorError
+            # too, and is not the learners' fault.
+            if not live and isinstance(err, ray.exceptions.RayActorError):
+                raise
+            raise LearnersGone(f"{name} holds weights version {held} and needs version "
+                               f"{self.version}, but the learners that hold it died "
+                               f"({type(err).__name__})") from err
 
     def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """`ray.get` of a versioned method of receiver `name`; redone (at most max_redos
