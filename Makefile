@@ -1,7 +1,10 @@
 # The README's two commands are `make run` and `make test`; `make bench`, `make reproduce`
 # (the README's "Does it learn?") and `make lint` are the others. Each creates the virtual
-# environment .venv on first use (and again whenever pyproject.toml or the repair script
-# changes), so a fresh clone needs nothing done by hand. Set EXTRA=gpu on a CUDA machine.
+# environment .venv on first use (and again whenever pyproject.toml or one of the two
+# setup scripts changes), so a fresh clone needs nothing done by hand. Set EXTRA=gpu on a
+# CUDA machine; there setup also builds DeepSpeed's CPU Adam (ZeRO offload) once, instead
+# of on every learner node at its first step (scripts/build_cpu_adam.py; needs g++, ninja,
+# Python.h).
 PYTHON ?= python3
 VENV ?= .venv
 EXTRA ?= cpu
@@ -12,13 +15,16 @@ ARGS ?=
 .PHONY: setup run test lint bench reproduce clean browser
 setup: $(STAMP) browser
 
-$(STAMP): pyproject.toml scripts/repair_cpu_env.py
+$(STAMP): pyproject.toml scripts/repair_cpu_env.py scripts/build_cpu_adam.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRA),dev]'
 	@# CPU only: repair the CUDA-linked torch add-ons pip pulls beside the CPU torch
 	@# (what and why: the docstring of scripts/repair_cpu_env.py).
 	@if [ "$(EXTRA)" = "cpu" ]; then $(PY) scripts/repair_cpu_env.py; fi
+	@# GPU only: compile DeepSpeed's CPU Adam now rather than at the first training step
+	@# (why: the docstring of scripts/build_cpu_adam.py); a missing toolchain stops here.
+	@if [ "$(EXTRA)" = "gpu" ]; then $(PY) scripts/build_cpu_adam.py; fi
 	@touch $@
 
 run: $(STAMP)
