@@ -70,6 +70,8 @@ class EngineHost:
         kwargs: dict[str, Any] = {}
         if settings.use_gpu:
             kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        if settings.sleep_mode:   # vLLM refuses it on CPU, where sleep only pauses
+            kwargs["enable_sleep_mode"] = True
         if settings.lora:
             kwargs.update(vllm_lora_kwargs(settings))
         self.llm = LLM(
@@ -172,9 +174,25 @@ class EngineHost:
         return self.receiver.version
 
     def ready(self) -> dict:
-        """Liveness and identity: role, pid, bound cores, weights version."""
+        """Liveness and identity: role, pid, bound cores, weights version, asleep or not."""
         return {"role": self.role, "pid": os.getpid(), "cores": self.cores,
-                "version": self.receiver.version}
+                "version": self.receiver.version,
+                "sleeping": bool(self.llm.llm_engine.is_sleeping())}
+
+    # --- GPU sharing (placement.colocate, driver.gpu_sharing) ---------------------------
+    def sleep(self) -> bool:
+        """Give the GPU to the learner: vLLM's sleep level 1 (weights to host memory, KV
+        cache dropped; level 2 would drop the weights, which a failed push would then leave
+        unknown). On CPU vLLM moves nothing and only pauses its scheduler. Returns vLLM's
+        is_sleeping. The GPU path is vLLM 0.32's `LLM.sleep`, read in its source, not yet
+        run on a GPU."""
+        self._engine_call(self.llm.sleep, level=1)
+        return bool(self.llm.llm_engine.is_sleeping())
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Take the GPU back: ["weights"] first (a push loads into them), ["kv_cache"]
+        after the learner has freed the GPU; None: both. Returns whether fully awake."""
+        return bool(self._engine_call(self.llm.wake_up, tags))
 
     # --- engine calls ----------------------------------------------------------------
     def _run(self, prompts: list[dict], params: Any) -> list[Any]:
@@ -266,13 +284,15 @@ def start_engine_actor(cls: type, settings: EngineSettings, name: str, num_cpus:
     `max_restarts` lets Ray bring a dead engine back (WeightSync replays its weights, the
     caller redoes its work); task retries stay off so that no call reaches a restarted
     engine before its weights are. `placement`: actor options from cluster.placement (a
-    placement-group bundle; a restarted actor comes back in the same bundle).
+    placement-group bundle, where a restarted actor comes back; colocated, also the GPU
+    share asked for instead of `num_gpus`).
     """
     import ray
 
-    return ray.remote(cls).options(
-        name=name, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-        max_task_retries=0, max_concurrency=1, **(placement or {})).remote(settings, **kwargs)
+    return ray.remote(cls).options(**{
+        "name": name, "num_cpus": num_cpus, "num_gpus": num_gpus,
+        "max_restarts": max_restarts, "max_task_retries": 0, "max_concurrency": 1,
+        **(placement or {})}).remote(settings, **kwargs)
 
 
 def wait_ready(handles: list[Any], timeout_s: float) -> list[dict]:

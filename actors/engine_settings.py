@@ -39,6 +39,7 @@ class EngineSettings:
     prompts: Any = None                   # the config's `prompts` node (None: conf defaults)
     weights_transport: str = "object_store"  # [weights.transport]
     lora: dict | None = None              # [lora] when pushes carry the adapter (lora.push)
+    sleep_mode: bool = False              # [placement.colocate] on GPU: vLLM's sleep mode
 
 
 def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> EngineSettings:
@@ -64,7 +65,8 @@ def settings_from_config(cfg: Any, model_path: str, role: str = "rollout") -> En
         use_gpu=gpus > 0, num_threads=max(1, int(cpus)), seed=cfg.run.seed,
         prompts=OmegaConf.to_container(cfg.prompts) if "prompts" in cfg else None,
         weights_transport=cfg.weights.transport,
-        lora=OmegaConf.to_container(cfg.lora) if pushes_adapter(cfg.lora) else None)
+        lora=OmegaConf.to_container(cfg.lora) if pushes_adapter(cfg.lora) else None,
+        sleep_mode=bool(cfg.placement.colocate) and gpus > 0)
 
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens")

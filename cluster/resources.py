@@ -17,6 +17,14 @@ conf `placement` says how many nodes each role spreads over, as OpenRLHF's
   nodes a role may use (`ray start --resources '{"learner_node": 1}'`); each node's
   share asks for LABEL_AMOUNT of it, so a label of 1 marks a node for many roles.
 
+`placement.colocate` (training only) shares the GPUs instead, as OpenRLHF's
+`--colocate_all_models` does: one bundle per learner rank (one GPU, or none on CPU),
+packed onto as few nodes as hold them; rollout engine k and then the scoring actor join
+bundles 0, 1, ... beside a rank, and every actor of a bundle asks for COLOCATED_GPU_SHARE
+of its GPU. One bundle per GPU, not one per node, because Ray gives fractional requests
+inside one multi-GPU bundle the fullest GPU that still has room: two learner ranks would
+land on one GPU, which NCCL refuses. Who uses the GPU when is driver.gpu_sharing's part.
+
 Ray schedules actors by logical resources and never fails a request it cannot meet: it
 waits. `check_resources` fails at once instead, with one line naming the conf keys: first
 against the cluster's totals, then node by node (a role's shares go to distinct nodes, two
@@ -29,6 +37,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 LABEL_AMOUNT = 0.001
+COLOCATED_GPU_SHARE = 0.5   # of a colocated bundle's GPU: a learner rank and one vLLM actor
+# vLLM's gpu_memory_utilization counts the whole GPU; a colocated learner rank needs the
+# rest for its shard, gradients and activations: ~15-25 GB at the paper's scale on an 80 GB
+# GPU (README "The paper's two-stage recipe"), so at least 0.3 of it is left.
+COLOCATED_MAX_VLLM_MEMORY = 0.7
 MIN_CPU = 0.001   # Ray refuses an empty bundle (a role configured with 0 CPUs and 0 GPUs)
 
 
@@ -48,6 +61,10 @@ class Role:
     keys: str                       # the conf keys to change, for messages
     shares: list[dict[str, float]]  # per node: {"CPU": .., "GPU": .., label: LABEL_AMOUNT}
     slots: list[int] = field(default_factory=list)   # actor i -> share index
+    scorer_slot: int = 0            # the scoring actor's share ("rollout" role)
+    strategy: str = "STRICT_SPREAD"  # of its placement group; PACK: bundles may share a node
+    group: str = ""                 # the role whose placement group it lives in ("": its own)
+    gpu_share: float | None = None  # num_gpus each of its actors asks (None: its conf value)
 
     @property
     def bundles(self) -> list[dict[str, float]]:
@@ -80,6 +97,8 @@ def layout(cfg: Any, engines: bool = True, scorer: bool | None = None,
            learners: bool = True) -> list[Role]:
     """The roles asked for, from conf rollout / scoring / learner / placement."""
     p, r, s, ln = cfg.placement, cfg.rollout, cfg.scoring, cfg.learner
+    if p.colocate and learners:
+        return _colocated(cfg, engines, with_scorer(cfg, scorer))
     out = []
     if learners:
         per = _split(ln.num_learners, p.learner_nodes, "learner.num_learners",
@@ -104,6 +123,59 @@ def layout(cfg: Any, engines: bool = True, scorer: bool | None = None,
                         " + scoring.num_cpus/gpus, placement.rollout_nodes, "
                         "placement.rollout_resource", shares, slots))
     return out
+
+
+def colocation_problems(cfg: Any, engines: bool, scorer: bool) -> list[str]:
+    """What keeps conf from sharing the GPUs one bundle per learner rank (module docstring)."""
+    p, r, s, ln = cfg.placement, cfg.rollout, cfg.scoring, cfg.learner
+    out = []
+    vllm = r.num_engines * engines + scorer
+    if vllm > ln.num_learners:
+        out.append(f"{vllm} vLLM actors (rollout.num_engines + the scoring actor) need as "
+                   f"many learner ranks to sit beside, learner.num_learners is "
+                   f"{ln.num_learners}")
+    gpus = {"learner.num_gpus": ln.num_gpus}
+    if engines:
+        gpus["rollout.num_gpus_per_engine"] = r.num_gpus_per_engine
+    if scorer:
+        gpus["scoring.num_gpus"] = s.num_gpus
+    if len(set(gpus.values())) > 1 or not set(gpus.values()) <= {0, 1}:
+        out.append(f"every role takes 1 GPU or none ({', '.join(f'{k}={v:g}' for k, v in gpus.items())})")
+    if ln.num_gpus and r.gpu_memory_utilization > COLOCATED_MAX_VLLM_MEMORY:
+        out.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization:g} leaves the "
+                   f"learner rank beside too little of the GPU: at most "
+                   f"{COLOCATED_MAX_VLLM_MEMORY:g} (0.5 is verl's default for this)")
+    if r.tensor_parallel_size != 1:
+        out.append("rollout.tensor_parallel_size must be 1 (an engine sits on one GPU)")
+    if p.learner_nodes != 1 or p.rollout_nodes != 1:
+        out.append("placement.learner_nodes and placement.rollout_nodes must stay 1 (the "
+                   "bundles are packed onto as many nodes as they need)")
+    if p.rollout_resource not in (None, p.learner_resource):
+        out.append("placement.rollout_resource must be null or equal placement."
+                   "learner_resource (the roles share nodes)")
+    return out
+
+
+def _colocated(cfg: Any, engines: bool, scorer: bool) -> list[Role]:
+    p, r, s, ln = cfg.placement, cfg.rollout, cfg.scoring, cfg.learner
+    problems = colocation_problems(cfg, engines, scorer)
+    if problems:
+        raise PlacementError("placement.colocate=true cannot share the GPUs: "
+                             + "; ".join(problems))
+    gpu = 1.0 if ln.num_gpus > 0 else 0.0
+    shares = [_share(ln.num_cpus, gpu, p.learner_resource) for _ in range(ln.num_learners)]
+    num_engines = r.num_engines if engines else 0
+    for k in range(num_engines):
+        shares[k]["CPU"] += r.num_cpus_per_engine
+    if scorer:
+        shares[num_engines]["CPU"] += s.num_cpus
+    share = COLOCATED_GPU_SHARE if gpu else 0.0
+    keys = ("placement.colocate, learner.num_learners x learner.num_cpus, "
+            "rollout.num_cpus_per_engine, scoring.num_cpus")
+    return [Role("learners", keys, shares, list(range(ln.num_learners)), strategy="PACK",
+                 gpu_share=share),
+            Role("rollout", keys, [], list(range(num_engines)), scorer_slot=num_engines,
+                 group="learners", gpu_share=share)]
 
 
 def requested(cfg: Any, engines: bool = True, scorer: bool | None = None,
@@ -143,21 +215,23 @@ def _fits(bundle: dict[str, float], free: dict[str, float]) -> bool:
 
 
 def _assign(items: list[tuple[int, dict]], free: list[dict[str, float]],
-            used: dict[int, set[int]]) -> bool:
+            used: dict[int, set[int]], packed: set[int]) -> bool:
     """Backtracking: every (role index, bundle) on a node with room, a role's bundles on
-    distinct nodes (clusters and layouts are small)."""
+    distinct nodes unless the role is `packed` (clusters and layouts are small)."""
     if not items:
         return True
     (role, bundle), rest = items[0], items[1:]
     for node, room in enumerate(free):
-        if node in used.setdefault(role, set()) or not _fits(bundle, room):
+        taken = node in used.setdefault(role, set())
+        if (taken and role not in packed) or not _fits(bundle, room):
             continue
         for k, v in bundle.items():
             room[k] = room.get(k, 0.0) - v
         used[role].add(node)
-        if _assign(rest, free, used):
+        if _assign(rest, free, used, packed):
             return True
-        used[role].discard(node)
+        if not taken:
+            used[role].discard(node)
         for k, v in bundle.items():
             room[k] += v
     return False
@@ -172,7 +246,8 @@ def check_fits(roles: list[Role], nodes: list[dict[str, float]]) -> None:
     def fits(chosen: list[Role]) -> bool:
         items = [(i, b) for i, role in enumerate(chosen) for b in role.bundles]
         items.sort(key=lambda item: -item[1].get("GPU", 0.0) - item[1].get("CPU", 0.0))
-        return _assign(items, [dict(n) for n in nodes], {})
+        packed = {i for i, role in enumerate(chosen) if role.strategy == "PACK"}
+        return _assign(items, [dict(n) for n in nodes], {}, packed)
 
     if fits(roles):
         return

@@ -373,6 +373,10 @@ def _check_values(cfg: DictConfig) -> None:
             "step before, so the policy ratio must be taken against the sampling policy's "
             "logprobs (vLLM's); learner.recompute_old_logprobs=true would take it against "
             "the learner's current weights. Set one of them to false")
+    if cfg.train.async_rollout and cfg.placement.colocate:
+        raise ConfigError("train.async_rollout=true generates during the update, but "
+                          "placement.colocate=true puts the engines to sleep then: set one "
+                          "of them to false")
     if cfg.lora.rank > 0 and not all(isinstance(m, str) and m.isidentifier()
                                      for m in cfg.lora.target_modules):
         raise ConfigError(f"'lora.target_modules' is {list(cfg.lora.target_modules)!r}; it "

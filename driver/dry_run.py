@@ -75,10 +75,16 @@ def plan_lines(cfg: Any, model_path: str, data: Any, lengths: dict[str, int]) ->
              f"{len(data.val_skipped)} and {len(data.test_skipped)} would be skipped, and "
              "counted)"]
     for role in layout(cfg):
+        if role.group:   # colocated: in the learners' bundles, with a share of each GPU
+            lines.append(f"role {role.name}: beside the {role.group}; engine i in bundle "
+                         f"{role.slots}[i], the scoring actor in bundle {role.scorer_slot}; "
+                         f"each asks {role.gpu_share:g} of its bundle's GPU")
+            continue
         shares = "; ".join(", ".join(f"{v:g} {k}" for k, v in share.items() if v)
                            or "nothing reserved" for share in role.shares)
-        lines.append(f"role {role.name}: {len(role.shares)} node(s); actor i on node "
-                     f"{role.slots}[i]; each node gives it {shares}")
+        where = "bundle" if role.strategy == "PACK" else "node"
+        lines.append(f"role {role.name}: {len(role.shares)} {where}(s); actor i in {where} "
+                     f"{role.slots}[i]; each {where} gives it {shares}")
     local = local_model_dir(model_path)
     params = num_parameters(local) if local is not None else None
     if params is None:

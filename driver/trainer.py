@@ -26,6 +26,7 @@ from driver import metrics as M
 from driver.async_rollout import ExperienceAhead
 from driver.cadence import due
 from driver.experience_maker import ExperienceMaker
+from driver.gpu_sharing import GpuSharing
 from driver.metrics_sink import MetricsLogger, ThinkCollapseWatch
 from driver.plots import plot_run
 from driver.rollout_log import RolloutLog
@@ -57,6 +58,7 @@ class Trainer:
         self.stream, self.steps, self.sync = data.stream, data.steps, running.sync
         self.step, self.learner_restarts = 0, 0
         self.learners = running.start_learners(self.steps)
+        self.sharing = GpuSharing.for_run(cfg, running)   # placement.colocate
         tokenizer = AutoTokenizer.from_pretrained(running.model_path,
                                                   trust_remote_code=cfg.model.trust_remote_code)
         self.maker = ExperienceMaker(cfg, running.engines, self.sync, tokenizer, plugins)
@@ -83,6 +85,7 @@ class Trainer:
 
         state = self.learners.load_checkpoint(self.out) if self.cfg.run.resume else None
         self.restore(state)
+        self.sharing.rest(self.learners)
         if state:
             print(f"# resumed from step {self.step} ({self.learners.last_loaded})")
         bar = tqdm(total=self.steps, initial=self.step, desc=f"stage {self.cfg.stage}",
@@ -117,10 +120,11 @@ class Trainer:
         try:
             self.ahead.start_next(step < self.steps)   # async_rollout: next batch, old weights
             t = time.perf_counter()
+            self.sharing.before_update(self.learners)   # colocated: the GPU to the learners
             stats = self.learners.step(drawn.experience.groups)
             update_s = time.perf_counter() - t
             self.ahead.wait()   # no engine is loaded while it generates
-            push = self.sync.publish(self.learners)
+            push = self.sharing.publish(self.sync, self.learners)
         except ray.exceptions.RayActorError as err:
             raise LearnerDied(err) from err
         metrics = M.step_metrics(drawn.experience.metrics, stats, epoch=drawn.epoch,
@@ -157,8 +161,9 @@ class Trainer:
         Logged before the checkpoint: a crash in between redoes the step after a resume
         (its lines are dropped then), rather than leaving a checkpointed step unlogged."""
         self.logger.log(step, metrics)
-        if self.best:
-            self.best.update(step, metrics, self.learners)
+        if self.best and self.best.improves(metrics):
+            with self.sharing.learner_turn(self.learners):
+                self.best.update(step, metrics, self.learners)
 
     # -- checkpoints and recovery -----------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -167,10 +172,11 @@ class Trainer:
         import ray
 
         try:
-            self.learners.save_checkpoint(self.out, self.step, {
-                "step": self.step, "weights_version": self.sync.version,
-                "data": self.ahead.stream_state(), "data_fingerprint": self.data.fingerprint,
-                "think_early": self.watch.early})
+            with self.sharing.learner_turn(self.learners):
+                self.learners.save_checkpoint(self.out, self.step, {
+                    "step": self.step, "weights_version": self.sync.version,
+                    "data": self.ahead.stream_state(),
+                    "data_fingerprint": self.data.fingerprint, "think_early": self.watch.early})
         except ray.exceptions.RayActorError as err:
             raise LearnerDied(err) from err
 
@@ -198,14 +204,17 @@ class Trainer:
         print(f"# a learner died ({str(cause).splitlines()[0]}); restarting the learners "
               f"from the newest checkpoint ({self.learner_restarts}/{MAX_LEARNER_RESTARTS})")
         self.ahead.discard()   # made for a step that will be redone
+        self.sharing.recover()
         self.learners.shutdown()
         self.learners = self.running.start_learners(self.steps)
         self.restore(self.learners.load_checkpoint(self.out))
+        self.sharing.rest(self.learners)
 
     def finish(self) -> Path:
         """Export the final weights, close the sinks, draw the plots."""
         self.ahead.close()
-        export = self.learners.export_hf(self.out / "export")
+        with self.sharing.learner_turn(self.learners):
+            export = self.learners.export_hf(self.out / "export")
         self.logger.close()
         plots = plot_run(self.out)
         best = self.best

@@ -157,11 +157,16 @@ class BestCheckpoint:
             if saved.get("metric") == metric:
                 self.value, self.step = float(saved["value"]), int(saved["step"])
 
+    def improves(self, metrics: dict[str, float]) -> bool:
+        """Whether `metric` in these metrics beats the best so far."""
+        value = metrics.get(self.metric)
+        return value is not None and math.isfinite(value) and value > self.value
+
     def update(self, step: int, metrics: dict[str, float], learners: Any) -> bool:
         """Export the current weights when `metric` beats the best so far; True if so."""
-        value = metrics.get(self.metric)
-        if value is None or not math.isfinite(value) or value <= self.value:
+        if not self.improves(metrics):
             return False
+        value = metrics[self.metric]
         learners.export_hf(self.dir, meta={"metric": self.metric, "value": float(value),
                                            "step": int(step), "split": "val"})
         self.value, self.step = float(value), int(step)

@@ -74,6 +74,16 @@ def build_ds_config(train: Any, learner: Any, world_size: int, accelerator: str)
     return config
 
 
+def states_can_move(ds_config: dict, accelerator: str) -> bool:
+    """Whether the learner's states leave the GPU while colocated vLLM engines generate
+    (DeepSpeed's `offload_states` / `reload_states`, ZeRO stages 1-3): on "cuda" only, and
+    only without ZeRO offload, which already keeps them in host memory (DeepSpeed refuses
+    to move offloaded parameters). On "cpu" they are in host memory anyway."""
+    zero = ds_config["zero_optimization"]
+    return (accelerator == "cuda" and zero["stage"] > 0 and "offload_optimizer" not in zero
+            and "offload_param" not in zero)
+
+
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
     """Warm-up length in optimizer steps: ceil(ratio * total), as transformers rounds it."""
     if total_steps < 1:

@@ -100,12 +100,13 @@ class LearnerGroup:
         self.model_path = str(model_path)
         actor_cls = ray.remote(Learner)
         self.actors = [
-            actor_cls.options(
-                name=f"{name_prefix}-{rank}", num_cpus=learner["num_cpus"],
-                num_gpus=learner["num_gpus"],
-                # cluster.placement.Placement: rank r into its node's bundle
+            actor_cls.options(**{
+                "name": f"{name_prefix}-{rank}", "num_cpus": learner["num_cpus"],
+                "num_gpus": learner["num_gpus"],
+                # cluster.placement.Placement: rank r into its bundle (colocated, with the
+                # share of the GPU it asks for instead of num_gpus)
                 **(placement.options("learners", rank) if placement is not None else {}),
-            ).remote(self.conf, rank, self.world_size, self.model_path, total_steps)
+            }).remote(self.conf, rank, self.world_size, self.model_path, total_steps)
             for rank in range(self.world_size)
         ]
         info_refs = [a.node_info.remote() for a in self.actors]
@@ -276,6 +277,14 @@ class LearnerGroup:
         self.run_method("export_hf", str(tmp))
         return Path(self.run_on_rank0("publish_dir", str(tmp), str(out_dir),
                                       {"export": True, **(meta or {})}))
+
+    def offload_states(self) -> bool:
+        """Every rank's states off the GPU (colocated; Learner.offload_states)."""
+        return all(self.run_method("offload_states"))
+
+    def reload_states(self) -> bool:
+        """Every rank's states back on the GPU (colocated; Learner.reload_states)."""
+        return all(self.run_method("reload_states"))
 
     def shutdown(self) -> None:
         """Kill the learner actors (frees their names and resources)."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from learner import checkpoint as ckpt
-from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
+from learner.ds_config import build_ds_config, lr_multiplier, states_can_move, warmup_steps
 from learner.experience import MicroBatch, collate, loss_units
 from learner.image_inputs import StepImageInputs
 from learner.loss import policy_loss
@@ -139,6 +139,7 @@ class LearnerWorker:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
             dist_init_required=False)
         self.device = self.engine.device
+        self.states_move = states_can_move(ds_config, self.accelerator)
         if train["kl_coef"] > 0:
             self.ref_engine = make_reference(self.conf, self.model_path, self.compute_dtype,
                                              self.zero_stage, ds_config, self.device)
@@ -400,6 +401,21 @@ class LearnerWorker:
             if "cuda" in rng and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         return {"global_step": float(self.engine.global_steps)}
+
+    def offload_states(self) -> bool:
+        """Colocated (driver.gpu_sharing): free the GPU for the vLLM engines; returns
+        whether anything moved (learner.ds_config.states_can_move). The CUDA call is
+        DeepSpeed 0.19.8's `DeepSpeedEngine.offload_states`, read in its source, not yet
+        run on a GPU; on CPU this is a no-op, which the CPU tests take."""
+        if self.states_move:
+            self.engine.offload_states()
+        return self.states_move
+
+    def reload_states(self) -> bool:
+        """The states back on the GPU before an update or a checkpoint (see offload_states)."""
+        if self.states_move:
+            self.engine.reload_states()
+        return self.states_move
 
     def barrier(self) -> None:
         """torch.distributed barrier across the learner ranks."""

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from conf import load_config
 from learner import checkpoint as ckpt
-from learner.ds_config import build_ds_config, lr_multiplier, warmup_steps
+from learner.ds_config import build_ds_config, lr_multiplier, states_can_move, warmup_steps
 from learner.experience import (
     Completion,
     PromptGroup,
@@ -52,6 +52,18 @@ def test_offload_applies_on_gpu_only():
     assert "offload_param" not in build_ds_config(cfg.train, stage2, 8, "cuda")["zero_optimization"]
     with pytest.raises(ValueError, match="accelerator"):
         build_ds_config(cfg.train, cfg.learner, 8, "tpu")
+
+
+def test_states_move_off_the_gpu_only_where_they_are_on_it():
+    # Colocated, the learners free the GPU between updates unless ZeRO offload already
+    # keeps their states in host memory (Table 7's setting), or there is no GPU at all.
+    cfg = load_config("stage2")
+    kept = dict(cfg.learner, offload=False)
+    assert states_can_move(build_ds_config(cfg.train, kept, 8, "cuda"), "cuda")
+    assert not states_can_move(build_ds_config(cfg.train, cfg.learner, 8, "cuda"), "cuda")
+    assert not states_can_move(build_ds_config(cfg.train, kept, 8, "cpu"), "cpu")
+    stage0 = dict(kept, zero_stage=0)   # no ZeRO optimizer: DeepSpeed has nothing to move
+    assert not states_can_move(build_ds_config(cfg.train, stage0, 8, "cuda"), "cuda")
 
 
 def test_warmup_steps_round_up():

@@ -16,6 +16,7 @@ import torch
 from actors.engine_group import EngineGroup, split_evenly
 from actors.rollout_engine import strip_tokens
 from conf.prompts import stage1_choice_prompt, stage1_grounding_prompt
+from driver.gpu_sharing import GpuSharing
 from model_inputs.prompting import PromptBuilder
 from tests.conftest import restart_actor
 from weight_sync.sync import WeightSync
@@ -230,6 +231,42 @@ def test_restart_between_calls_is_caught_by_the_version(group, samples):
     assert all(r.weights_version == 2 for r in results)
     assert group.sync.counts["replays"] == replays + 1
     assert group.versions() == [2, 2]
+
+
+class SharingLearners(StatePublisher):
+    """Stands in for LearnerGroup under placement.colocate: publishes like rank 0 and
+    notes when its states would move (learner.learner_actor has the real calls)."""
+
+    def __init__(self, state):
+        super().__init__(state)
+        self.calls = []
+
+    def reload_states(self):
+        self.calls.append("reload_states")
+
+    def offload_states(self):
+        self.calls.append("offload_states")
+
+
+def test_a_colocated_step_puts_the_real_engines_to_sleep_and_back(group, samples, model_dir):
+    """driver.gpu_sharing's order on real vLLM engines. On CPU vLLM's sleep moves nothing
+    but its state is real: both engines report asleep during the update, take the push
+    after their weights are woken, are fully awake after, and generate with the new
+    version."""
+    learners = SharingLearners(scaled_weights(model_dir, 1.03))
+    sharing = GpuSharing(True, group.handles)
+    version = group.sync.version
+    sharing.before_update(learners)
+    assert [ray.get(h.ready.remote())["sleeping"] for h in group.handles] == [True, True]
+    assert learners.calls == ["reload_states"]
+    sharing.publish(group.sync, learners)
+    assert [ray.get(h.ready.remote())["sleeping"] for h in group.handles] == [False, False]
+    assert group.versions() == [version + 1] * 2
+    assert learners.calls == ["reload_states", "offload_states"]
+    assert sharing.events == ["sleep", "reload_states", "wake_up:weights", "publish",
+                              "offload_states", "wake_up:kv_cache"]
+    results = group.generate(samples[:2], "no_think", 2, SAMPLING)
+    assert all(r.weights_version == version + 1 for r in results)
 
 
 def test_an_engine_without_a_gpu_hides_the_gpus():
