@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.refine-iqa-$(EXTRA)-installed
 ARGS ?=
 
-.PHONY: setup run test lint bench reproduce clean browser
+.PHONY: setup run test lint bench reproduce clean browser gpu-smoke gpu-extra
 setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml scripts/repair_cpu_env.py scripts/build_cpu_adam.py
@@ -59,6 +59,15 @@ bench: $(STAMP)
 # `make reproduce ARGS="--seeds 1 --stage2-steps 10"` passes options (--help lists them).
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproduce.py $(ARGS)
+
+# The GPU path end to end on the tiny model, a PASS/FAIL table and outputs/gpu_smoke/
+# gpu_smoke.json (scripts/gpu_smoke.py says what each row runs); on a CUDA machine, with
+# `make gpu-smoke EXTRA=gpu`. gpu-extra comes first: the CPU build is never installed for it.
+gpu-smoke: gpu-extra $(STAMP)
+	$(PY) scripts/gpu_smoke.py $(ARGS)
+
+gpu-extra:
+	@if [ "$(EXTRA)" != gpu ]; then echo "make gpu-smoke needs the GPU build: make gpu-smoke EXTRA=gpu (scripts/gpu_smoke.py --cpu checks the harness on CPU)"; exit 2; fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,7 +16,12 @@ what they leave out (activations, allocator slack, CUDA context). Bytes per para
   adapter's parameters alone;
 - the object store (`weights.transport=object_store`): one weight push is the full weights
   in the learner's precision (with LoRA and lora.push=adapter, the adapter), and a node
-  keeps the newest two (the previous for a rollback).
+  keeps the newest two (the previous for a rollback);
+- a colocated GPU (`placement.colocate` on GPUs): a learner rank and a vLLM actor in turn
+  (driver/gpu_sharing.py). Its known peak is the push: the rank's GPU share and the
+  woken vLLM weights (the KV cache still asleep); while generating, the vLLM actor's
+  fraction of the GPU plus what of the rank stays (nothing when DeepSpeed moves its
+  states out, all of it when ZeRO offload already keeps the rest on the host).
 """
 
 from __future__ import annotations
@@ -113,6 +118,12 @@ def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]
                           f"parameters {param:.1f} + gradients {grads:.1f} + AdamW state "
                           f"{optim:.1f} GiB ({'offloaded to the host' if offload else 'kept'})"
                           f"{kl}; activations not counted"))
+    if cfg.placement.colocate and ln.num_gpus > 0:
+        stays = 0.0 if (z >= 1 and not offload) else gpu   # learner.ds_config.states_can_move
+        out.append(RoleMemory("colocated GPU", w, gpu + weights, 0.0,
+                              f"at the push: learner {gpu:.1f} + vLLM weights {weights:.1f} "
+                              f"GiB; generating: {r.gpu_memory_utilization:g} of the GPU + "
+                              f"{stays:.1f} GiB of the learner rank"))
     if cfg.weights.transport == "object_store":   # the collective transport keeps none
         push = (adapter_params if lora and cfg.lora.push == "adapter" else params) * b / GIB
         out.append(RoleMemory("object store, per node", 1, 0.0, 2 * push,

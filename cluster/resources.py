@@ -145,6 +145,9 @@ def colocation_problems(cfg: Any, engines: bool, scorer: bool) -> list[str]:
         out.append(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization:g} leaves the "
                    f"learner rank beside too little of the GPU: at most "
                    f"{COLOCATED_MAX_VLLM_MEMORY:g} (0.5 is verl's default for this)")
+    if ln.num_gpus and cfg.weights.transport == "collective":
+        out.append("weights.transport must be object_store: learner rank 0 and engine 0 "
+                   "share a GPU, and NCCL refuses two ranks of one group on one GPU")
     if r.tensor_parallel_size != 1:
         out.append("rollout.tensor_parallel_size must be 1 (an engine sits on one GPU)")
     if p.learner_nodes != 1 or p.rollout_nodes != 1:

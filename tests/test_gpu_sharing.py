@@ -59,6 +59,8 @@ def test_colocated_layout_by_hand():
     (["learner.num_learners=2", "placement.learner_nodes=2"], "must stay 1"),
     (["learner.num_learners=2", "learner.num_gpus=1", "rollout.num_gpus_per_engine=1",
       "scoring.num_gpus=1", "rollout.gpu_memory_utilization=0.85"], "at most 0.7"),
+    (["learner.num_learners=2", "learner.num_gpus=1", "rollout.num_gpus_per_engine=1",
+      "scoring.num_gpus=1", "weights.transport=collective"], "NCCL refuses two ranks"),
 ])
 def test_what_cannot_be_colocated_is_refused_with_the_keys(overrides, says):
     cfg = load_config("tiny", ["placement.colocate=true", *overrides])
@@ -67,6 +69,24 @@ def test_what_cannot_be_colocated_is_refused_with_the_keys(overrides, says):
     with pytest.raises(PlacementError) as refused:
         layout(cfg)
     assert says in str(refused.value)
+
+
+def test_colocated_memory_by_hand():
+    from cluster.memory import GIB, estimate
+
+    # 1e9 parameters, Stage-2 (bf16, 4 ranks, ZeRO-3 with offload): a rank keeps its
+    # gradient shard 2e9 / 4 bytes on the GPU (the rest is on the host and stays there);
+    # the woken vLLM weights add 2e9 at the push.
+    cfg = load_config("stage2", ["placement.colocate=true"])
+    gpu = {m.role: m for m in estimate(cfg, 10**9)}["colocated GPU"]
+    assert (gpu.count, gpu.gpu_gib) == (4, pytest.approx(2.5e9 / GIB))
+    assert "0.85 of the GPU + 0.5 GiB" in gpu.note   # 0.5e9 bytes = 0.47 GiB, shown 0.5
+    # Without offload DeepSpeed moves the rank's states out while vLLM generates: 0 stay;
+    # at the push the whole rank is back: 0.5 + 0.5 + 3 (1e9 units) + 2 of vLLM weights.
+    kept = load_config("stage2", ["placement.colocate=true", "learner.offload=false"])
+    gpu = {m.role: m for m in estimate(kept, 10**9)}["colocated GPU"]
+    assert gpu.gpu_gib == pytest.approx(6e9 / GIB) and "GPU + 0.0 GiB" in gpu.note
+    assert "colocated GPU" not in {m.role for m in estimate(load_config("stage2"), 10**9)}
 
 
 def test_async_rollout_and_colocation_exclude_each_other():
