@@ -174,10 +174,9 @@ class EngineHost:
         return self.receiver.version
 
     def ready(self) -> dict:
-        """Liveness and identity: role, pid, bound cores, weights version, asleep or not."""
+        """Liveness and identity: role, pid, bound cores, weights version."""
         return {"role": self.role, "pid": os.getpid(), "cores": self.cores,
-                "version": self.receiver.version,
-                "sleeping": bool(self.llm.llm_engine.is_sleeping())}
+                "version": self.receiver.version}
 
     # --- GPU sharing (placement.colocate, driver.gpu_sharing) ---------------------------
     def sleep(self) -> bool:
@@ -193,6 +192,10 @@ class EngineHost:
         """Take the GPU back: ["weights"] first (a push loads into them), ["kv_cache"]
         after the learner has freed the GPU; None: both. Returns whether fully awake."""
         return bool(self._engine_call(self.llm.wake_up, tags))
+
+    def is_sleeping(self) -> bool:
+        """vLLM's own answer (kept out of ready(), which must answer without the engine)."""
+        return bool(self._engine_call(self.llm.llm_engine.is_sleeping))
 
     # --- engine calls ----------------------------------------------------------------
     def _run(self, prompts: list[dict], params: Any) -> list[Any]:

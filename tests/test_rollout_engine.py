@@ -257,10 +257,10 @@ def test_a_colocated_step_puts_the_real_engines_to_sleep_and_back(group, samples
     sharing = GpuSharing(True, group.handles)
     version = group.sync.version
     sharing.before_update(learners)
-    assert [ray.get(h.ready.remote())["sleeping"] for h in group.handles] == [True, True]
+    assert [ray.get(h.is_sleeping.remote()) for h in group.handles] == [True, True]
     assert learners.calls == ["reload_states"]
     sharing.publish(group.sync, learners)
-    assert [ray.get(h.ready.remote())["sleeping"] for h in group.handles] == [False, False]
+    assert [ray.get(h.is_sleeping.remote()) for h in group.handles] == [False, False]
     assert group.versions() == [version + 1] * 2
     assert learners.calls == ["reload_states", "offload_states"]
     assert sharing.events == ["sleep", "reload_states", "wake_up:weights", "publish",
