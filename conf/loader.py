@@ -377,6 +377,13 @@ def _check_values(cfg: DictConfig) -> None:
         raise ConfigError("train.async_rollout=true generates during the update, but "
                           "placement.colocate=true puts the engines to sleep then: set one "
                           "of them to false")
+    shared = {k: v for k, v in weights_group_gpus(cfg).items() if v < 1}
+    if cfg.weights.transport == "collective" and cfg.weights.backend == "nccl" and shared:
+        raise ConfigError(
+            f"weights.backend=nccl needs a whole GPU for every member of the weights group, "
+            f"but {', '.join(f'{k}={v:g}' for k, v in shared.items())}: a fraction may share "
+            "a GPU with another member, which NCCL refuses. Give each a GPU, or "
+            "weights.backend=auto (gloo then)")
     if cfg.lora.rank > 0 and not all(isinstance(m, str) and m.isidentifier()
                                      for m in cfg.lora.target_modules):
         raise ConfigError(f"'lora.target_modules' is {list(cfg.lora.target_modules)!r}; it "
@@ -385,6 +392,16 @@ def _check_values(cfg: DictConfig) -> None:
     if not isinstance(name, str) or not name.strip() or "/" in name or name in (".", ".."):
         raise ConfigError(f"'run.name' is {name!r}; it must be a folder name (text without "
                           "'/'), e.g. run.name=try1")
+
+
+def weights_group_gpus(cfg: Any) -> dict[str, float]:
+    """The GPUs each member of the collective weights group asks for, by conf key: learner
+    rank 0, the engines and, in Stage-2, the scorer."""
+    gpus = {"learner.num_gpus": cfg["learner"]["num_gpus"],
+            "rollout.num_gpus_per_engine": cfg["rollout"]["num_gpus_per_engine"]}
+    if cfg["stage"] == 2:
+        gpus["scoring.num_gpus"] = cfg["scoring"]["num_gpus"]
+    return gpus
 
 
 def save_config(cfg: DictConfig, path: str | Path, sources: list[Path] | None = None,

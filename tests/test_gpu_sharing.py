@@ -89,6 +89,22 @@ def test_colocated_memory_by_hand():
     assert "colocated GPU" not in {m.role for m in estimate(load_config("stage2"), 10**9)}
 
 
+def test_nccl_never_puts_two_members_of_the_weights_group_on_one_gpu():
+    from weight_sync.transport import collective_backend
+
+    whole = ["weights.transport=collective", "learner.num_gpus=1",
+             "rollout.num_gpus_per_engine=1", "scoring.num_gpus=1"]
+    assert collective_backend(load_config("tiny", whole)) == "nccl"
+    # A fraction may share its GPU with another member: auto falls back to gloo ...
+    half = [*whole, "scoring.num_gpus=0.5"]
+    assert collective_backend(load_config("tiny", half)) == "gloo"
+    # ... and an explicit nccl is refused before the run, naming the key.
+    with pytest.raises(ConfigError, match="scoring.num_gpus=0.5"):
+        load_config("tiny", [*half, "weights.backend=nccl"])
+    # Stage-1 starts no scorer: its GPUs do not count.
+    assert collective_backend(load_config("tiny_stage1", half)) == "nccl"
+
+
 def test_async_rollout_and_colocation_exclude_each_other():
     with pytest.raises(ConfigError, match="set one of them to false"):
         load_config("tiny", ["placement.colocate=true", "train.async_rollout=true",

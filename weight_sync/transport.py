@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from conf.choices import COLLECTIVE_BACKENDS
 from conf.choices import TRANSPORTS as TRANSPORT_NAMES
+from conf.loader import weights_group_gpus
 
 if TYPE_CHECKING:
     import socket
@@ -278,17 +279,16 @@ class CollectiveTransport:
 
 def collective_backend(conf: Mapping[str, Any]) -> str:
     """gloo or nccl for conf `weights.backend`; auto: nccl when every member of the group
-    (learners, engines, and the scorer in Stage-2) has a GPU, else gloo."""
+    has a whole GPU of its own or more, else gloo. A fraction of a GPU may share the GPU
+    with another member, and NCCL refuses two ranks of one group on one GPU (conf.loader
+    refuses an explicit nccl there)."""
     choice = conf["weights"]["backend"]
     if choice not in COLLECTIVE_BACKENDS:
         raise ValueError(f"weights.backend must be one of {list(COLLECTIVE_BACKENDS)}, "
                          f"got {choice!r}")
     if choice != "auto":
         return choice
-    gpus = [conf["learner"]["num_gpus"], conf["rollout"]["num_gpus_per_engine"]]
-    if conf["stage"] == 2:
-        gpus.append(conf["scoring"]["num_gpus"])
-    return "nccl" if all(g > 0 for g in gpus) else "gloo"
+    return "nccl" if all(g >= 1 for g in weights_group_gpus(conf).values()) else "gloo"
 
 
 # conf `weights.transport` -> its class, in the order of conf.choices.TRANSPORTS.
