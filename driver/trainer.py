@@ -119,8 +119,8 @@ class Trainer:
         drawn = self.ahead.take()   # made during the last update with async_rollout, else now
         try:
             self.ahead.start_next(step < self.steps)   # async_rollout: next batch, old weights
-            t = time.perf_counter()
             self.sharing.before_update(self.learners)   # colocated: the GPU to the learners
+            t = time.perf_counter()
             stats = self.learners.step(drawn.experience.groups)
             update_s = time.perf_counter() - t
             self.ahead.wait()   # no engine is loaded while it generates
