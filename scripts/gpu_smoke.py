@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))   # run as a file: the project's packages sit beside scripts/
 
 from driver import metrics as M  # noqa: E402 - after the path it needs
+from driver.plots import read_metrics  # noqa: E402
 
 GAP_LIMIT = 0.01   # the PPO KL between learner and vLLM in bf16 (fp32 agrees to ~1e-6)
 ONE_GPU = ["rollout.num_gpus_per_engine=0.3", "scoring.num_gpus=0.2", "learner.num_gpus=0.5",
@@ -62,8 +63,9 @@ def launch(name: str, overrides: list[str], out: Path, timeout_s: float) -> tupl
 
 
 def metrics(run: Path) -> list[dict]:
+    """The run's metrics.jsonl records; none when the run never wrote one."""
     path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return read_metrics(path) if path.exists() else []
 
 
 def environment(cpu: bool) -> tuple[str, str]:
