@@ -85,7 +85,6 @@ class Trainer:
 
         state = self.learners.load_checkpoint(self.out) if self.cfg.run.resume else None
         self.restore(state)
-        self.sharing.rest(self.learners)
         if state:
             print(f"# resumed from step {self.step} ({self.learners.last_loaded})")
         bar = tqdm(total=self.steps, initial=self.step, desc=f"stage {self.cfg.stage}",
@@ -182,13 +181,15 @@ class Trainer:
 
     def restore(self, state: dict | None) -> None:
         """Take the loop to a checkpoint's trainer state (None: the start): step, data
-        position, think-collapse watch, the learners' weights in every receiver, and the
-        logs (the lines of the steps to redo are dropped)."""
+        position, think-collapse watch, the learners' weights in every receiver (and,
+        colocated, their states off the GPU), and the logs (the lines of the steps to redo
+        are dropped)."""
         state = state or {}
         self.step = state.get("step", 0)
         self.stream.load_state(state.get("data"))
         self.watch.early = list(state.get("think_early", []))
         self.sync.restore(self.learners, state.get("weights_version", 0))
+        self.sharing.rest(self.learners)   # colocated: the restored states off the GPU
         kept = self.step if state else -1   # no checkpoint: the start's lines are redone too
         self.logger.rewind(kept)
         self.rollout_log.rewind(kept)
@@ -208,7 +209,6 @@ class Trainer:
         self.learners.shutdown()
         self.learners = self.running.start_learners(self.steps)
         self.restore(self.learners.load_checkpoint(self.out))
-        self.sharing.rest(self.learners)
 
     def finish(self) -> Path:
         """Export the final weights, close the sinks, draw the plots."""
