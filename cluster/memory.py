@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.resources import with_scorer
+from learner.ds_config import build_ds_config, states_can_move
 
 GIB = 2**30
 
@@ -119,7 +120,8 @@ def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]
                           f"{optim:.1f} GiB ({'offloaded to the host' if offload else 'kept'})"
                           f"{kl}; activations not counted"))
     if cfg.placement.colocate and ln.num_gpus > 0:
-        stays = 0.0 if (z >= 1 and not offload) else gpu   # learner.ds_config.states_can_move
+        moves = states_can_move(build_ds_config(t, ln, w, "cuda"), "cuda")
+        stays = 0.0 if moves else gpu
         out.append(RoleMemory("colocated GPU", w, gpu + weights, 0.0,
                               f"at the push: learner {gpu:.1f} + vLLM weights {weights:.1f} "
                               f"GiB; generating: {r.gpu_memory_utilization:g} of the GPU + "
