@@ -186,7 +186,7 @@ class EngineHost:
         is_sleeping. The GPU path is vLLM 0.32's `LLM.sleep`, read in its source, not yet
         run on a GPU."""
         self._engine_call(self.llm.sleep, level=1)
-        return bool(self.llm.llm_engine.is_sleeping())
+        return self.is_sleeping()
 
     def wake_up(self, tags: list[str] | None = None) -> bool:
         """Take the GPU back: ["weights"] first (a push loads into them), ["kv_cache"]

@@ -26,19 +26,22 @@ goes through it; the GPU calls are said in actors.engine_host and learner.learne
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+EVENTS_KEPT = 16   # the latest handovers, enough for a step and a checkpoint's turn
+
 
 class GpuSharing:
     """The colocated step's order (module docstring); `enabled` False: all no-ops.
-    `events` lists what was done, in order, for the step's record and the tests."""
+    `events` holds the latest handovers, in order (what the tests read)."""
 
     def __init__(self, enabled: bool, vllm_actors: list[Any]) -> None:
         self.enabled = enabled
         self.vllm_actors = vllm_actors
-        self.events: list[str] = []
+        self.events: deque[str] = deque(maxlen=EVENTS_KEPT)
 
     @classmethod
     def for_run(cls, cfg: Any, running: Any) -> GpuSharing:

@@ -263,7 +263,7 @@ def test_a_colocated_step_puts_the_real_engines_to_sleep_and_back(group, samples
     assert [ray.get(h.is_sleeping.remote()) for h in group.handles] == [False, False]
     assert group.versions() == [version + 1] * 2
     assert learners.calls == ["reload_states", "offload_states"]
-    assert sharing.events == ["sleep", "reload_states", "wake_up:weights", "publish",
+    assert list(sharing.events) == ["sleep", "reload_states", "wake_up:weights", "publish",
                               "offload_states", "wake_up:kv_cache"]
     results = group.generate(samples[:2], "no_think", 2, SAMPLING)
     assert all(r.weights_version == version + 1 for r in results)
