@@ -64,9 +64,7 @@ def test_colocated_layout_by_hand():
 ])
 def test_what_cannot_be_colocated_is_refused_with_the_keys(overrides, says):
     cfg = load_config("tiny", ["placement.colocate=true", *overrides])
-    with pytest.raises(PlacementError, match="placement.colocate=true cannot share"):
-        layout(cfg)
-    with pytest.raises(PlacementError) as refused:
+    with pytest.raises(PlacementError, match="placement.colocate=true cannot share") as refused:
         layout(cfg)
     assert says in str(refused.value)
 
