@@ -18,7 +18,7 @@ from actors.adapter_loader import AdapterLoader, vllm_lora_kwargs
 from actors.engine_settings import EngineSettings, cpu_cores_for, engine_env
 from model_inputs.prompting import PromptBuilder
 from weight_sync.lora import adapter_shapes
-from weight_sync.receiver import WeightReceiver, WeightSpec, weight_spec
+from weight_sync.receiver import WeightReceiver, WeightSpec, WeightUpdateError, weight_spec
 from weight_sync.transport import make_transport
 
 ENGINE_DEAD_EXIT = 75   # the actor's exit status when its vLLM engine core has died
@@ -93,7 +93,8 @@ class EngineHost:
                                           settings.trust_remote_code))
                 if settings.lora else weight_spec(settings.model_path, settings.trust_remote_code))
         self.receiver = WeightReceiver(spec, engine=self.adapter or self,
-                                       source=make_transport(settings.weights_transport))
+                                       source=make_transport(settings.weights_transport),
+                                       direct=self if self.takes_pushes_in_worker else None)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -163,6 +164,37 @@ class EngineHost:
         self._engine_call(self.llm.collective_rpc, "reload_weights",
                           kwargs={"is_checkpoint_format": True})
         self.reset_caches()
+
+    @property
+    def takes_pushes_in_worker(self) -> bool:
+        """Whether a collective push is taken inside vLLM's worker (`receive`): one worker
+        (tensor parallel 1), full weights. Several workers would each need a rank of the
+        group, and a LoRA adapter is written to a folder for vLLM's LoRA loader: those
+        take it here and load it through the RPC."""
+        return (self.settings.weights_transport == "collective"
+                and self.settings.tensor_parallel_size == 1 and not self.settings.lora)
+
+    # weight_sync.receiver.DirectIntake: the worker is the group member.
+    def receive(self, push: Any, spec: WeightSpec, totals: dict[str, int]) -> None:
+        """Have vLLM's worker join the push's group and load the buckets where they land
+        (actors/worker_extension.py); raise as the receiver's own load would."""
+        shapes = {name: list(shape) for name, shape in spec.shapes.items()}
+        got = self._engine_call(self.llm.collective_rpc, "receive_weights",
+                                args=(dict(push), shapes, sorted(spec.optional)))[0]
+        totals.update({k: int(got[k]) for k in ("bytes", "tensors", "buckets", "loaded")
+                       if k in got})
+        if got.get("loaded"):
+            self.reset_caches()
+        if "error" in got:
+            raise (WeightUpdateError if got["refused"] else RuntimeError)(got["error"])
+
+    def drain(self, push: Any) -> None:
+        """Take a refused push in the worker, loading nothing."""
+        self._engine_call(self.llm.collective_rpc, "drain_weights", args=(dict(push),))
+
+    def weights_group(self) -> dict:
+        """The worker's end of the weights group (pid, groups joined), for checks."""
+        return self._engine_call(self.llm.collective_rpc, "weights_group")[0]
 
     def update_weights(self, version: int, push: Any) -> dict:
         """Load a weight push (weight_sync/receiver.py: streamed bucket by bucket, all or

@@ -48,6 +48,7 @@ class Sender:
         self.tensors = {f"layers.{i}.weight": torch.rand(numel, generator=gen)
                         for i in range(count)}
         self.listener = None
+        self.group_end = None   # the collective group, kept between pushes as rank 0 does
 
     def shapes(self) -> dict:
         return {name: tuple(t.shape) for name, t in self.tensors.items()}
@@ -76,7 +77,9 @@ class Sender:
     def send(self, push: dict, bucket_mb: float) -> tuple[list, dict]:
         from weight_sync.transport import CollectiveTransport
 
-        CollectiveTransport().send(self._buckets(bucket_mb), push, self.listener)
+        self.group_end = self.group_end or CollectiveTransport()
+        listener, self.listener = self.listener, None
+        self.group_end.send(self._buckets(bucket_mb), push, listener)
         return [], {}
 
 
@@ -150,22 +153,26 @@ class Receiver:
 class Learners:
     """LearnerGroup's push interface (publish_weights / live + start_push) over Sender."""
 
-    def __init__(self, sender, transport: str, bucket_mb: float):
+    def __init__(self, sender, transport: str, bucket_mb: float, keep_group: bool = True):
         import ray
 
         self.ray, self.sender, self.bucket_mb = ray, sender, bucket_mb
         self.live = transport == "collective"
-        self.pushes = 0
+        self.keep_group = keep_group   # False: a new group every push (the old behaviour)
+        self.groups = 0   # collective groups opened
+        self.push: dict | None = None   # the group held (LearnerGroup.start_push)
 
     def publish_weights(self):
         return self.ray.get(self.sender.publish.remote(self.bucket_mb))
 
-    def start_push(self, num_receivers: int):
-        self.pushes += 1
-        port = self.ray.get(self.sender.open.remote())
-        push = {"host": "127.0.0.1", "port": port, "world_size": num_receivers + 1,
-                "backend": "gloo", "timeout_s": 300.0, "id": f"bench-{self.pushes}"}
-        return push, [self.sender.send.remote(push, self.bucket_mb)]
+    def start_push(self, num_receivers: int, reuse: bool = False):
+        if not (reuse and self.keep_group and self.push
+                and self.push["world_size"] == num_receivers + 1):
+            self.groups += 1
+            port = self.ray.get(self.sender.open.remote())
+            self.push = {"host": "127.0.0.1", "port": port, "world_size": num_receivers + 1,
+                         "backend": "gloo", "timeout_s": 300.0, "id": f"bench-{port}"}
+        return self.push, [self.sender.send.remote(self.push, self.bucket_mb)]
 
 
 class Recording(Receiver):
@@ -189,7 +196,8 @@ def memcpy_s_per_gb(nbytes: int, repeats: int) -> float:
     return best / (nbytes / 1e9)
 
 
-def run_case(ray, sender, shapes, transport, receivers, bucket_mb, repeats, expected):
+def run_case(ray, sender, shapes, transport, receivers, bucket_mb, repeats, expected,
+             keep_group=True):
     """Push `repeats` versions; returns the case's row."""
     from weight_sync.sync import WeightSync
 
@@ -199,7 +207,7 @@ def run_case(ray, sender, shapes, transport, receivers, bucket_mb, repeats, expe
     sync = WeightSync()
     for i, handle in enumerate(handles):
         sync.register(f"receiver-{i}", handle)
-    learners = Learners(sender, transport, bucket_mb)
+    learners = Learners(sender, transport, bucket_mb, keep_group)
     seconds, peaks = [], []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -211,8 +219,13 @@ def run_case(ray, sender, shapes, transport, receivers, bucket_mb, repeats, expe
         ray.kill(handle)
     if any(abs(s - expected) > 1e-6 * abs(expected) for s in sums):
         raise RuntimeError(f"{transport}: receivers hold {sums}, the sender {expected}")
-    return {"transport": transport, "receivers": receivers, "best_s": min(seconds),
-            "median_s": statistics.median(seconds), "peak_extra_mb": max(peaks) / 2**20}
+    # first_s: the first push, which forms the collective group; groups: groups formed
+    # over all pushes (one per run: the later pushes reuse it).
+    name = transport if keep_group or transport != "collective" else "collective, group/push"
+    return {"transport": name, "receivers": receivers, "best_s": min(seconds),
+            "median_s": statistics.median(seconds), "first_s": seconds[0],
+            "groups": learners.groups,
+            "peak_extra_mb": max(peaks) / 2**20}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,9 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         expected = ray.get(sender.checksum.remote())
         nbytes = sum(TENSOR_MB * 2**20 for _ in shapes)
         copy = memcpy_s_per_gb(nbytes, args.repeats)
+        # The last two rows form a new group every push, as the collective transport did
+        # before it kept one for the run: side by side, what keeping it saves.
         rows = [run_case(ray, sender, shapes, transport, receivers, args.bucket_mb,
-                         args.repeats, expected)
-                for transport in ("object_store", "collective") for receivers in (1, 2)]
+                         args.repeats, expected, keep)
+                for transport, keep in (("object_store", True), ("collective", True),
+                                        ("collective", False))
+                for receivers in (1, 2)]
     finally:
         ray.shutdown()
     gb = nbytes / 1e9
@@ -247,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     report("weight_push", rows, [
         Column("transport", "transport"), Column("recv", "receivers", "d"),
         Column("best s", "best_s", ".3f"), Column("median s", "median_s", ".3f"),
+        Column("first s", "first_s", ".3f"), Column("groups", "groups", "d"),
         Column("s/GB", "s_per_gb", ".3f"), Column("x memcpy", "ratio_to_memcpy", ".1f"),
         Column("peak extra MB", "peak_extra_mb", ".0f")], args.out,
         title=f"model {nbytes / 2**20:.0f} MB in {len(shapes)} tensors, buckets of "

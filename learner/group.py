@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,8 @@ class LearnerGroup:
             )
         infos = ray.get(info_refs)
         self.rank0_ip = str(infos[0]["ip"])
-        self._pushes = 0   # collective pushes so far: each one's group gets its own id
+        self._pushes = 0   # collective groups opened so far: each gets its own id
+        self._push_group: dict[str, Any] | None = None   # the one rank 0 holds
         same_node = len({i["node_id"] for i in infos}) == 1
         host = "127.0.0.1" if same_node else self.rank0_ip
         try:
@@ -219,24 +221,33 @@ class LearnerGroup:
         gather_s}). WeightSync (weight_sync/sync.py) versions and delivers them."""
         return self.run_method("publish_weights")[0]
 
-    def start_push(self, num_receivers: int) -> tuple[dict[str, Any], list[Any]]:
-        """Collective transport: open a weights group of rank 0 and `num_receivers`
-        receivers and start sending (every rank gathers); returns (the push each receiver
+    def start_push(self, num_receivers: int,
+                   reuse: bool = False) -> tuple[dict[str, Any], list[Any]]:
+        """Collective transport: start sending to a weights group of rank 0 and
+        `num_receivers` receivers (every rank gathers); returns (the push each receiver
         joins with its own "rank" added, the refs of the ranks' publish calls, rank 0's
         first: its {bytes, buckets, gather_s}).
 
-        The group's store listens on rank 0's node address, 127.0.0.1 when the Ray
-        cluster has one node (every member is on this machine)."""
+        `reuse`: the caller (WeightSync) knows the receivers are the same processes as at
+        the last push and that it went through, so the group rank 0 holds is named again
+        (one communicator for the run); otherwise a new group is opened. Its store listens
+        on rank 0's node address, 127.0.0.1 when the Ray cluster has one node (every
+        member is on this machine)."""
         import ray
 
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
-        port = self.run_on_rank0("open_weight_session", host)
-        self._pushes += 1
-        push = {"host": host, "port": port, "world_size": num_receivers + 1,
+        held = self._push_group
+        if not (reuse and held is not None and held["world_size"] == num_receivers + 1):
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
+            port = self.run_on_rank0("open_weight_session", host)
+            self._pushes += 1
+            held = self._push_group = {
+                "host": host, "port": port, "world_size": num_receivers + 1,
                 "backend": collective_backend(self.conf),
-                "timeout_s": self.conf["weights"]["timeout_s"], "id": f"{port}-{self._pushes}"}
-        return push, [a.publish_weights.remote(push) for a in self.actors]
+                "timeout_s": self.conf["weights"]["timeout_s"],
+                # unique across learner restarts too: a receiver reuses a group by its id
+                "id": f"{port}-{self._pushes}-{uuid.uuid4().hex[:8]}"}
+        return dict(held), [a.publish_weights.remote(held) for a in self.actors]
 
     def full_state_dict(self) -> dict:
         """The full weights as CPU tensors (transformers state-dict names)."""

@@ -72,7 +72,8 @@ class LearnerWorker:
         self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use (load_policy)
         self._builder: Any = None
         self._store_listener: Any = None     # rank 0: the world store's bound socket
-        self._weights_listener: Any = None   # rank 0: the weights group's, per push
+        self._weights_listener: Any = None   # rank 0: a new weights group's store socket
+        self._weights_transport: Any = None  # rank 0: keeps the collective group between pushes
 
     # -- rendezvous -------------------------------------------------------------------
     def node_info(self) -> dict[str, str]:
@@ -285,8 +286,9 @@ class LearnerWorker:
         return (lora.merged_state_dict(b, self.conf["lora"]) if b else b for b in raw)
 
     def open_weight_session(self, host: str) -> int:
-        """Rank 0, collective transport: open the weights group's store socket on `host`
-        (this node's address) and return its port; `publish_weights` serves on it."""
+        """Rank 0, collective transport: open a new weights group's store socket on `host`
+        (this node's address) and return its port; the next `publish_weights` serves on it
+        and keeps the group for the pushes after it."""
         self._weights_listener = listen_on(host)
         return int(self._weights_listener.getsockname()[1])
 
@@ -313,11 +315,12 @@ class LearnerWorker:
                 counts["buckets"] += 1
                 yield bucket
 
-        transport = make_transport(str(weights["transport"]))
+        if self._weights_transport is None:
+            self._weights_transport = make_transport(str(weights["transport"]))
+        transport = self._weights_transport
         if transport.live:
-            if push is None or self._weights_listener is None:
-                raise RuntimeError("the collective transport needs open_weight_session on "
-                                   "rank 0 and a push from WeightSync")
+            if push is None:
+                raise RuntimeError("the collective transport needs a push from WeightSync")
             listener, self._weights_listener = self._weights_listener, None
             buckets = counted()
             try:

@@ -35,7 +35,10 @@ def digest(tensor: torch.Tensor) -> tuple[str, str, list[int]]:
 
 
 class Sender:
-    """Rank 0 of a weights group."""
+    """Rank 0 of a weights group, keeping its end between pushes as a learner does."""
+
+    def __init__(self):
+        self.end, self.listener = CollectiveTransport(), None
 
     def open(self) -> int:
         from weight_sync.group import listen_on
@@ -46,8 +49,12 @@ class Sender:
     def pid(self) -> int:
         return os.getpid()
 
+    def joins(self) -> int:
+        return self.end.joins
+
     def send(self, push: dict, buckets: list[dict]) -> int:
-        CollectiveTransport().send(iter(buckets), push, self.listener)
+        listener, self.listener = self.listener, None
+        self.end.send(iter(buckets), push, listener)
         return len(buckets)
 
     def publish(self, push: dict, buckets: list[dict]) -> tuple[list, dict]:
@@ -139,6 +146,9 @@ class DictReceiver:
     def ready(self):
         return {"version": self.receiver.version, "pid": os.getpid()}
 
+    def joins(self):
+        return self.receiver.source.joins
+
     def total(self):
         return float(sum(t.sum() for t in self.engine.weights.values()))
 
@@ -152,12 +162,19 @@ class Learners:
 
     def __init__(self, sender, value: float = 0.0):
         self.sender, self.value, self.poison, self.pushes = sender, value, False, 0
+        self.held: dict | None = None   # the group rank 0 holds, as LearnerGroup keeps it
 
-    def start_push(self, num_receivers: int):
+    def group(self, num_receivers: int, reuse: bool) -> dict:
+        """The push's group: the one held when `reuse` allows it, else a new one."""
         self.pushes += 1
-        port = ray.get(self.sender.open.remote())
-        push = {**_push(port, num_receivers + 1, f"p{self.pushes}"),
-                "timeout_s": self.timeout_s}
+        if not (reuse and self.held and self.held["world_size"] == num_receivers + 1):
+            port = ray.get(self.sender.open.remote())
+            self.held = {**_push(port, num_receivers + 1, f"g{self.pushes}"),
+                         "timeout_s": self.timeout_s}
+        return self.held
+
+    def start_push(self, num_receivers: int, reuse: bool = False):
+        push = self.group(num_receivers, reuse)
         w2 = torch.full((4,), float("nan") if self.poison else self.value)
         buckets = [{"w1": torch.full((8, 4), self.value)}, {"w2": w2}]
         return push, [self.sender.publish.remote(push, buckets)]
@@ -171,19 +188,31 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
     sync, learners = WeightSync(ready_timeout_s=120), Learners(sender)
     for name, handle in receivers.items():
         sync.register(name, handle)
+    def joins():
+        return [ray.get(sender.joins.remote())] + [ray.get(h.joins.remote())
+                                                   for h in receivers.values()]
+
     try:
         learners.value = 2.0
         out = sync.publish(learners)
         assert out["unreachable"] == 0
         # 32 + 4 elements of 2.0 each.
         assert ray.get([h.total.remote() for h in receivers.values()]) == [72.0, 72.0]
+        learners.value = 3.0
+        sync.publish(learners)
+        assert ray.get([h.total.remote() for h in receivers.values()]) == [108.0, 108.0]
+        assert joins() == [1, 1, 1]   # the same members: the second push reused the group
 
         restart_actor(receivers["scorer"])   # comes back with version 0 and zeros
         assert ray.get(receivers["scorer"].total.remote()) == 0.0
         sync.bring_current("scorer", RuntimeError("restarted"))
         assert sync.counts["replays"] == 1
-        assert ray.get(receivers["scorer"].ready.remote())["version"] == 1
-        assert ray.get(receivers["scorer"].total.remote()) == 72.0
+        assert ray.get(receivers["scorer"].ready.remote())["version"] == 2
+        assert ray.get(receivers["scorer"].total.remote()) == 108.0
+        # The replay went to a group of rank 0 and the new scorer alone; the next push has
+        # other members again (engine-a, and a scorer with another pid): a third group.
+        sync.publish(learners)
+        assert joins() == [3, 2, 2]
 
         # A NaN in the second bucket: the first was already loaded, so each receiver is
         # taken back to its files (version 0: a collective push cannot be fetched again),
@@ -195,6 +224,12 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         for handle in receivers.values():
             assert ray.get(handle.ready.remote())["version"] == 0
             assert ray.get(handle.total.remote()) == 0.0
+        assert joins() == [3, 2, 2]   # refused, not broken: it travelled in the same group
+        # After a failed push WeightSync asks for a new group, to be safe.
+        learners.poison = False
+        sync.publish(learners)
+        assert joins() == [4, 3, 3]
+        assert ray.get([h.total.remote() for h in receivers.values()]) == [180.0, 180.0]
     finally:
         for handle in [sender, *receivers.values()]:
             ray.kill(handle, no_restart=True)
@@ -242,11 +277,8 @@ class SlowReceiver(DictReceiver):
 class ManyLearners(Learners):
     """As Learners, with one bucket per tensor of MANY."""
 
-    def start_push(self, num_receivers: int):
-        self.pushes += 1
-        port = ray.get(self.sender.open.remote())
-        push = {**_push(port, num_receivers + 1, f"m{self.pushes}"),
-                "timeout_s": self.timeout_s}
+    def start_push(self, num_receivers: int, reuse: bool = False):
+        push = self.group(num_receivers, reuse)
         buckets = [{name: torch.full(shape, self.value)} for name, shape in MANY.items()]
         return push, [self.sender.publish.remote(push, buckets)]
 
@@ -332,7 +364,7 @@ class DyingLearners:
     def __init__(self, ranks):
         self.ranks = ranks
 
-    def start_push(self, num_receivers: int):
+    def start_push(self, num_receivers: int, reuse: bool = False):
         push = {**_push(1, num_receivers + 1, "dying"), "timeout_s": 600.0}
         return push, [self.ranks[0].wait.remote(600), self.ranks[1].die.remote(2)]
 

@@ -102,7 +102,7 @@ class WeightGroup:
                              f"{list(BACKENDS)}")
         self.rank, self.world_size, self.backend = rank, world_size, backend
         self.device = torch.device("cuda" if backend == "nccl" else "cpu")
-        # A prefix per push: one store could serve several groups without key clashes.
+        # A prefix per group: one store could serve several groups without key clashes.
         store = PrefixStore(prefix, store)
         self._store_ref = store   # the store must outlive the backend
         timeout = datetime.timedelta(seconds=timeout_s)

@@ -9,7 +9,10 @@ lm_head.*).
 Buckets stream: a bucket is checked, loaded into the engine and dropped before the next
 one is taken, so a receiver holds one bucket, never a second copy of the model. The engine
 takes a push in one load session (`begin`, `load_part` per bucket, `finish`: vLLM's
-layerwise reload, which processes a layer once all of its tensors have arrived).
+layerwise reload, which processes a layer once all of its tensors have arrived). With
+the collective transport an engine may take the push in its vLLM worker instead
+(`DirectIntake`): the same checks and session steps (`load_stream`) run there, where the
+model is, and the receiver keeps the versions and the rollback.
 
 An update is all or nothing, as seen from outside:
 1. the version must be above the current one (a stale or repeated push is refused);
@@ -177,6 +180,42 @@ def checked_buckets(buckets: Iterable[Any], spec: WeightSpec,
                                 "send the full set of weights (vision tower included)")
 
 
+def load_stream(stream: Iterator[Any], spec: WeightSpec, engine: EngineLoader,
+                totals: dict[str, int]) -> None:
+    """Check and load `stream`'s buckets one by one in one `engine` session (opened at the
+    first bucket that passed, ended whatever happens); totals["loaded"] counts the buckets
+    loaded. Where the receiver runs it (WeightReceiver) and where a vLLM worker takes a
+    push itself (actors/worker_extension.py), the same steps."""
+    checked = checked_buckets(stream, spec, totals)
+    try:
+        for bucket in checked:
+            if not totals.get("loaded"):
+                engine.begin()   # only once the first bucket has passed
+            totals["loaded"] = totals.get("loaded", 0) + 1
+            engine.load_part(list(bucket.items()))
+            del bucket   # one bucket at a time: drop it before taking the next
+    finally:
+        checked.close()
+        if hasattr(stream, "close"):
+            stream.close()   # a collective stream drains the rest of the push
+        if totals.get("loaded"):
+            engine.finish()
+
+
+class DirectIntake(Protocol):
+    """An engine that takes a collective push itself, where its model lives (the vLLM
+    worker process, actors/engine_host.py): the buckets arrive on the model's device and
+    are loaded from there, never carried through the receiver's process."""
+
+    def receive(self, push: Any, spec: WeightSpec, totals: dict[str, int]) -> None:
+        """`load_stream` of the push, there; raises as it would, `totals` filled in."""
+        ...
+
+    def drain(self, push: Any) -> None:
+        """Take the push and load nothing (a refused version), so nobody waits."""
+        ...
+
+
 class EngineLoader(Protocol):
     """An engine's load session (actors/engine_host.py): `begin`, `load_part` per
     bucket, `finish` (whatever happened in between); `load_initial` reloads the model's
@@ -202,10 +241,12 @@ def _buckets_lost(err: BaseException) -> bool:
 class WeightReceiver:
     """Version bookkeeping, streaming and rollback around an engine's load session."""
 
-    def __init__(self, spec: WeightSpec, engine: EngineLoader, source: Any | None = None):
+    def __init__(self, spec: WeightSpec, engine: EngineLoader, source: Any | None = None,
+                 direct: DirectIntake | None = None):
         self.spec = spec
         self.engine = engine
         self.source = source or ObjectStoreTransport()
+        self.direct = direct if self.source.live else None   # only a live push is taken there
         self.version = 0
         self.broken: str | None = None
         self._last_good: Any = None   # the loaded push, when the transport can replay it
@@ -221,7 +262,9 @@ class WeightReceiver:
             self.assert_usable()
             version = check_version(self.version, version)
         except Exception:
-            if self.source.live:   # join and drain: the sender and the others go on
+            if self.direct is not None:   # join and drain: the sender and the others go on
+                self.direct.drain(push)
+            elif self.source.live:
                 for _ in self.source.stream(push):
                     pass
             raise
@@ -245,23 +288,10 @@ class WeightReceiver:
                 "load_s": time.perf_counter() - start}
 
     def _stream_in(self, push: Any, totals: dict[str, int]) -> None:
-        """Check and load the push's buckets one by one in one engine session (opened at
-        the first bucket that passed); totals["loaded"] counts the buckets loaded."""
-        stream = self.source.stream(push)
-        checked = checked_buckets(stream, self.spec, totals)
-        try:
-            for bucket in checked:
-                if not totals.get("loaded"):
-                    self.engine.begin()   # only once the first bucket has passed
-                totals["loaded"] = totals.get("loaded", 0) + 1
-                self.engine.load_part(list(bucket.items()))
-                del bucket   # one bucket at a time: drop it before taking the next
-        finally:
-            checked.close()
-            if hasattr(stream, "close"):
-                stream.close()   # a collective stream drains the rest of the push
-            if totals.get("loaded"):
-                self.engine.finish()
+        if self.direct is not None:
+            self.direct.receive(push, self.spec, totals)
+        else:
+            load_stream(self.source.stream(push), self.spec, self.engine, totals)
 
     def _roll_back(self, failed_version: int, cause: Exception) -> None:
         try:

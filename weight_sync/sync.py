@@ -12,9 +12,12 @@ object-store transport it takes the bucket refs from learner rank 0
 (`LearnerGroup.publish_weights`), hands them to every receiver and keeps them, to replay
 to a receiver that restarted (Ray brings a dead actor back with the model's initial
 weights: version 0). With the collective transport (`learners.live`) it starts rank 0's
-broadcast and every live receiver's intake together (`LearnerGroup.start_push`); nothing
-is kept, and a replay is a new push of the learners' weights to that receiver alone (the
-learners hold the current version's weights until their next step).
+broadcast and every live receiver's intake together (`LearnerGroup.start_push`), in the
+group of the push before when the members are the same processes (receiver name and pid)
+and that push went through: one communicator for the run, a new one only after a member
+changed or a push failed. No weights are kept; a replay is a new push of the learners'
+weights to that receiver alone (the learners hold the current version's weights until
+their next step).
 
 Every result a receiver returns carries the `weights_version` it was computed with; a
 result older than the current version comes from such a restarted receiver, so the
@@ -117,6 +120,8 @@ class WeightSync:
         self._bringing = threading.Lock()
         self._handles: list[Any] = []
         self._learners: Any = None   # the collective transport replays from them
+        # The collective group's members at its last clean push: (name, pid) in rank order.
+        self._group_members: tuple[tuple[str, int], ...] | None = None
 
     def register(self, name: str, handle: Any) -> None:
         """Add a receiver (a Ray actor with update_weights / ready); it gets every version."""
@@ -185,14 +190,14 @@ class WeightSync:
         # next used; one that never comes back fails there, with Ray's reason.
         return unreachable
 
-    def _answers(self, name: str, timeout_s: float = 60.0) -> bool:
+    def _answers(self, name: str, timeout_s: float = 60.0) -> dict | None:
+        """Receiver `name`'s ready() info, or None when it does not answer."""
         import ray
 
         try:
-            ray.get(self.receivers[name].ready.remote(), timeout=timeout_s)
-            return True
+            return ray.get(self.receivers[name].ready.remote(), timeout=timeout_s)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
+            return None
 
     def _push_live(self, names: list[str]) -> tuple[dict, list[str]]:
         """Collective transport: a group of rank 0 and the receivers that answer now (one
@@ -207,13 +212,18 @@ class WeightSync:
         delivered: list[str] = []
         info: dict = {}
         for _ in range(PUSH_TRIES):
-            alive = [name for name in names if self._answers(name)]
+            infos = {name: self._answers(name) for name in names}
+            alive = [name for name in names if infos[name] is not None]
             if not alive:
                 break
-            push, sending = self._learners.start_push(len(alive))
+            members = tuple((name, int(infos[name].get("pid", -1))) for name in alive)
+            reuse, self._group_members = members == self._group_members, None
+            push, sending = self._learners.start_push(len(alive), reuse=reuse)
             calls = {name: self.receivers[name].update_weights.remote(
                 self.version, {**push, "rank": rank}) for rank, name in enumerate(alive, 1)}
             got = _await_push(calls, sending)
+            if not (got.died or got.failed or got.send_error is not None):
+                self._group_members = members   # every member holds the group: keep it
             if got.died and (got.failed or got.send_error is not None):
                 continue   # the dead receiver broke the group: again, without it
             if not got.died:

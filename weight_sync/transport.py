@@ -8,11 +8,18 @@ hands every receiver's `update_weights(version, push)`:
 - `object_store`: a list of Ray ObjectRefs, one per bucket, `ray.put` by rank 0 before the
   delivery (`publish`). It works on every machine, and the refs can be streamed again:
   WeightSync replays them to a restarted receiver, and a receiver rolls back to them.
-- `collective`: the rendezvous of a process group of its own (`WeightGroup`, backend gloo
-  on CPU, nccl on GPU, same code) that learner rank 0 (rank 0 of the group) and every
-  receiver join for one push; rank 0 broadcasts each bucket as it is gathered (`send`)
-  while the receivers take them in (`stream`). Nothing is kept: a replay is a new push of
-  the learners' weights, which are the current version's until the next step.
+- `collective`: a process group of its own (`WeightGroup`, backend gloo on CPU, nccl on
+  GPU, same code) of learner rank 0 (rank 0 of the group) and every receiver; rank 0
+  broadcasts each bucket as it is gathered (`send`) while the receivers take them in
+  (`stream`). The push names its group (`id`, with the rendezvous to join it by): each
+  end keeps the group it joined and the next push of the same id reuses it, so a run
+  forms one communicator, not one per push; WeightSync asks for a new group only when the
+  members change (a receiver restarted, died or was replayed to alone) or a push failed,
+  and an end whose push failed drops its group (its state is unknown). Nothing is kept
+  but the group: a replay is a new push of the learners' weights, which are the current
+  version's until the next step. A receiver may run its end inside the vLLM worker
+  process, so that the buckets land on the model's own device and go straight into its
+  weights (actors/worker_extension.py).
 
 The collective wire format, per bucket: a 2-int64 frame (header bytes, payload bytes; 0, 0
 ends the push), the header (JSON: name, dtype, shape and payload offset of each tensor,
@@ -176,9 +183,15 @@ def _chunks(raws: list[torch.Tensor], starts: list[int]) -> list[tuple[int, int,
 
 
 class CollectiveTransport:
-    """Buckets broadcast through a process group of rank 0 and the receivers."""
+    """Buckets broadcast through a process group of rank 0 and the receivers; the group is
+    kept from push to push while the pushes name it (module docstring)."""
 
     live = True
+
+    def __init__(self) -> None:
+        self._group: Any = None
+        self._group_id: str | None = None
+        self.joins = 0   # groups this end has joined: one per run unless the members change
 
     @staticmethod
     def _join(push: Mapping[str, Any], listener: socket.socket | None = None) -> Any:
@@ -191,13 +204,35 @@ class CollectiveTransport:
                            own_address(host, serving=rank == 0), float(push["timeout_s"]),
                            prefix=f"weights/{push['id']}/")
 
+    def _group_for(self, push: Mapping[str, Any],
+                   listener: socket.socket | None = None) -> Any:
+        """The group `push` names: the one this end holds, or a new one joined (the one
+        held before is closed)."""
+        if self._group is not None and self._group_id == str(push["id"]):
+            return self._group
+        self.close()
+        if int(push["rank"]) == 0 and listener is None:
+            raise RuntimeError(f"weights group {push['id']} is not open on rank 0 and no "
+                               "socket was opened for it (open_weight_session)")
+        self._group = self._join(push, listener)
+        self._group_id = str(push["id"])
+        self.joins += 1
+        return self._group
+
+    def close(self) -> None:
+        """Leave the group held, if any (after a failed push its state is unknown)."""
+        if self._group is not None:
+            self._group.close()
+        self._group, self._group_id = None, None
+
     def send(self, buckets: Iterable[dict[str, torch.Tensor]], push: Mapping[str, Any],
-             listener: socket.socket) -> None:
-        """Rank 0: broadcast every bucket, then the end frame; `listener` is the socket
-        the store serves on (bound to push["host"], weight_sync.group.listen_on)."""
+             listener: socket.socket | None = None) -> None:
+        """Rank 0: broadcast every bucket, then the end frame. A push of a new group needs
+        `listener`, the socket its store serves on (bound to push["host"],
+        weight_sync.group.listen_on); a push of the group held needs none."""
         import torch
 
-        group = self._join({**push, "rank": 0}, listener)
+        group = self._group_for({**push, "rank": 0}, listener)
         try:
             for bucket in buckets:
                 tensors, raws, starts, offset = [], [], [], 0
@@ -224,8 +259,9 @@ class CollectiveTransport:
                             data[starts[i] - start:starts[i] - start + raws[i].numel()] = raws[i]
                     group.broadcast(data.to(group.device))
             _frame(group)
-        finally:
-            group.close()
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     def _receive(group: Any) -> tuple[list, Any] | None:
@@ -250,15 +286,14 @@ class CollectiveTransport:
     def stream(self, push: Mapping[str, Any]) -> Iterator[Mapping[str, torch.Tensor]]:
         """Receiver: the buckets in order, each the views of its own buffer. Closed early
         (a refused bucket), it still takes the rest of the push, so that rank 0 and the
-        other receivers are not left waiting."""
+        other receivers are not left waiting; the group is kept unless a broadcast
+        failed."""
 
-        group = self._join(push)
-        finished = False
+        group = self._group_for(push)
         try:
             while True:
                 got = self._receive(group)
                 if got is None:
-                    finished = True
                     return
                 tensors, payload = got
                 bucket = {}
@@ -269,12 +304,17 @@ class CollectiveTransport:
                 del payload, got
                 yield bucket
                 del bucket
-        finally:
+        except GeneratorExit:   # closed early: take what rank 0 still sends
             try:
-                while not finished and self._receive(group) is not None:
-                    pass   # drain what rank 0 still sends
-            finally:
-                group.close()
+                while self._receive(group) is not None:
+                    pass
+            except BaseException:
+                self.close()
+                raise
+            raise
+        except BaseException:   # a broadcast failed: the group's state is unknown
+            self.close()
+            raise
 
 
 def collective_backend(conf: Mapping[str, Any]) -> str:
