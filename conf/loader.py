@@ -330,17 +330,23 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"'{key}' is {value!r}; choose one of {list(allowed)}")
-    if "tensorboard" in cfg.logging.backends and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError("logging.backends lists tensorboard, which is not installed: pip "
-                          "install '.[tensorboard]', or drop it from the list")
     for key, allowed in LIST_CHOICES.items():
-        values = list(OmegaConf.select(cfg, key))
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, ListConfig):   # null, or one word where a list belongs
+            raise ConfigError(f"'{key}' is {_shown(value)}; it must be a list of some of "
+                              f"{list(allowed)}")
+        values = list(value)
         bad = [v for v in values if v not in allowed]
         if bad or len(set(values)) != len(values):
             raise ConfigError(f"'{key}' is {values!r}; list each of {list(allowed)} at most "
                               "once")
-    if len(cfg.reward.lambdas) != 3:
-        raise ConfigError("'reward.lambdas' needs three weights: answer, format, PD (Eq. 5)")
+    if "tensorboard" in cfg.logging.backends and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logging.backends lists tensorboard, which is not installed: pip "
+                          "install '.[tensorboard]', or drop it from the list")
+    lambdas = cfg.reward.lambdas
+    if not isinstance(lambdas, ListConfig) or len(lambdas) != 3:
+        raise ConfigError(f"'reward.lambdas' is {_shown(lambdas)}; it needs three weights: "
+                          "answer, format, PD (Eq. 5)")
     for key, allowed, ok in RANGES:
         value = OmegaConf.select(cfg, key)
         values = list(value) if isinstance(value, ListConfig) else [value]

@@ -38,11 +38,19 @@ def test_manifest_reading_names_file_and_line_or_reads(tmp_path, lines):
 
 KEYS = ["train.batch_size", "train.grad_accum", "rollout.n", "rollout.max_model_len",
         "rollout.dtype", "ray.num_cpus", "data.train_files", "train.lr", "reward.lambdas",
-        "run.name", "eval.max_samples"]
+        "run.name", "eval.max_samples", "logging.backends"]
 VALUES = st.one_of(st.sampled_from(["", " ", "null", "0", "-1", "1e999", ".nan", "[]",
                                     "{}", "abc", "99999999999999999999999", "1.5", "[1,2]",
                                     "float64x", "true"]),
                    st.integers(-10**30, 10**30).map(str), st.text(max_size=8))
+
+
+@pytest.mark.parametrize("override", ["reward.lambdas=null", "logging.backends=null",
+                                      "logging.backends=wandb", "reward.lambdas=1"])
+def test_a_list_key_given_no_list_is_refused_with_the_key(override):
+    # Found by the fuzz test below (reward.lambdas=null raised TypeError from len(None)).
+    with pytest.raises(ConfigError, match=re.escape(override.split("=")[0])):
+        load_config("tiny", [override])
 
 
 @settings(deadline=None, max_examples=60)   # a load takes 0.2-0.5 s here
