@@ -196,6 +196,8 @@ UNREACHABLE = _declare("events/weight_push_unreachable",
                        "receivers a weight push could not reach so far")
 SKIPPED = _declare("data/skipped_samples", "training samples skipped so far (an unreadable "
                    "or too small image, a prompt too long): checked before the run starts")
+WEIGHT_GROUPS = _declare("events/weight_groups", "collective weight groups formed so far: "
+                         "1 while no receiver restarts and no push fails (0: object store)")
 LEARNER_RESTARTS = _declare("events/learner_restarts", "learner groups restarted from the "
                             "newest checkpoint after a rank died, so far")
 
@@ -244,7 +246,8 @@ def event_metrics(resends: int, sync_counts: dict[str, int], skipped: int,
     WeightSync's counts (weight_sync.sync), samples skipped, learner restarts."""
     return {RESENDS: resends, RESTARTS: sync_counts["restarts"],
             REPLAYS: sync_counts["replays"], REDOS: sync_counts["redos"],
-            UNREACHABLE: sync_counts["unreachable"], SKIPPED: skipped,
+            UNREACHABLE: sync_counts["unreachable"], WEIGHT_GROUPS: sync_counts["groups"],
+            SKIPPED: skipped,
             LEARNER_RESTARTS: learner_restarts}
 
 

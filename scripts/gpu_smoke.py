@@ -13,7 +13,9 @@ the first time, then cached) and prints a PASS / FAIL / SKIP table, also written
                 vLLM's after a push (PASS below GAP_LIMIT, a judgment: bf16 noise)
 - export        the run's export loaded by a fresh vLLM, one greedy answer
 - collective    weights.transport=collective over NCCL (needs 3 GPUs: NCCL refuses two ranks
-                of one group on one GPU, so learner, engine and scorer each take one)
+                of one group on one GPU, so learner, engine and scorer each take one), the
+                engine's vLLM worker a member itself: two pushes over one group
+                (events/weight_groups 1); `--cpu` runs it over gloo
 - colocate      conf=tiny_stage1 with placement.colocate=true on one GPU: vLLM sleep mode
                 and the learner beside the engine
 
@@ -161,14 +163,20 @@ def main(argv: list[str] | None = None) -> int:
         if (export / "config.json").is_file() else ("FAIL", "no export (see stage2)"))
 
     def collective() -> tuple[str, str]:
-        if args.cpu or gpus < 3:
+        if not args.cpu and gpus < 3:
             return "SKIP", (f"{gpus} GPU(s): NCCL needs learner, engine and scorer on "
-                            "3 distinct GPUs" if not args.cpu else "NCCL: CUDA only")
-        overrides = ["conf=tiny", *ONE_GPU, "rollout.num_gpus_per_engine=1",
-                     "scoring.num_gpus=1", "learner.num_gpus=1",
-                     "weights.transport=collective", "weights.backend=nccl"]
-        ok, tail = launch("collective", overrides, args.out, args.timeout)
-        return ("PASS", "two NCCL pushes") if ok else ("FAIL", tail)
+                            "3 distinct GPUs")
+        backend = "gloo" if args.cpu else "nccl"
+        whole = [] if args.cpu else [*ONE_GPU, "rollout.num_gpus_per_engine=1",
+                                     "scoring.num_gpus=1", "learner.num_gpus=1"]
+        ok, tail = launch("collective", ["conf=tiny", *whole, "rollout.multiprocessing=true",
+                                         "weights.transport=collective",
+                                         f"weights.backend={backend}"],
+                          args.out, args.timeout)
+        groups = [m.get(M.WEIGHT_GROUPS) for m in metrics(args.out / "collective")[1:]]
+        if not ok or groups != [1, 1]:
+            return "FAIL", f"{M.WEIGHT_GROUPS} per step {groups}; {tail}"
+        return "PASS", f"two {backend.upper()} pushes over one group ({M.WEIGHT_GROUPS} 1)"
 
     row("collective", collective)
 

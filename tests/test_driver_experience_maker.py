@@ -36,7 +36,7 @@ VLLM_S = {"A": 0.3, "B": 0.5}
 LEARNER_STATS = {"pg_loss": 0.1, "clip_frac": 0.0, "approx_kl": 0.01, "entropy": 2.0,
                  "grad_norm": 1.5, "lr": 5e-4, "compute_s": 0.46, "peak_memory_gb": 1.2}
 PUSH = {"gather_s": 0.1, "deliver_s": 0.2, "bytes": 4096.0}
-SYNC_COUNTS = {"replays": 0, "redos": 1, "restarts": 0, "unreachable": 0}
+SYNC_COUNTS = {"replays": 0, "redos": 1, "restarts": 0, "unreachable": 0, "groups": 0}
 
 
 def _whole_step(exp, step_s=2.0, gpus=0):

@@ -202,6 +202,7 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         sync.publish(learners)
         assert ray.get([h.total.remote() for h in receivers.values()]) == [108.0, 108.0]
         assert joins() == [1, 1, 1]   # the same members: the second push reused the group
+        assert sync.counts["groups"] == 1
 
         restart_actor(receivers["scorer"])   # comes back with version 0 and zeros
         assert ray.get(receivers["scorer"].total.remote()) == 0.0
@@ -212,7 +213,7 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         # The replay went to a group of rank 0 and the new scorer alone; the next push has
         # other members again (engine-a, and a scorer with another pid): a third group.
         sync.publish(learners)
-        assert joins() == [3, 2, 2]
+        assert joins() == [3, 2, 2] and sync.counts["groups"] == 3
 
         # A NaN in the second bucket: the first was already loaded, so each receiver is
         # taken back to its files (version 0: a collective push cannot be fetched again),
@@ -228,7 +229,7 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         # After a failed push WeightSync asks for a new group, to be safe.
         learners.poison = False
         sync.publish(learners)
-        assert joins() == [4, 3, 3]
+        assert joins() == [4, 3, 3] and sync.counts["groups"] == 4
         assert ray.get([h.total.remote() for h in receivers.values()]) == [180.0, 180.0]
     finally:
         for handle in [sender, *receivers.values()]:

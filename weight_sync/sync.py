@@ -113,7 +113,8 @@ class WeightSync:
         self.receivers: dict[str, Any] = {}
         self.ready_timeout_s = ready_timeout_s
         self.max_redos = max_redos
-        self.counts = {"replays": 0, "redos": 0, "restarts": 0, "unreachable": 0}
+        self.counts = {"replays": 0, "redos": 0, "restarts": 0, "unreachable": 0,
+                       "groups": 0}   # collective groups formed (one for a calm run)
         # Callers on several threads (an evaluation's answers and digits, rollouts made
         # ahead) may find the same restarted receiver at once: one replays, the other
         # then finds it current.
@@ -122,6 +123,7 @@ class WeightSync:
         self._learners: Any = None   # the collective transport replays from them
         # The collective group's members at its last clean push: (name, pid) in rank order.
         self._group_members: tuple[tuple[str, int], ...] | None = None
+        self._group_id: str | None = None   # the group of the latest collective push
 
     def register(self, name: str, handle: Any) -> None:
         """Add a receiver (a Ray actor with update_weights / ready); it gets every version."""
@@ -219,6 +221,9 @@ class WeightSync:
             members = tuple((name, int(infos[name].get("pid", -1))) for name in alive)
             reuse, self._group_members = members == self._group_members, None
             push, sending = self._learners.start_push(len(alive), reuse=reuse)
+            if push.get("id") != self._group_id:
+                self._group_id = push.get("id")
+                self.counts["groups"] += 1
             calls = {name: self.receivers[name].update_weights.remote(
                 self.version, {**push, "rank": rank}) for rank, name in enumerate(alive, 1)}
             got = _await_push(calls, sending)
