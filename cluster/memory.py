@@ -114,7 +114,8 @@ def estimate(cfg: Any, params: int, adapter_params: int = 0) -> list[RoleMemory]
         host = optim * offload + param * (offload and z == 3)
     else:
         gpu, host = 0.0, param + grads + optim
-    kl = " + the KL reference model" if t.kl_coef > 0 else ""
+    # With LoRA the reference is the policy with its adapter off: no second model.
+    kl = " + the KL reference model" if t.kl_coef > 0 and not lora else ""
     out.append(RoleMemory("learner rank", w, gpu, host,
                           f"parameters {param:.1f} + gradients {grads:.1f} + AdamW state "
                           f"{optim:.1f} GiB ({'offloaded to the host' if offload else 'kept'})"

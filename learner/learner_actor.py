@@ -68,7 +68,8 @@ class LearnerWorker:
         self.model_path = str(model_path)
         self.total_steps = int(total_steps)
         self.engine: Any = None
-        self.ref_engine: Any = None
+        self.ref_engine: Any = None       # the KL reference model, when one is loaded
+        self.ref_is_base = False          # LoRA: the reference is the adapter switched off
         self._hf_ds_config: Any = None  # must stay alive while ZeRO-3 is in use (load_policy)
         self._builder: Any = None
         self._store_listener: Any = None     # rank 0: the world store's bound socket
@@ -141,14 +142,20 @@ class LearnerWorker:
             dist_init_required=False)
         self.device = self.engine.device
         self.states_move = states_can_move(ds_config, self.accelerator)
-        if train["kl_coef"] > 0:
+        # The KL term's reference is the starting policy. With LoRA that is the policy with
+        # its adapter switched off (the adapter starts at zero: the base model exactly), so
+        # no second model is loaded; otherwise a frozen copy.
+        self.ref_is_base = train["kl_coef"] > 0 and lora.enabled(self.conf["lora"])
+        if train["kl_coef"] > 0 and not self.ref_is_base:
             self.ref_engine = make_reference(self.conf, self.model_path, self.compute_dtype,
                                              self.zero_stage, ds_config, self.device)
         return {"rank": self.rank, "accelerator": self.accelerator,
                 "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "threads": torch.get_num_threads(),
                 "trainable_params": sum(int(getattr(p, "ds_numel", p.numel())) for p in params),
-                "warmup_steps": warm}
+                "warmup_steps": warm,
+                "kl_reference": ("adapter off" if self.ref_is_base else
+                                 "model" if self.ref_engine is not None else None)}
 
     # -- forward ----------------------------------------------------------------------
     def _forward_logprobs(
@@ -219,6 +226,9 @@ class LearnerWorker:
             if self.ref_engine is not None:
                 with torch.no_grad():
                     logp_ref, _ = self._forward_logprobs(self.ref_engine, batch, False)
+            elif self.ref_is_base:
+                with torch.no_grad(), self.engine.module.disable_adapter():
+                    logp_ref, _ = self._forward_logprobs(self.engine, batch, False)
             mask = batch["completion_mask"].to(self.device)
             # The weights do not change inside a step, so "recomputed" old logprobs are this
             # very forward's values: rho = 1 exactly, without a second pass.

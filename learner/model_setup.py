@@ -12,7 +12,8 @@ DeepSpeed world; conf keys in brackets.
 - `special_token_ids`: the image, video and padding token ids the collation needs;
 - `make_optimizer`: DeepSpeed's CPU Adam when ZeRO offloads the optimizer state to the host
   (the fast one there), else torch's AdamW [train.lr, train.weight_decay];
-- `make_reference`: a frozen copy of the starting policy for the KL term [train.kl_coef].
+- `make_reference`: a frozen copy of the starting policy for the KL term [train.kl_coef]
+  (not with LoRA: the learner then switches the adapter off for the reference pass).
 """
 
 from __future__ import annotations

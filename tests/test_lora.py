@@ -159,6 +159,48 @@ def test_a_lora_learner_trains_the_adapter_alone_and_resumes_exactly(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_with_lora_the_kl_reference_is_the_adapter_switched_off(ray_cluster, tiny_model_dir,
+                                                               tmp_path, stage):
+    """No second model is loaded for the KL term: the reference pass switches the adapter
+    off. Checked against a separate learner on the plain model (no LoRA, no peft): the
+    step-2 kl_ref equals the k3 estimate, token mean over every completion token, of
+    KL(policy after step 1 || that model), both sides' logprobs from compute_logprobs."""
+    import numpy as np
+
+    from learner.group import LearnerGroup
+
+    cfg = load_config("tiny", ["lora.rank=8", "train.lr=5e-3", "train.kl_coef=0.1",
+                               "learner.recompute_old_logprobs=true",
+                               f"learner.zero_stage={stage}"])
+    groups = _groups(cfg, tiny_model_dir, tmp_path)
+    group = LearnerGroup(cfg, total_steps=4, model_path=str(tiny_model_dir),
+                         name_prefix=f"learner-lora-kl{stage}")
+    try:
+        assert group.setup_info[0]["kl_reference"] == "adapter off"
+        first = group.step(groups)
+        policy = group.compute_logprobs(groups)
+        second = group.step(groups)
+    finally:
+        group.shutdown()
+    plain = LearnerGroup(load_config("tiny"), total_steps=4, model_path=str(tiny_model_dir),
+                         name_prefix=f"learner-plain-ref{stage}")
+    try:
+        assert plain.setup_info[0]["kl_reference"] is None   # kl_coef 0: none at all
+        base = plain.compute_logprobs(groups)
+    finally:
+        plain.shutdown()
+    # The adapter starts at zero (peft's B = 0): before any update the policy is the base.
+    assert first["kl_ref"] == pytest.approx(0.0, abs=1e-7)
+    new = np.concatenate([np.asarray(c, float) for g in policy for c in g])
+    ref = np.concatenate([np.asarray(c, float) for g in base for c in g])
+    delta = ref - new
+    expected = float(np.mean(np.exp(delta) - delta - 1.0))
+    assert expected > 0
+    assert second["kl_ref"] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+
+
+@pytest.mark.slow
 def test_a_lora_run_learns_like_the_full_one(tmp_path, embedded_model_built):
     # The README's first command with LoRA adapters: 40 Stage-2 steps through Ray, vLLM
     # serving each pushed adapter, the scoring actor and DeepSpeed. Measured on 2 CPU cores
