@@ -284,16 +284,14 @@ class LearnerWorker:
         dict comes merged (base + adapter, the base model's names), a layer's parts kept
         in one bucket to be merged there."""
         module = self.engine.module
+        gather = functools.partial(iter_gathered_buckets, module, bucket_bytes,
+                                   zero3=self.zero_stage == 3, keep=self.rank == 0)
         if adapter_only:
-            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
-                                         keep=self.rank == 0,
-                                         entries=lora.adapter_parameters(module))
+            return gather(entries=lora.adapter_parameters(module))
         if not lora.enabled(self.conf["lora"]):
-            return iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
-                                         keep=self.rank == 0)
-        raw = iter_gathered_buckets(module, bucket_bytes, zero3=self.zero_stage == 3,
-                                    keep=self.rank == 0, unit=lora.module_of)
-        return (lora.merged_state_dict(b, self.conf["lora"]) if b else b for b in raw)
+            return gather()
+        return (lora.merged_state_dict(b, self.conf["lora"]) if b else b
+                for b in gather(unit=lora.module_of))
 
     def open_weight_session(self, host: str) -> int:
         """Rank 0, collective transport: open a new weights group's store socket on `host`
@@ -343,20 +341,21 @@ class LearnerWorker:
             handles = transport.publish(counted())
         return handles, {**counts, "gather_s": time.perf_counter() - start}
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full weights as CPU tensors on rank 0 ({} elsewhere), a LoRA adapter merged
-        into the base weights (weight_sync.lora.merged_state_dict); all ranks must call."""
+    def _gathered_state(self, adapter_only: bool) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {}
-        for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20)):
+        for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20),
+                                    adapter_only):
             state.update(bucket)
         return state
 
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full weights as CPU tensors on rank 0 ({} elsewhere), a LoRA adapter merged
+        into the base weights (weight_sync.lora.merged_state_dict); all ranks must call."""
+        return self._gathered_state(False)
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA: the adapter's tensors under peft's saved names on rank 0 ({} elsewhere)."""
-        state: dict[str, torch.Tensor] = {}
-        for bucket in self._buckets(int(self.conf["weights"]["bucket_mb"] * 2**20), True):
-            state.update(bucket)
-        return state
+        return self._gathered_state(True)
 
     # -- checkpoints ------------------------------------------------------------------
     def export_hf(self, directory: str, adapter_only: bool = False) -> None:
