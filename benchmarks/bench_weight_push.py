@@ -159,20 +159,17 @@ class Learners:
         self.ray, self.sender, self.bucket_mb = ray, sender, bucket_mb
         self.live = transport == "collective"
         self.keep_group = keep_group   # False: a new group every push (the old behaviour)
-        self.groups = 0   # collective groups opened
-        self.push: dict | None = None   # the group held (LearnerGroup.start_push)
+        from weight_sync.group import KeptGroup
+
+        self.kept = KeptGroup(lambda: ("127.0.0.1", ray.get(sender.open.remote())), "gloo",
+                              300.0)
 
     def publish_weights(self):
         return self.ray.get(self.sender.publish.remote(self.bucket_mb))
 
     def start_push(self, num_receivers: int, reuse: bool = False):
-        if not (reuse and self.keep_group and self.push
-                and self.push["world_size"] == num_receivers + 1):
-            self.groups += 1
-            port = self.ray.get(self.sender.open.remote())
-            self.push = {"host": "127.0.0.1", "port": port, "world_size": num_receivers + 1,
-                         "backend": "gloo", "timeout_s": 300.0, "id": f"bench-{port}"}
-        return self.push, [self.sender.send.remote(self.push, self.bucket_mb)]
+        push = self.kept.push(num_receivers, reuse and self.keep_group)
+        return push, [self.sender.send.remote(push, self.bucket_mb)]
 
 
 class Recording(Receiver):
@@ -224,7 +221,7 @@ def run_case(ray, sender, shapes, transport, receivers, bucket_mb, repeats, expe
     name = transport if keep_group or transport != "collective" else "collective, group/push"
     return {"transport": name, "receivers": receivers, "best_s": min(seconds),
             "median_s": statistics.median(seconds), "first_s": seconds[0],
-            "groups": learners.groups,
+            "groups": learners.kept.opened if learners.live else 0,
             "peak_extra_mb": max(peaks) / 2**20}
 
 

@@ -247,8 +247,7 @@ def event_metrics(resends: int, sync_counts: dict[str, int], skipped: int,
     return {RESENDS: resends, RESTARTS: sync_counts["restarts"],
             REPLAYS: sync_counts["replays"], REDOS: sync_counts["redos"],
             UNREACHABLE: sync_counts["unreachable"], WEIGHT_GROUPS: sync_counts["groups"],
-            SKIPPED: skipped,
-            LEARNER_RESTARTS: learner_restarts}
+            SKIPPED: skipped, LEARNER_RESTARTS: learner_restarts}
 
 
 def throughput(total_tokens: float, seconds: float, devices: float) -> dict[str, float]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from learner.experience import (
 )
 from learner.learner_actor import TOKEN_WEIGHTED_STATS, UNIT_WEIGHTED_STATS, LearnerWorker
 from weight_sync import lora
+from weight_sync.group import KeptGroup
 from weight_sync.transport import TRANSPORTS, collective_backend
 
 
@@ -122,8 +122,9 @@ class LearnerGroup:
             )
         infos = ray.get(info_refs)
         self.rank0_ip = str(infos[0]["ip"])
-        self._pushes = 0   # collective groups opened so far: each gets its own id
-        self._push_group: dict[str, Any] | None = None   # the one rank 0 holds
+        self.weights_group = KeptGroup(self._open_weight_socket,
+                                       collective_backend(self.conf),
+                                       self.conf["weights"]["timeout_s"])
         same_node = len({i["node_id"] for i in infos}) == 1
         host = "127.0.0.1" if same_node else self.rank0_ip
         try:
@@ -233,21 +234,16 @@ class LearnerGroup:
         (one communicator for the run); otherwise a new group is opened. Its store listens
         on rank 0's node address, 127.0.0.1 when the Ray cluster has one node (every
         member is on this machine)."""
+        push = self.weights_group.push(num_receivers, reuse)
+        return push, [a.publish_weights.remote(push) for a in self.actors]
+
+    def _open_weight_socket(self) -> tuple[str, int]:
+        """Rank 0 opens a new weights group's store socket: (host, port)."""
         import ray
 
-        held = self._push_group
-        if not (reuse and held is not None and held["world_size"] == num_receivers + 1):
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
-            port = self.run_on_rank0("open_weight_session", host)
-            self._pushes += 1
-            held = self._push_group = {
-                "host": host, "port": port, "world_size": num_receivers + 1,
-                "backend": collective_backend(self.conf),
-                "timeout_s": self.conf["weights"]["timeout_s"],
-                # unique across learner restarts too: a receiver reuses a group by its id
-                "id": f"{port}-{self._pushes}-{uuid.uuid4().hex[:8]}"}
-        return dict(held), [a.publish_weights.remote(held) for a in self.actors]
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        host = "127.0.0.1" if len(nodes) == 1 else self.rank0_ip
+        return host, int(self.run_on_rank0("open_weight_session", host))
 
     def full_state_dict(self) -> dict:
         """The full weights as CPU tensors (transformers state-dict names)."""

@@ -197,7 +197,9 @@ def test_with_lora_the_kl_reference_is_the_adapter_switched_off(ray_cluster, tin
     delta = ref - new
     expected = float(np.mean(np.exp(delta) - delta - 1.0))
     assert expected > 0
-    assert second["kl_ref"] == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    # float32 forwards on both sides, micro-batched differently: measured 6e-8 and 3e-7
+    # apart (relative, ZeRO-2 / ZeRO-3); 1e-5 leaves room for the summation order.
+    assert second["kl_ref"] == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -68,3 +68,18 @@ def test_transport_choice_is_the_registry():
         load_config("tiny", ["weights.transport=nccl"])
     with pytest.raises(ConfigError, match="weights.backend"):
         load_config("tiny", ["weights.backend=mpi"])
+
+
+def test_the_kept_group_is_named_again_only_when_reuse_allows():
+    from weight_sync.group import KeptGroup
+
+    ports = iter(range(5000, 5010))
+    kept = KeptGroup(lambda: ("127.0.0.1", next(ports)), "gloo", 30.0)
+    first = kept.push(2, reuse=False)
+    assert (first["port"], first["world_size"], first["backend"]) == (5000, 3, "gloo")
+    assert kept.push(2, reuse=True) == first                  # the same group, no new socket
+    assert kept.push(2, reuse=False)["port"] == 5001          # members changed: a new one
+    assert kept.push(1, reuse=True)["world_size"] == 2        # another size cannot reuse it
+    again = KeptGroup(lambda: ("127.0.0.1", 5000), "gloo", 30.0).push(2, reuse=False)
+    assert again["id"] != first["id"]   # a restarted learner group on the same port
+    assert kept.opened == 3

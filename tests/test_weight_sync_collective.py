@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from tests.conftest import restart_actor
+from weight_sync.group import KeptGroup
 from weight_sync.receiver import WeightReceiver, WeightSpec, WeightUpdateError
 from weight_sync.sync import WeightSync
 from weight_sync.transport import CollectiveTransport
@@ -158,20 +159,17 @@ class Learners:
     push sends w1 = value and w2 = value in two buckets; `poison` makes w2 NaN."""
 
     live = True
-    timeout_s = 60.0   # weights.timeout_s
 
-    def __init__(self, sender, value: float = 0.0):
+    def __init__(self, sender, value: float = 0.0, timeout_s: float = 60.0):
         self.sender, self.value, self.poison, self.pushes = sender, value, False, 0
-        self.held: dict | None = None   # the group rank 0 holds, as LearnerGroup keeps it
+        # The group rank 0 holds, kept as LearnerGroup keeps it.
+        self.kept = KeptGroup(lambda: ("127.0.0.1", ray.get(sender.open.remote())), "gloo",
+                              timeout_s)
 
     def group(self, num_receivers: int, reuse: bool) -> dict:
         """The push's group: the one held when `reuse` allows it, else a new one."""
         self.pushes += 1
-        if not (reuse and self.held and self.held["world_size"] == num_receivers + 1):
-            port = ray.get(self.sender.open.remote())
-            self.held = {**_push(port, num_receivers + 1, f"g{self.pushes}"),
-                         "timeout_s": self.timeout_s}
-        return self.held
+        return self.kept.push(num_receivers, reuse)
 
     def start_push(self, num_receivers: int, reuse: bool = False):
         push = self.group(num_receivers, reuse)
@@ -200,7 +198,7 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         assert ray.get([h.total.remote() for h in receivers.values()]) == [72.0, 72.0]
         learners.value = 3.0
         sync.publish(learners)
-        assert ray.get([h.total.remote() for h in receivers.values()]) == [108.0, 108.0]
+        assert ray.get([h.total.remote() for h in receivers.values()]) == [108.0, 108.0]  # 36 x 3
         assert joins() == [1, 1, 1]   # the same members: the second push reused the group
         assert sync.counts["groups"] == 1
 
@@ -230,7 +228,7 @@ def test_weightsync_pushes_replays_and_rolls_back_over_a_gloo_group(ray_cluster)
         learners.poison = False
         sync.publish(learners)
         assert joins() == [4, 3, 3] and sync.counts["groups"] == 4
-        assert ray.get([h.total.remote() for h in receivers.values()]) == [180.0, 180.0]
+        assert ray.get([h.total.remote() for h in receivers.values()]) == [180.0, 180.0]  # 36 x 5
     finally:
         for handle in [sender, *receivers.values()]:
             ray.kill(handle, no_restart=True)
@@ -320,8 +318,7 @@ def test_a_receiver_dying_mid_push_leaves_the_others_with_the_new_weights(ray_cl
     marker = tmp_path / "scorer-busy"
     receivers = {"engine-a": remote.remote(), "scorer": remote.remote(
         0.4, str(marker), 30.0 if phase == "joining" else 0.0)}
-    sync, learners = WeightSync(ready_timeout_s=120), ManyLearners(sender)
-    learners.timeout_s = 10.0
+    sync, learners = WeightSync(ready_timeout_s=120), ManyLearners(sender, timeout_s=10.0)
     for name, handle in receivers.items():
         sync.register(name, handle)
     try:

@@ -24,6 +24,7 @@ from tests.test_weight_sync_receiver import (
     load_hf,
     perturbed,
 )
+from weight_sync.group import KeptGroup
 from weight_sync.receiver import StaleWeightsError, WeightUpdateError
 from weight_sync.transport import CollectiveTransport
 
@@ -77,13 +78,17 @@ def sender(ray_cluster):
     ray.kill(handle, no_restart=True)
 
 
-def push_over_group(sender, engine, version: int, state: dict, group: str,
-                    fresh: bool) -> tuple[dict, int]:
-    """Send `state` in 256 kB buckets through group `group` (a new one when `fresh`):
+@pytest.fixture(scope="module")
+def kept(sender):
+    """The group the sender holds, kept as LearnerGroup keeps it."""
+    return KeptGroup(lambda: ("127.0.0.1", ray.get(sender.open.remote())), "gloo", 60.0)
+
+
+def push_over_group(sender, engine, kept, version: int, state: dict,
+                    reuse: bool) -> tuple[dict, int]:
+    """Send `state` in 256 kB buckets through the group held (`reuse`) or a new one:
     (the engine's report, the sender's groups joined so far)."""
-    port = ray.get(sender.open.remote()) if fresh else 0
-    push = {"host": "127.0.0.1", "port": port, "world_size": 2, "backend": "gloo",
-            "timeout_s": 60.0, "id": group}
+    push = kept.push(1, reuse)
     sent = sender.send.remote(push, buckets_of(state, 256 * 1024))
     got = engine.update_weights.remote(version, {**push, "rank": 1})
     try:
@@ -92,12 +97,13 @@ def push_over_group(sender, engine, version: int, state: dict, group: str,
         ray.get(sent, timeout=300)   # the sender must never be left waiting
 
 
-def test_the_worker_takes_pushes_over_one_group(engine, sender, builder, case, model_dir):
+def test_the_worker_takes_pushes_over_one_group(engine, sender, kept, builder, case,
+                                                model_dir):
     actor_pid = ray.get(engine.ready.remote())["pid"]
     assert ray.get(engine.weights_group.remote())["joins"] == 0
 
     first = perturbed(load_hf(model_dir), seed=11)
-    report, sender_joins = push_over_group(sender, engine, 1, first.state_dict(), "run-a", True)
+    report, sender_joins = push_over_group(sender, engine, kept, 1, first.state_dict(), False)
     assert report["version"] == 1 and report["buckets"] > 1
     assert_close(engine_logprobs(engine, case), hf_completion_logprobs(first, builder, *case))
     where = ray.get(engine.weights_group.remote())
@@ -106,22 +112,22 @@ def test_the_worker_takes_pushes_over_one_group(engine, sender, builder, case, m
 
     # The next push names the same group: nobody joins again.
     second = perturbed(load_hf(model_dir), seed=12)
-    report, sender_joins = push_over_group(sender, engine, 2, second.state_dict(), "run-a",
-                                           False)
+    report, sender_joins = push_over_group(sender, engine, kept, 2, second.state_dict(),
+                                           True)
     assert report["version"] == 2
     assert_close(engine_logprobs(engine, case), hf_completion_logprobs(second, builder, *case))
     assert ray.get(engine.weights_group.remote())["joins"] == 1 and sender_joins == 1
 
 
-def test_a_refused_push_is_drained_in_the_worker_and_the_group_goes_on(engine, sender,
+def test_a_refused_push_is_drained_in_the_worker_and_the_group_goes_on(engine, sender, kept,
                                                                       builder, case,
                                                                       model_dir):
-    # Runs after the test above: the engine holds version 2 and group run-a.
+    # Runs after the test above: the engine holds version 2 and the group kept.
     state = perturbed(load_hf(model_dir), seed=13).state_dict()
 
     # A stale version: refused before loading, the worker still takes the push whole.
     with pytest.raises(ray.exceptions.RayTaskError) as err:
-        push_over_group(sender, engine, 2, state, "run-a", False)
+        push_over_group(sender, engine, kept, 2, state, True)
     assert isinstance(err.value.as_instanceof_cause(), StaleWeightsError)
 
     # NaN in the last tensor: the earlier buckets are loaded by then, so the engine goes
@@ -130,14 +136,14 @@ def test_a_refused_push_is_drained_in_the_worker_and_the_group_goes_on(engine, s
     last = list(poisoned)[-1]
     poisoned[last] = torch.full_like(poisoned[last], float("nan"))
     with pytest.raises(ray.exceptions.RayTaskError, match="NaN") as err:
-        push_over_group(sender, engine, 3, poisoned, "run-a", False)
+        push_over_group(sender, engine, kept, 3, poisoned, True)
     assert isinstance(err.value.as_instanceof_cause(), WeightUpdateError)
     assert ray.get(engine.weights_version.remote()) == 0
     base = load_hf(model_dir)
     assert_close(engine_logprobs(engine, case), hf_completion_logprobs(base, builder, *case))
 
     # Both pushes ended on the wire as they should: the same group carries the next one.
-    report, sender_joins = push_over_group(sender, engine, 4, state, "run-a", False)
+    report, sender_joins = push_over_group(sender, engine, kept, 4, state, True)
     assert report["version"] == 4 and sender_joins == 1
     assert ray.get(engine.weights_group.remote())["joins"] == 1
     model = perturbed(load_hf(model_dir), seed=13)
@@ -145,6 +151,6 @@ def test_a_refused_push_is_drained_in_the_worker_and_the_group_goes_on(engine, s
 
     # A new group (the members changed, as after a restart): the worker leaves the old
     # one and joins it.
-    report, sender_joins = push_over_group(sender, engine, 5, state, "run-b", True)
+    report, sender_joins = push_over_group(sender, engine, kept, 5, state, False)
     assert report["version"] == 5 and sender_joins == 2
     assert ray.get(engine.weights_group.remote())["joins"] == 2

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import datetime
 import socket
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -133,3 +135,29 @@ class WeightGroup:
         """Drop the backend (its sockets close with it)."""
         self._pg = None
         self._store_ref = None
+
+
+class KeptGroup:
+    """The driver's record of the collective group learner rank 0 holds: the push each
+    receiver joins (rendezvous, world size, backend, timeout, id). `push` names the held
+    group again when the caller (WeightSync) says the members are those of its last clean
+    push, else opens a new one: `open_socket()` has rank 0 open its store socket and
+    returns (host, port). Ids are unique across learner restarts too, since a receiver
+    reuses a group by its id."""
+
+    def __init__(self, open_socket: Callable[[], tuple[str, int]], backend: str,
+                 timeout_s: float) -> None:
+        self.open_socket, self.backend, self.timeout_s = open_socket, backend, timeout_s
+        self.held: dict[str, Any] | None = None
+        self.opened = 0   # groups opened so far
+
+    def push(self, num_receivers: int, reuse: bool) -> dict[str, Any]:
+        """The push of a group of rank 0 and `num_receivers` receivers (a copy)."""
+        world = num_receivers + 1
+        if not (reuse and self.held is not None and self.held["world_size"] == world):
+            host, port = self.open_socket()
+            self.opened += 1
+            self.held = {"host": host, "port": port, "world_size": world,
+                         "backend": self.backend, "timeout_s": self.timeout_s,
+                         "id": f"{port}-{uuid.uuid4().hex[:12]}"}
+        return dict(self.held)
