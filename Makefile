@@ -52,8 +52,9 @@ bench: $(STAMP)
 
 # The paper's experiments in miniature on the embedded model (README "Does it learn?"):
 # the probes (teacher, start model, FR oracle), base / Stage-2 / Stage-2 on the learnability
-# subset / Stage-1 -> Stage-2 / Stage-2 without PD, two seeds; 34 minutes on 2 cores with
-# --stage2-steps 60 --stage1-steps 30 (plus the model's first build, ~15 minutes); the
+# subset / Stage-1 -> Stage-2 / Stage-2 without PD / the score fine-tune, two seeds; about
+# 44 minutes on 2 cores with --stage2-steps 60 --stage1-steps 30 (34 before the fine-tune
+# row's ~10; plus the model's first build, ~15 minutes); the
 # configs' 100 / 60 steps take longer (not measured with the eye); prints the table, writes
 # outputs/bench/reproduce.json and plots.
 # `make reproduce ARGS="--seeds 1 --stage2-steps 10"` passes options (--help lists them).

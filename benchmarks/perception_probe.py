@@ -13,6 +13,11 @@ photos, each held out in turn (`choose_alpha`). Features of each Stage-2 image:
   vision (random)    the embedded model's vision tower with its random start weights
   start model        the tower of the model RL starts from (the eye distilled from the
                      teacher, then the warm-up, which leaves the tower as it is)
+  start model at     the same model's language side where it writes the score: the
+  the score          state its output head reads for the first digit, after the no-think
+                     prompt and "[answer]Score:" (128 numbers). The digits' logits are a
+                     linear function of it: this is how well the model as it stands could
+                     rank the images if only its output head were retuned
 
 Each tower is pooled by the teacher's rule: mean and std over positions of every block's
 output and of the merger's output (what the language model reads).
@@ -38,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 
+AT_SCORE = "start model at the score"   # the row of score_position_features
 ALPHAS = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 FOLDS = 3
 
@@ -72,6 +78,32 @@ def vision_features(model_dir: str | Path, images: list[np.ndarray]) -> np.ndarr
     processor = AutoProcessor.from_pretrained(model_dir).image_processor
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
     return pooled_tower_features(model.model.visual.eval(), processor, images)
+
+
+def score_position_features(model_dir: str | Path, samples: list[dict]) -> np.ndarray:
+    """What a model's output head reads where it writes the score's first digit: the
+    language model's final (normed) state after the no-think prompt and "[answer]Score:",
+    one row per sample. A linear readout of it is what the digits' logits are, so its
+    probe bounds what retuning the head alone could rank."""
+    import torch
+
+    from conf import prompts as P
+    from learner.cold_start import load_model
+
+    builder, _, model = load_model(Path(model_dir))
+    model.eval()
+    prefix = builder.encode(P.score_answer("0.0", "no_think").split("0.0")[0])
+    rows = []
+    with torch.no_grad():
+        for sample in samples:
+            inputs = builder.learner_inputs(sample, "no_think")
+            state = model.model(
+                input_ids=torch.tensor([inputs["prompt_ids"] + prefix]),
+                pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
+                mm_token_type_ids=torch.tensor([inputs["mm_token_type_ids"]
+                                                + [0] * len(prefix)])).last_hidden_state
+            rows.append(state[0, -1].numpy())
+    return np.stack(rows)
 
 
 def teacher_features(images: list[np.ndarray]) -> np.ndarray:
@@ -156,12 +188,25 @@ def load_split(manifest: str | Path) -> tuple[list[dict], list[np.ndarray], np.n
     return samples, images, np.array([float(s["mos"]) for s in samples])
 
 
+def _fit(out: dict, name: str, x_train: np.ndarray, y_train: np.ndarray,
+         x_test: np.ndarray, y_test: np.ndarray, photos: np.ndarray) -> None:
+    """One feature kind's probe into `out`: alpha and SRCC by the training-photo folds,
+    held-out SRCC."""
+    alpha = choose_alpha(x_train, y_train, photos)
+    out["alpha"][name] = alpha
+    out["cv_srcc"][name] = cross_validated(x_train, y_train, photos, alpha)
+    out["srcc"][name] = ridge_srcc(x_train, y_train, x_test, y_test, alpha)
+
+
 def probe(models: dict[str, str | Path], train_manifest: str | Path,
-          test_manifest: str | Path, teacher: bool = True) -> dict:
+          test_manifest: str | Path, teacher: bool = True,
+          at_score: dict[str, str | Path] | None = None) -> dict:
     """Held-out SRCC of each feature kind's probe ({"srcc": {kind: value}, "alpha": ...}),
     the FR oracle, and the start model's per-class probe on training photos. `models`
     maps a row name to a model directory (e.g. {"vision (random)": ..., "start model":
-    ...}); the per-class probe reads the last of them."""
+    ...}), probed at its vision tower; the per-class probe reads the last of them.
+    `at_score` maps a row name to a model directory probed at the score's position
+    (`score_position_features`)."""
     train_samples, train_images, y_train = load_split(train_manifest)
     test_samples, test_images, y_test = load_split(test_manifest)
     photos = np.array([s["meta"]["photo"] for s in train_samples])
@@ -174,11 +219,11 @@ def probe(models: dict[str, str | Path], train_manifest: str | Path,
     last = None
     for name, features in kinds.items():
         x_train, x_test = features(train_images), features(test_images)
-        alpha = choose_alpha(x_train, y_train, photos)
-        out["alpha"][name] = alpha
-        out["cv_srcc"][name] = cross_validated(x_train, y_train, photos, alpha)
-        out["srcc"][name] = ridge_srcc(x_train, y_train, x_test, y_test, alpha)
         last = x_train
+        _fit(out, name, x_train, y_train, x_test, y_test, photos)
+    for name, model in (at_score or {}).items():
+        _fit(out, name, score_position_features(model, train_samples),
+             y_train, score_position_features(model, test_samples), y_test, photos)
     classes = np.array([s["meta"]["class"] or "" for s in train_samples])
     out["class_cv_srcc"] = class_probe(last, y_train, classes, photos)
     out["fr_oracle_srcc"] = fr_oracle(test_samples, test_images, y_test)
@@ -198,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     from synth.tiny_model import build_tiny_model
 
     mini = build_mini_dataset(args.cache_dir / "mini")
+    start = embedded_model(args.cache_dir)
     result = probe({"vision (random)": build_tiny_model(args.cache_dir),
-                    "start model": embedded_model(args.cache_dir)},
-                   mini["stage2_train"], mini["stage2_test"])
+                    "start model": start}, mini["stage2_train"], mini["stage2_test"],
+                   at_score={AT_SCORE: start})
     print("| features | held-out SRCC | alpha | SRCC on training photos (3 folds) |")
     print("|---|---|---|---|")
     for name, value in result["srcc"].items():

@@ -1,7 +1,8 @@
 """`make reproduce`: the paper's experiments in miniature, on the embedded model and a CPU.
 
 First the probes (benchmarks/perception_probe.py, one number each): the teacher
-(EfficientNet-Lite0), the model RL starts from, and the FR oracle (the label's ceiling).
+(EfficientNet-Lite0), the model RL starts from (its vision tower, and its language side
+where it writes the score), and the FR oracle (the label's ceiling).
 Then every row is one or two `python launch.py` runs per seed (real Ray, vLLM,
 DeepSpeed), read back from their own metrics.jsonl: each run's final test (`test/*`,
 eval.final_test, once after the last step), never its validation (photos carved from the
@@ -16,6 +17,9 @@ training photos, which only steer `best/`):
                   when fewer than two do), the same held-out photos
   stage1->stage2  Stage-1 (conf/repro_stage1.yaml), then Stage-2 from its export Table 5
   stage2 w/o PD   Stage-2 with reward.lambdas=[1,1,0]                  Fig. 2 / Fig. 5
+  fine-tune       not RL: the start model trained on the training photos' labels
+                  (benchmarks/readout_ceiling.py), read the same way: how far the
+                  model's own answer can follow the MOS when it is told the answer
 
 Numbers are on the mini set's test split: two photos (chelsea, camera) that no training
 image of either stage comes from, with the SYNTHETIC MOS 4.5 - 0.8 x level (not human
@@ -26,8 +30,8 @@ at the start and end; Stage-1's perception accuracy on its validation photos (st
 end) and on the test photos (end); the wall time. Each value is
 the mean over the seeds with [min, max] beside it.
 
-    .venv/bin/python benchmarks/reproduce.py                    # > 34 min on 2 cores
-    .venv/bin/python benchmarks/reproduce.py --stage2-steps 60 --stage1-steps 30  # 34 min
+    .venv/bin/python benchmarks/reproduce.py                    # > 44 min on 2 cores
+    .venv/bin/python benchmarks/reproduce.py --stage2-steps 60 --stage1-steps 30  # ~44 min
     .venv/bin/python benchmarks/reproduce.py --reuse            # redo the table and plots
 
 Writes outputs/bench/reproduce.json and, under outputs/bench/reproduce/: table.md, the
@@ -52,12 +56,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere
 
-from benchmarks.perception_probe import probe  # noqa: E402
+from benchmarks.perception_probe import AT_SCORE, probe  # noqa: E402
+from benchmarks.readout_ceiling import FineTune, evaluate, read_scoring, run_seed  # noqa: E402
 from benchmarks.reproduce_report import markdown, plots, rows_by_name  # noqa: E402
 from driver import metrics as M  # noqa: E402
 from driver.plots import read_metrics  # noqa: E402
 from evals.report import write_json  # noqa: E402
-from evals.scoring_eval import headline  # noqa: E402
 
 SUBSET_MIN_SRCC = 0.7   # a class joins the learnability subset at this per-class probe SRCC
 SCORING = [(mode, q) for mode in ("think", "no_think")
@@ -75,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train.max_steps of the Stage-2 runs (default: conf/repro_stage2.yaml)")
     p.add_argument("--stage1-steps", type=int, default=None,
                    help="train.max_steps of the Stage-1 runs (default: conf/repro_stage1.yaml)")
+    p.add_argument("--fine-tune-steps", type=int, default=FineTune.steps,
+                   help="optimizer steps of the score fine-tune row (4 images each)")
     p.add_argument("--out-dir", type=Path, default=REPO / "outputs/bench/reproduce")
     p.add_argument("--json", type=Path, default=REPO / "outputs/bench/reproduce.json")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache/refine-iqa",
@@ -140,7 +146,8 @@ def prepare(args) -> dict:
     warm_wall = time.perf_counter() - start
     held_out = class_accuracy(model, load_samples(mini["stage2_test"]))
     linear = probe({"vision (random)": build_tiny_model(args.cache_dir),
-                    "start model": model}, mini["stage2_train"], mini["stage2_test"])
+                    "start model": model}, mini["stage2_train"], mini["stage2_test"],
+                   at_score={AT_SCORE: model})
     per_class = linear["class_cv_srcc"]
     classes = [c for c, v in per_class.items() if v >= SUBSET_MIN_SRCC]
     if len(classes) < 2:   # too few clear the bar: the three best, and the table says so
@@ -244,41 +251,39 @@ def base_summary(args, prep: dict) -> dict[str, float]:
     """The start model on the mini test split: `python -m evals.scoring_eval` (greedy,
     think and no-think, numeric and Eq. 8: the code the runs' final test calls), read
     into the rows' keys by the function the runs' validation uses (headline)."""
-    from conf import load_config
     from synth.mini_dataset import build_mini_dataset
 
     out_dir = args.out_dir / "runs" / "base"
-    results = out_dir / "results.json"
-    if not (args.reuse and results.is_file()):
-        manifest = build_mini_dataset(args.cache_dir / "mini")["stage2_test"]
-        args.out_dir.joinpath("logs").mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "evals.scoring_eval", "--model", prep["model"],
-               "--conf", "repro_stage2", "--manifest", str(manifest), "--out", str(out_dir),
-               f"model.cache_dir={args.cache_dir}"]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        with open(args.out_dir / "logs" / "base.log", "w") as log:
-            done = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
-            raise RuntimeError(f"the base evaluation failed (exit {done.returncode}); see "
-                               f"{args.out_dir / 'logs' / 'base.log'}")
-    payload = json.loads(results.read_text())
-    (dataset,) = payload["datasets"].values()
-    eps = load_config("repro_stage2").reward.eps
-    records = [json.loads(line) for line in (out_dir / "predictions.jsonl").open()]
-    mos = [r["mos"] for r in records]
-    out = {}
-    for mode in ("think", "no_think"):
-        values = headline(dataset["results"][mode], [r[f"{mode}_numeric"] for r in records],
-                          mos, eps)
-        out.update({f"{mode}/{q}": math.nan if v is None else float(v)
-                    for q, v in values.items()})
-    return out
+    if args.reuse and (out_dir / "results.json").is_file():
+        return read_scoring(out_dir)
+    manifest = build_mini_dataset(args.cache_dir / "mini")["stage2_test"]
+    return evaluate(Path(prep["model"]), Path(manifest), out_dir, args.cache_dir)
 
 
-def summarise(results: dict[str, list[dict]], base: dict[str, float]) -> dict[str, dict]:
+def score_fine_tunes(args, prep: dict) -> list[dict]:
+    """The score fine-tune row (benchmarks/readout_ceiling.py), one per seed: the start
+    model trained on the training photos' labels, read on the test split like a run's
+    final test ({"seed", "wall_s", "<mode>/<q>": ...})."""
+    from synth.mini_dataset import build_mini_dataset
+
+    mini = build_mini_dataset(args.cache_dir / "mini")
+    rows = []
+    for seed in args.seeds:
+        out = args.out_dir / "runs" / f"score-fine-tune-s{seed}"
+        saved = out / "record.json"
+        record = (json.loads(saved.read_text()) if args.reuse and saved.is_file() else
+                  run_seed(seed, mini, Path(prep["model"]), out, args.cache_dir,
+                           FineTune(steps=args.fine_tune_steps)))
+        rows.append({"seed": seed, "wall_s": record["wall_s"], **record["test"]})
+    return rows
+
+
+def summarise(results: dict[str, list[dict]], base: dict[str, float],
+              more: dict[str, list[dict]] | None = None) -> dict[str, dict]:
     """{row: {"seeds": [per-seed numbers], "mean": {...}, "min": {...}, "max": {...}}};
-    `base` is the start model's one evaluation (greedy: no seed)."""
-    per_row: dict[str, list[dict]] = {"base": [{"seed": None, **base}]}
+    `base` is the start model's one evaluation (greedy: no seed), `more` rows read
+    elsewhere ({row: [per-seed numbers]})."""
+    per_row: dict[str, list[dict]] = {"base": [{"seed": None, **base}], **(more or {})}
     for row, entries in results.items():
         for e in entries:
             numbers = {"seed": e["seed"], "wall_s": e["wall_s"],
@@ -313,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(prep['subset_classes'])}")
     prep_wall = time.perf_counter() - start
     results = run_all(args, prep)
-    table = summarise(results, base_summary(args, prep))
+    tuned = score_fine_tunes(args, prep)
+    table = summarise(results, base_summary(args, prep), {"score_fine_tune": tuned})
     md = markdown(table, prep)
     # The parts' own wall times, so that a --reuse redraw reports the runs it reused.
-    total = prep_wall + sum(e["wall_s"] for entries in results.values() for e in entries)
+    total = prep_wall + sum(e["wall_s"] for entries in [*results.values(), tuned]
+                            for e in entries)
     (args.out_dir / "table.md").write_text(md + "\n")
     written = plots(results, args.out_dir)
     print(md)

@@ -6,19 +6,23 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from benchmarks.perception_probe import AT_SCORE
 from driver import metrics as M
 from driver.plots import read_metrics
 
 # (row, title: the table's first cell, which scripts look rows up by; what it mirrors)
 PROBE_ROWS = (("probe_teacher", "probe: teacher", "teacher"),
-              ("probe_start", "probe: start model", "start model"))
+              ("probe_start", "probe: start model", "start model"),
+              ("probe_at_score", "probe: start model at the score", AT_SCORE))
 ORACLE_ROW = "FR oracle (label ceiling)"
 ROWS = (("base", "base (no RL)", "the starting point"),
         ("stage2", "Stage-2 only (think + PD)", "Table 3: RL raises SRCC / PLCC"),
         ("stage2_subset", "Stage-2, learnability subset",
          "the RL machinery apart from the features"),
         ("stage1_stage2", "Stage-1 -> Stage-2", "Table 5: Stage-1 helps scoring"),
-        ("stage2_no_pd", "Stage-2 without PD", "Fig. 2 / 5: think collapse; no-think accuracy"))
+        ("stage2_no_pd", "Stage-2 without PD", "Fig. 2 / 5: think collapse; no-think accuracy"),
+        ("score_fine_tune", "score fine-tune (labels, no RL)",
+         "the model's readout apart from RL: supervised, benchmarks/readout_ceiling.py"))
 
 
 def cell(table: dict, row: str, key: str, digits: int = 2) -> str:
@@ -54,10 +58,11 @@ def markdown(table: dict, prep: dict | None = None) -> str:
         if row not in table:
             continue
         t = table[row]
+        rl = "think_len_start" in t["mean"]   # the rows of RL runs (curves to read)
         think = (f"{cell(table, row, 'think_len_start', 1)} -> "
-                 f"{cell(table, row, 'think_len_end', 1)}" if row != "base" else "-")
+                 f"{cell(table, row, 'think_len_end', 1)}" if rl else "-")
         nothink = (f"{cell(table, row, 'train_nothink_start')} -> "
-                   f"{cell(table, row, 'train_nothink_end')}" if row != "base" else "-")
+                   f"{cell(table, row, 'train_nothink_end')}" if rl else "-")
         s1 = (f"{cell(table, row, 's1_class_start')} / {cell(table, row, 's1_severity_start')} -> "
               f"{cell(table, row, 's1_class_end')} / {cell(table, row, 's1_severity_end')}, "
               f"test {cell(table, row, 's1_class_test')} / "

@@ -144,7 +144,7 @@ def _next_example(by_task: dict[str, list[dict]], distorted: list[dict],
     return sample, mode, None
 
 
-def _load(model_dir: Path) -> tuple[Any, int, Any]:
+def load_model(model_dir: Path) -> tuple[Any, int, Any]:
     """(prompt builder at the model's pixel limits, the <|im_end|> id, the fp32 model)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -161,7 +161,7 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
     import torch
     from tqdm import tqdm
 
-    builder, end_id, model = _load(model_dir)
+    builder, end_id, model = load_model(model_dir)
     model.train()
     if not settings.train_vision:
         model.model.visual.requires_grad_(False)
@@ -191,18 +191,9 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
                 size = (builder.judged_sizes(sample)[1] if sample["task"] == "grounding"
                         else None)
                 target = random_target(sample, mode, rng, size)
-            ids_target = builder.encode(target) + [end_id]
-            ids = torch.tensor([inputs["prompt_ids"] + ids_target])
-            labels = ids.clone()
-            labels[0, : len(inputs["prompt_ids"])] = -100
-            extra = {}
-            if inputs.get("mm_token_type_ids") is not None:
-                extra["mm_token_type_ids"] = torch.tensor(
-                    [inputs["mm_token_type_ids"] + [0] * len(ids_target)])
-            out = model(input_ids=ids, labels=labels, pixel_values=inputs["pixel_values"],
-                        image_grid_thw=inputs["image_grid_thw"], **extra)
-            (out.loss / settings.batch_size).backward()
-            total += float(out.loss.detach()) / settings.batch_size
+            loss = target_loss(model, inputs, builder.encode(target) + [end_id])
+            (loss / settings.batch_size).backward()
+            total += float(loss.detach()) / settings.batch_size
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         opt.step()
         cosine.step()
@@ -211,6 +202,22 @@ def _train(model_dir: Path, samples: list[dict], settings: ColdStartSettings) ->
     model.save_pretrained(model_dir, safe_serialization=True)
     return {"loss_first": losses[0], "loss_last": float(np.mean(losses[-10:])),
             "class_images": len(distorted)}
+
+
+def target_loss(model: Any, inputs: dict, target_ids: list[int]) -> Any:
+    """Mean cross-entropy of `target_ids` after the prompt of `inputs`
+    (`PromptBuilder.learner_inputs`), teacher-forced; the prompt's own tokens carry none."""
+    import torch
+
+    ids = torch.tensor([inputs["prompt_ids"] + list(target_ids)])
+    labels = ids.clone()
+    labels[0, : len(inputs["prompt_ids"])] = -100
+    extra = {}
+    if inputs.get("mm_token_type_ids") is not None:
+        extra["mm_token_type_ids"] = torch.tensor(
+            [inputs["mm_token_type_ids"] + [0] * len(target_ids)])
+    return model(input_ids=ids, labels=labels, pixel_values=inputs["pixel_values"],
+                 image_grid_thw=inputs["image_grid_thw"], **extra).loss
 
 
 def _max_pixels(model_dir: Path) -> int:
@@ -227,7 +234,7 @@ def class_accuracy(model_dir: str | Path, samples: list[dict]) -> dict[str, floa
 
     from model_inputs.prompting import decode
 
-    builder, end_id, model = _load(Path(model_dir))
+    builder, end_id, model = load_model(Path(model_dir))
     model.eval()
     distorted = _distorted(samples)
     right = 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.perception_probe import image_statistics, ridge_srcc
+from benchmarks.perception_probe import image_statistics, ridge_srcc, score_position_features
 
 
 def test_ridge_probe_recovers_a_linear_target_and_not_noise():
@@ -64,3 +64,34 @@ def test_alpha_is_chosen_on_whole_photo_folds():
     y = np.random.default_rng(1).normal(size=60)
     x = np.c_[y, np.random.default_rng(2).normal(size=(60, 3))]
     assert choose_alpha(x, y, photos) == ALPHAS[0]
+
+
+def test_the_score_position_is_what_the_output_head_reads_for_the_first_digit(tiny_model_dir):
+    """The generation's own next-token logits after "[answer]Score:" equal the output
+    head applied to the probed state (computed here by a separate full forward)."""
+    import torch
+
+    from conf import prompts as P
+    from learner.cold_start import load_model
+    from synth.manifest import load_samples
+    from synth.mini_dataset import build_mini_dataset
+    from tests.conftest import TEST_CACHE
+
+    samples = load_samples(build_mini_dataset(TEST_CACHE / "mini")["stage2_test"])[:2]
+    states = score_position_features(tiny_model_dir, samples)
+    assert states.shape == (2, 128)   # TinyModelSettings.hidden_size
+    builder, _, model = load_model(tiny_model_dir)
+    model.eval()
+    text = P.score_answer("3.7", "no_think")
+    prefix = builder.encode(text[:text.index("3.7")])
+    for sample, state in zip(samples, states):
+        inputs = builder.learner_inputs(sample, "no_think")
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([inputs["prompt_ids"] + prefix]),
+                           pixel_values=inputs["pixel_values"],
+                           image_grid_thw=inputs["image_grid_thw"],
+                           mm_token_type_ids=torch.tensor(
+                               [inputs["mm_token_type_ids"] + [0] * len(prefix)])).logits
+            head = model.lm_head(torch.from_numpy(state))
+        assert torch.allclose(logits[0, -1], head, atol=1e-5)
+    assert not np.allclose(states[0], states[1])   # two images, two states
