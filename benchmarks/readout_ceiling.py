@@ -10,18 +10,19 @@ a Stage-2 run learns from a scalar reward over a few hundred images instead. So:
 
   SFT well above the RL rows   the eye and the language side can carry the score; the
                                RL readout is what falls short
-  SFT about as low as RL       the readout path itself (a 2-layer, 128-wide language
-                               model on 64 image tokens) is the limit, whatever the
-                               training signal
+  SFT about as low as RL       the model is the limit, whatever the training signal:
+                               its eye's reach to unseen photos, or the language side
+                               that reads it (`--model` with a larger language side,
+                               built the same way, tells the two apart)
 
 The fine-tuned models are measured and thrown away: nothing here feeds the embedded model
 or any RL run, and labels of the TRAINING photos only are used. Each seed carves its
-validation photo out of the training photos by the rule the RL runs use
-(conf/repro_stage2.yaml's `data.val_fraction`, `driver.data_splits.carve`), trains on the rest, and reports
-validation and test; settings are compared on validation, the test photos are read for
-the report.
+validation photo out of the training photos by the rule the RL runs use (`data.val_fraction`
+of conf/repro_stage2.yaml, `driver.data_splits.carve`), trains on the rest, and reports
+96 of its own training images read back ("fitted"), validation and test; settings are
+compared on validation, the test photos are read for the report.
 
-    .venv/bin/python benchmarks/readout_ceiling.py                  # ~20 min on 2 cores
+    .venv/bin/python benchmarks/readout_ceiling.py                  # ~10 min on 2 cores
     .venv/bin/python benchmarks/readout_ceiling.py --seeds 1 --steps 300
 
 Writes outputs/bench/readout_ceiling.json and prints a table.
