@@ -83,7 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=REPO / "outputs/bench/readout_ceiling.json")
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache/refine-iqa",
                    help="model.cache_dir: the embedded model and the mini set")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("steps", "batch_size", "lr"):
+        if not getattr(args, name) > 0:
+            p.error(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    return args
 
 
 def score_target(sample: dict, mode: str, rng: np.random.Generator) -> str:
