@@ -87,7 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="model.cache_dir: the tiny model, its warm-up and the mini set")
     p.add_argument("--reuse", action="store_true",
                    help="keep runs that finished before (same name) instead of redoing them")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fine_tune_steps < 1:
+        p.error(f"--fine-tune-steps must be >= 1, got {args.fine_tune_steps}")
+    return args
 
 
 # -- running ------------------------------------------------------------------------------
