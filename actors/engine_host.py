@@ -255,6 +255,15 @@ class EngineHost:
             except psutil.Error:
                 return False
 
+        def alive(proc: psutil.Process) -> bool:
+            # vLLM's own monitor reaps a dead core: a zombie seen by is_running() may be
+            # gone by status(), whose NoSuchProcess would end this thread unnoticed and
+            # leave the actor waiting forever.
+            try:
+                return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return False
+
         def watch() -> None:
             # The core titles itself with setproctitle, which may come after the engine
             # is up (seen under load: no title yet when looked at once, so nothing was
@@ -269,8 +278,7 @@ class EngineHost:
                 logging.getLogger("refine_iqa").warning(
                     "%s: no vLLM engine core process found to watch", self.role)
                 return
-            while all(core.is_running() and core.status() != psutil.STATUS_ZOMBIE
-                      for core in cores):
+            while all(alive(core) for core in cores):
                 time.sleep(period_s)
             logging.getLogger("refine_iqa").error(
                 "%s: a vLLM engine core process died; exiting so that Ray restarts this "
